@@ -1,0 +1,160 @@
+//! epoll_wait / epoll_pwait / epoll_pwait2: entry and exit paired per thread and aggregated per
+//! thread in buckets; only first calls, errors and epfd changes go out one by one.
+//!
+//! One map value per thread holds both the call in progress and the open bucket, so each
+//! syscall entry and exit costs a single hash lookup.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use probe_common::{
+    EpollBucket, EpollCall, EpollEnter, EpollThread, Syscall,
+    epoll::{TIMEOUT_INFINITE, call_reason, timeout_ms_to_ns, timespec_to_ns},
+    kind,
+};
+
+use crate::{CONFIG, current_ids, header, is_target, send};
+
+/// Per-thread epoll state, by tid. LRU, so threads that vanish unseen cannot fill it.
+#[map]
+static EPOLL_THREADS: LruHashMap<u32, EpollThread> = LruHashMap::with_max_entries(16384, 0);
+
+#[tracepoint]
+pub fn epoll_wait_enter(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Syscall::EpollWait);
+    0
+}
+
+#[tracepoint]
+pub fn epoll_pwait_enter(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Syscall::EpollPwait);
+    0
+}
+
+#[tracepoint]
+pub fn epoll_pwait2_enter(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Syscall::EpollPwait2);
+    0
+}
+
+/// Attached to the exit tracepoint of all three syscalls.
+#[tracepoint]
+pub fn epoll_exit(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return;
+    }
+    let cfg = CONFIG.load();
+    // Syscall arguments sit in 8-byte slots.
+    let epfd = unsafe { ctx.read_at::<u64>(cfg.off_epfd as usize) }.unwrap_or(u64::MAX) as i32;
+    let maxevents = unsafe { ctx.read_at::<u64>(cfg.off_maxevents as usize) }.unwrap_or(0) as i32;
+    let raw_timeout = unsafe { ctx.read_at::<u64>(cfg.off_timeout as usize) }.unwrap_or(0);
+    let timeout_ns = match syscall {
+        Syscall::EpollPwait2 if raw_timeout == 0 => TIMEOUT_INFINITE,
+        Syscall::EpollPwait2 => {
+            match unsafe { bpf_probe_read_user(raw_timeout as *const [i64; 2]) } {
+                Ok([sec, nsec]) => timespec_to_ns(sec, nsec),
+                Err(_) => TIMEOUT_INFINITE,
+            }
+        }
+        _ => timeout_ms_to_ns(raw_timeout as i32),
+    };
+    let mut pending = EpollEnter {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        timeout_ns,
+        epfd,
+        maxevents,
+        syscall: syscall as u32,
+        first: 0,
+    };
+    match EPOLL_THREADS.get_ptr_mut(tid) {
+        Some(state) => unsafe { (*state).pending = pending },
+        None => {
+            pending.first = 1;
+            let state = EpollThread {
+                bucket: EpollBucket {
+                    hdr: header(kind::EPOLL_BUCKET, tgid, tid),
+                    comm: ctx.command().unwrap_or_default(),
+                    last_epfd: epfd,
+                    ..EpollBucket::default()
+                },
+                pending,
+            };
+            let _ = EPOLL_THREADS.insert(tid, state, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext) {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return;
+    }
+    let Some(state) = EPOLL_THREADS.get_ptr_mut(tid) else {
+        return; // entered before tracing began
+    };
+    let state = unsafe { &mut *state };
+    let enter = state.pending;
+    if enter.ts_ns == 0 {
+        return;
+    }
+    state.pending.ts_ns = 0;
+    let cfg = CONFIG.load();
+    let ret = unsafe { ctx.read_at::<i64>(cfg.off_ret as usize) }.unwrap_or(0);
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    let bucket = &mut state.bucket;
+    let mut reason = 0;
+    if ret < 0 {
+        reason |= call_reason::ERROR;
+    }
+    if enter.first != 0 {
+        reason |= call_reason::FIRST;
+    } else if bucket.last_epfd != enter.epfd {
+        reason |= call_reason::EPFD_CHANGED;
+    }
+    bucket.add_call(&enter, now, ret);
+    if bucket.is_due(now, cfg.bucket_ns) {
+        bucket.hdr.ts_ns = now;
+        send(kind::EPOLL_BUCKET, bucket);
+        bucket.reset();
+    }
+    if reason != 0 {
+        let call = EpollCall {
+            hdr: header(kind::EPOLL_CALL, tgid, tid),
+            comm: bucket.comm,
+            enter_ns: enter.ts_ns,
+            timeout_ns: enter.timeout_ns,
+            ret,
+            epfd: enter.epfd,
+            maxevents: enter.maxevents,
+            syscall: enter.syscall,
+            reason,
+        };
+        send(kind::EPOLL_CALL, &call);
+    }
+}
+
+/// Sends and forgets the open bucket of a thread that is exiting.
+#[inline(always)]
+pub fn flush_thread(tid: u32) {
+    if let Some(state) = EPOLL_THREADS.get_ptr_mut(tid) {
+        let bucket = unsafe { &mut (*state).bucket };
+        if bucket.calls != 0 {
+            bucket.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+            send(kind::EPOLL_BUCKET, bucket);
+        }
+        let _ = EPOLL_THREADS.remove(tid);
+    }
+}

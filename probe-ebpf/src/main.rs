@@ -1,0 +1,96 @@
+//! reloadscope's eBPF programs.
+//!
+//! Every program first checks that the current process is a target (the `TARGETS` map, which
+//! user space seeds and the fork program extends), and only then touches other maps. Hot paths
+//! aggregate in maps; the `EVENTS` ring buffer carries rare, meaningful records, and every record
+//! that does not fit is counted in `DROPS`.
+#![no_std]
+#![no_main]
+
+mod epoll;
+mod proc;
+
+use aya_ebpf::{
+    Global,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use probe_common::{EventHeader, ProbeConfig, Target, drop_slot};
+
+/// Records for user space. 4 MiB holds far more than a second of the rare records we send.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Records that did not fit in `EVENTS`, per CPU, indexed by record kind.
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_slot::COUNT, 0);
+
+/// Traced processes (and the threads they created), by tgid.
+#[map]
+static TARGETS: HashMap<u32, Target> = HashMap::with_max_entries(16384, 0);
+
+/// Set by user space at load time; the defaults only keep the verifier's view concrete.
+#[unsafe(no_mangle)]
+static CONFIG: Global<ProbeConfig> = Global::new(ProbeConfig {
+    bucket_ns: 100_000_000,
+    off_epfd: 16,
+    off_maxevents: 32,
+    off_timeout: 40,
+    off_ret: 16,
+    off_fork_child: 20,
+    follow_forks: 1,
+});
+
+/// The current task as (tgid, tid).
+#[inline(always)]
+fn current_ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+/// True when `tgid` is being traced.
+#[inline(always)]
+fn is_target(tgid: u32) -> bool {
+    TARGETS.get_ptr(tgid).is_some()
+}
+
+/// A header for a record of `kind` about the current task.
+#[inline(always)]
+fn header(kind: u32, tgid: u32, tid: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tgid,
+        tid,
+    }
+}
+
+/// Sends a record, counting it as dropped when the ring buffer is full.
+#[inline(always)]
+fn send<T>(kind: u32, record: &T) {
+    if EVENTS.output::<T>(record, 0).is_err() {
+        count_drop(kind);
+    }
+}
+
+/// Counts one record of `kind` that could not be sent.
+#[inline(always)]
+fn count_drop(kind: u32) {
+    if let Some(slot) = DROPS.get_ptr_mut(kind) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL is required for bpf_probe_read_user and friends.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,20 @@
+//! reloadscope: what exactly a gateway reload does to traffic in flight, from the kernel's view.
+//!
+//! The crate is split so that everything but the kernel-facing part is plain, testable logic:
+//!
+//! - [`duration`], [`tracefs`], [`offsets`], [`event`], [`summary`], [`proctree`], [`trace`]:
+//!   parsing, decoding, aggregation and the trace directory; unit-tested without root.
+//! - [`probe`]: loads and attaches the eBPF programs with aya and reads their maps (thin).
+//! - [`preflight`] and [`record`]: the `reloadscope record` command.
+
+pub mod clock;
+pub mod duration;
+pub mod event;
+pub mod offsets;
+pub mod preflight;
+pub mod probe;
+pub mod proctree;
+pub mod record;
+pub mod summary;
+pub mod trace;
+pub mod tracefs;

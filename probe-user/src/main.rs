@@ -1,0 +1,103 @@
+//! The `reloadscope` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use reloadscope::record::{RecordArgs, footer, record};
+use reloadscope::{duration, summary, trace};
+
+#[derive(Parser)]
+#[command(
+    name = "reloadscope",
+    version,
+    about = "What a gateway reload does to traffic in flight, from the kernel's view"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Trace a process tree (following forks) and write a trace directory. Needs root.
+    Record {
+        /// Root of the process tree to trace (e.g. the nginx master).
+        #[arg(long)]
+        pid: u32,
+        /// How long to trace, e.g. 5s, 500ms, 2m.
+        #[arg(long, default_value = "5s", value_parser = duration::parse)]
+        duration: std::time::Duration,
+        /// The trace directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Length of the in-kernel epoll aggregation buckets.
+        #[arg(long, default_value = "100ms", value_parser = duration::parse)]
+        bucket: std::time::Duration,
+        /// Trace only the processes that exist at start, not their new children.
+        #[arg(long)]
+        no_follow_forks: bool,
+    },
+    /// Print the per-thread summary of a trace directory (no root needed).
+    Show {
+        /// A directory written by `reloadscope record`.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: clap's first line, without its usage block.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            eprintln!("reloadscope: {first}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.cmd {
+        Cmd::Record {
+            pid,
+            duration,
+            out,
+            bucket,
+            no_follow_forks,
+        } => {
+            let args = RecordArgs {
+                pid,
+                duration,
+                out,
+                bucket,
+                follow_forks: !no_follow_forks,
+            };
+            record(&args).map(|r| {
+                print!("{}", r.table);
+                eprintln!("reloadscope: {}", footer(&r.meta, &args.out));
+                if r.meta.interrupted {
+                    ExitCode::from(130)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            })
+        }
+        Cmd::Show { dir } => trace::read(&dir).map(|t| {
+            let threads = summary::by_thread(&t.events);
+            print!("{}", summary::table(&threads, t.meta.window_ns()));
+            eprintln!("reloadscope: {}", footer(&t.meta, &dir));
+            ExitCode::SUCCESS
+        }),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("reloadscope: {e:#}");
+        ExitCode::FAILURE
+    })
+}

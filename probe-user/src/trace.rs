@@ -1,0 +1,260 @@
+//! The trace directory: a self-describing record of one tracing session.
+//!
+//! - `meta.json`: [`Meta`], with the schema version, kernel, clock anchor, options and drops;
+//! - `events.jsonl`: one [`Event`] per line;
+//! - `summary.json` / `summary.txt`: the per-thread epoll summary.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::summary::ThreadSummary;
+
+/// Version of the trace directory's layout; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Both clocks read back to back, so monotonic event times can be joined with wall-clock logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockAnchor {
+    /// CLOCK_MONOTONIC ns (the clock of every event's `ts_ns`).
+    pub monotonic_ns: u64,
+    /// CLOCK_REALTIME ns since the Unix epoch, read right after.
+    pub realtime_ns: u64,
+}
+
+impl ClockAnchor {
+    /// Wall-clock ns for a monotonic timestamp.
+    pub fn to_realtime(&self, monotonic_ns: u64) -> u64 {
+        (self.realtime_ns as i128 + monotonic_ns as i128 - self.monotonic_ns as i128) as u64
+    }
+}
+
+/// Options the trace was recorded with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordOptions {
+    /// Root of the traced process tree.
+    pub root_pid: u32,
+    /// Requested duration in ms.
+    pub duration_ms: u64,
+    /// epoll bucket length in ms.
+    pub bucket_ms: u64,
+    /// Whether forks of targets were followed.
+    pub follow_forks: bool,
+}
+
+/// `meta.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// [`SCHEMA_VERSION`] at writing time.
+    pub schema_version: u32,
+    /// The tool and its version.
+    pub tool: String,
+    /// `uname -r` of the traced kernel.
+    pub kernel: String,
+    /// Clock anchor taken when tracing started.
+    pub clock: ClockAnchor,
+    /// Monotonic ns when the probe was attached.
+    pub started_ns: u64,
+    /// Monotonic ns when the probe was detached.
+    pub ended_ns: u64,
+    /// How it was recorded.
+    pub options: RecordOptions,
+    /// comm of the root process at start.
+    pub root_comm: String,
+    /// Processes targeted at start (root and descendants found in /proc).
+    pub initial_targets: Vec<u32>,
+    /// Events written to events.jsonl.
+    pub events: u64,
+    /// Records the kernel could not send, by record kind. Never silently lost.
+    pub drops: BTreeMap<String, u64>,
+    /// Records user space could not decode.
+    pub decode_errors: u64,
+    /// True when the recording was cut short (Ctrl-C, SIGTERM).
+    pub interrupted: bool,
+    /// What each file of the directory holds.
+    pub files: BTreeMap<String, String>,
+}
+
+impl Meta {
+    /// The traced window in ns.
+    pub fn window_ns(&self) -> u64 {
+        self.ended_ns.saturating_sub(self.started_ns)
+    }
+
+    /// Sum of all drop counters.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+}
+
+/// Writes a trace directory as events arrive.
+pub struct TraceWriter {
+    dir: PathBuf,
+    events: BufWriter<File>,
+    count: u64,
+}
+
+impl TraceWriter {
+    /// Creates `dir` (and parents) and opens `events.jsonl`.
+    pub fn create(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("events.jsonl");
+        let file =
+            File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            events: BufWriter::new(file),
+            count: 0,
+        })
+    }
+
+    /// Appends one event.
+    pub fn write(&mut self, event: &Event) -> Result<()> {
+        serde_json::to_writer(&mut self.events, event)?;
+        self.events.write_all(b"\n")?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Events written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Flushes the events and writes meta and summary files.
+    pub fn finish(mut self, meta: &mut Meta, threads: &[ThreadSummary], table: &str) -> Result<()> {
+        self.events.flush()?;
+        meta.schema_version = SCHEMA_VERSION;
+        meta.events = self.count;
+        meta.files = [
+            (
+                "meta.json",
+                "this file: kernel, clock anchor, options, drop counts",
+            ),
+            (
+                "events.jsonl",
+                "one event per line, tagged by \"type\"; times are CLOCK_MONOTONIC ns",
+            ),
+            ("summary.json", "per-thread epoll totals over the window"),
+            ("summary.txt", "the per-thread table reloadscope printed"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        write_json(&self.dir.join("meta.json"), meta)?;
+        write_json(&self.dir.join("summary.json"), &threads)?;
+        std::fs::write(self.dir.join("summary.txt"), table)?;
+        Ok(())
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut f = BufWriter::new(
+        File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
+    );
+    serde_json::to_writer_pretty(&mut f, value)?;
+    f.write_all(b"\n")?;
+    Ok(f.flush()?)
+}
+
+/// A trace directory read back.
+#[derive(Debug)]
+pub struct Trace {
+    /// `meta.json`.
+    pub meta: Meta,
+    /// `events.jsonl`, in order.
+    pub events: Vec<Event>,
+}
+
+/// Reads a trace directory written by [`TraceWriter`].
+pub fn read(dir: &Path) -> Result<Trace> {
+    let meta_path = dir.join("meta.json");
+    let meta: Meta =
+        serde_json::from_reader(BufReader::new(File::open(&meta_path).with_context(
+            || format!("{} is not a trace directory (no meta.json)", dir.display()),
+        )?))
+        .with_context(|| format!("cannot parse {}", meta_path.display()))?;
+    if meta.schema_version != SCHEMA_VERSION {
+        bail!(
+            "{}: schema version {} (this reloadscope reads {SCHEMA_VERSION})",
+            dir.display(),
+            meta.schema_version
+        );
+    }
+    let events_path = dir.join("events.jsonl");
+    let reader = BufReader::new(
+        File::open(&events_path)
+            .with_context(|| format!("cannot open {}", events_path.display()))?,
+    );
+    let mut events = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        events.push(
+            serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}", events_path.display(), i + 1))?,
+        );
+    }
+    Ok(Trace { meta, events })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ProcExitEvent, Task};
+
+    #[test]
+    fn writes_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = TraceWriter::create(&dir.path().join("t")).unwrap();
+        let ev = Event::ProcExit(ProcExitEvent {
+            task: Task {
+                ts_ns: 9,
+                cpu: 0,
+                tgid: 1,
+                tid: 2,
+                comm: "x".into(),
+            },
+        });
+        w.write(&ev).unwrap();
+        let mut meta = Meta {
+            kernel: "6.18".into(),
+            started_ns: 5,
+            ended_ns: 15,
+            ..Meta::default()
+        };
+        meta.drops.insert("epoll_bucket".into(), 3);
+        w.finish(&mut meta, &[], "table\n").unwrap();
+        let t = read(&dir.path().join("t")).unwrap();
+        assert_eq!(t.events, vec![ev]);
+        assert_eq!(
+            (t.meta.events, t.meta.window_ns(), t.meta.total_drops()),
+            (1, 10, 3)
+        );
+        assert!(t.meta.files.contains_key("events.jsonl"));
+    }
+
+    #[test]
+    fn refuses_a_directory_without_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a trace directory"), "{err}");
+    }
+
+    #[test]
+    fn anchor_maps_monotonic_to_wall_clock() {
+        let a = ClockAnchor {
+            monotonic_ns: 1_000,
+            realtime_ns: 1_700_000_000_000_000_000,
+        };
+        assert_eq!(a.to_realtime(1_500), 1_700_000_000_000_000_500);
+        assert_eq!(a.to_realtime(500), 1_699_999_999_999_999_500);
+    }
+}

@@ -1,0 +1,147 @@
+//! Shared by the root integration tests: fixture processes and running `reloadscope`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The reloadscope binary cargo built for these tests.
+pub fn reloadscope() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_reloadscope"))
+}
+
+/// A fixture binary from the `fixtures` crate (built by `cargo xtask test` before the tests).
+pub fn fixture(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "fixture {} is missing: run `cargo xtask test` (it builds the fixtures)",
+        path.display()
+    );
+    path
+}
+
+/// Panics unless running as root: these tests must run, never skip, in CI.
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "root integration test: run as root via `cargo xtask test`"
+    );
+}
+
+/// A running process whose stdout lines arrive on a channel; killed on drop.
+pub struct Running {
+    /// The child process.
+    pub child: Child,
+    /// Its stdout, line by line.
+    pub lines: mpsc::Receiver<String>,
+    /// Lines already read.
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    /// Starts `cmd` with piped stdout.
+    pub fn start(cmd: &mut Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn fixture");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the next line starting with `prefix`.
+    pub fn wait_for(&mut self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no '{prefix}' line"));
+            self.seen.push(line.clone());
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// Reads every line until the process closes stdout.
+    pub fn finish(&mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(15)) {
+            self.seen.push(line);
+        }
+        let _ = self.child.wait();
+        self.seen.clone()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `reloadscope record` on `pid` and returns its output.
+pub fn record(pid: u32, duration: &str, out: &Path) -> Output {
+    let output = reloadscope()
+        .args([
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            duration,
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .expect("run reloadscope");
+    assert!(
+        output.status.success(),
+        "reloadscope record failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Parses `ready <pid> <tid>`.
+pub fn ready_ids(line: &str) -> (u32, u32) {
+    let mut it = line.split_whitespace().skip(1).map(|s| s.parse().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+/// The fixture's own call count at monotonic time `t`, interpolated from its `progress` lines.
+pub fn calls_at(lines: &[String], t: u64) -> f64 {
+    let points: Vec<(u64, u64)> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("progress "))
+        .map(|l| {
+            let mut it = l.split_whitespace().map(|s| s.parse::<u64>().unwrap());
+            (it.next().unwrap(), it.next().unwrap())
+        })
+        .collect();
+    let after = points
+        .iter()
+        .position(|&(ts, _)| ts >= t)
+        .expect("fixture stopped reporting before the window ended");
+    assert!(
+        after > 0,
+        "fixture started reporting after the window began"
+    );
+    let ((t0, c0), (t1, c1)) = (points[after - 1], points[after]);
+    c0 as f64 + (c1 - c0) as f64 * (t - t0) as f64 / (t1 - t0).max(1) as f64
+}

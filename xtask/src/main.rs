@@ -1,0 +1,63 @@
+//! `cargo xtask`: the project's two contract commands (`run`, `test`) and their helpers.
+//!
+//! Each subcommand installs what it needs on first use (see [`setup`]) and says what it does.
+
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "reloadscope's build, test and run tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (idempotent; needs root).
+    Setup,
+    /// Build the eBPF programs and the reloadscope binary (release).
+    Build,
+    /// Run every test: unit tests, and the root integration tests on the real kernel.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Bring the stack up, attach the probe, run the load, reload, analyse, tear down.
+    Run {
+        /// When to reload, from the start of the load (e.g. 10s).
+        #[arg(long)]
+        reload_at: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.cmd {
+        Cmd::Setup => setup::ensure(),
+        Cmd::Build => setup::ensure().and_then(|()| util::build_release()),
+        Cmd::Test { args } => setup::ensure().and_then(|()| util::test(&args)),
+        Cmd::Run { reload_at } => setup::ensure()
+            .and_then(|()| util::build_release())
+            .and_then(|()| run_not_ready(&reload_at)),
+    };
+    if let Err(e) = result {
+        eprintln!("cargo xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The end-to-end run needs the stand-in gateway and the load test, which later issues bring.
+fn run_not_ready(reload_at: &str) -> Result<()> {
+    anyhow::bail!(
+        "the end-to-end run (--reload-at {reload_at}) is not available yet: the gateway stand-in \
+         and the load test are still missing; `reloadscope record --pid N` works today"
+    )
+}
