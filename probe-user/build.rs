@@ -14,23 +14,10 @@ fn main() {
     let ebpf_dir = manifest.parent().unwrap().join("probe-ebpf");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     let object = out_dir.join("probe-ebpf.o");
-    for path in [
-        "src",
-        "Cargo.toml",
-        "Cargo.lock",
-        ".cargo/config.toml",
-        "rust-toolchain.toml",
-    ] {
+    for path in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml", "rust-toolchain.toml"] {
         println!("cargo:rerun-if-changed={}", ebpf_dir.join(path).display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        ebpf_dir
-            .parent()
-            .unwrap()
-            .join("probe-common/src")
-            .display()
-    );
+    println!("cargo:rerun-if-changed={}", ebpf_dir.parent().unwrap().join("probe-common/src").display());
     println!("cargo:rerun-if-env-changed=RELOADSCOPE_REQUIRE_EBPF");
     let required = env::var("RELOADSCOPE_REQUIRE_EBPF").is_ok_and(|v| v == "1");
 
@@ -38,14 +25,9 @@ fn main() {
         if required {
             panic!("cannot build the eBPF programs: {missing} (run `cargo xtask setup`)");
         }
-        println!(
-            "cargo:warning=eBPF programs not built ({missing}); reloadscope will refuse to trace"
-        );
+        println!("cargo:warning=eBPF programs not built ({missing}); reloadscope will refuse to trace");
         // Re-run once the linker appears.
-        println!(
-            "cargo:rerun-if-changed={}",
-            cargo_bin("bpf-linker").display()
-        );
+        println!("cargo:rerun-if-changed={}", cargo_bin("bpf-linker").display());
         std::fs::write(&object, b"").unwrap();
         return;
     }
@@ -61,17 +43,12 @@ fn main() {
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy();
         let inherited = key.starts_with("CARGO_") && key != "CARGO_HOME";
-        if inherited
-            || key.starts_with("RUSTC")
-            || key.starts_with("RUSTFLAGS")
-            || key == "RUSTUP_TOOLCHAIN"
+        if inherited || key.starts_with("RUSTC") || key.starts_with("RUSTFLAGS") || key == "RUSTUP_TOOLCHAIN"
         {
             cmd.env_remove(key.as_ref());
         }
     }
-    let status = cmd
-        .status()
-        .expect("cannot run rustup to build the eBPF programs");
+    let status = cmd.status().expect("cannot run rustup to build the eBPF programs");
     assert!(status.success(), "building probe-ebpf failed ({status})");
     let built = target_dir.join("bpfel-unknown-none/release/probe-ebpf");
     std::fs::copy(&built, &object).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
@@ -79,17 +56,12 @@ fn main() {
 
 /// What is missing to build eBPF programs, if anything.
 fn missing_toolchain() -> Option<String> {
-    let linker_ok = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    let linker_ok = Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success())
         || cargo_bin("bpf-linker").exists();
     if !linker_ok {
         return Some("bpf-linker is not installed".into());
     }
-    let sysroot = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--print", "sysroot"])
-        .output();
+    let sysroot = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output();
     match sysroot {
         Ok(o) if o.status.success() => {
             let root = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());

@@ -188,11 +188,7 @@ impl EpollBucket {
 /// Converts an epoll_wait/epoll_pwait millisecond timeout to ns.
 #[inline(always)]
 pub const fn timeout_ms_to_ns(ms: i32) -> i64 {
-    if ms < 0 {
-        TIMEOUT_INFINITE
-    } else {
-        ms as i64 * 1_000_000
-    }
+    if ms < 0 { TIMEOUT_INFINITE } else { ms as i64 * 1_000_000 }
 }
 
 /// Converts an epoll_pwait2 timespec to ns (a negative field means an invalid, unbounded wait).
@@ -219,14 +215,7 @@ mod tests {
     use super::*;
 
     fn enter(ts: u64, timeout_ns: i64) -> EpollEnter {
-        EpollEnter {
-            ts_ns: ts,
-            timeout_ns,
-            epfd: 7,
-            maxevents: 512,
-            syscall: 1,
-            first: 0,
-        }
+        EpollEnter { ts_ns: ts, timeout_ns, epfd: 7, maxevents: 512, syscall: 1, first: 0 }
     }
 
     #[test]
@@ -255,10 +244,7 @@ mod tests {
         assert!(!b.is_due(1_999, 1_000));
         assert!(b.is_due(2_000, 1_000));
         b.reset();
-        assert_eq!(
-            (b.calls, b.hdr.tid, b.comm[0], b.last_epfd),
-            (0, 42, b'x', 7)
-        );
+        assert_eq!((b.calls, b.hdr.tid, b.comm[0], b.last_epfd), (0, 42, b'x', 7));
     }
 
     #[test]

@@ -7,9 +7,13 @@
 
 pub mod epoll;
 pub mod proc;
+pub mod sample;
+pub mod unix;
 
 pub use epoll::{EpollBucket, EpollCall, EpollEnter, EpollThread, Syscall};
-pub use proc::{ProcExit, ProcFork};
+pub use proc::{ProcExec, ProcExit, ProcFork, Signal};
+pub use sample::CpuSample;
+pub use unix::{SockIdentity, UnixIo, UnixSock};
 
 /// Length of a task's `comm` as the kernel stores it.
 pub const COMM_LEN: usize = 16;
@@ -24,12 +28,22 @@ pub mod kind {
     pub const PROC_FORK: u32 = 3;
     /// [`crate::ProcExit`]: a target thread exited.
     pub const PROC_EXIT: u32 = 4;
+    /// [`crate::ProcExec`]: a target exec'ed.
+    pub const PROC_EXEC: u32 = 5;
+    /// [`crate::Signal`]: a signal to or from a target.
+    pub const SIGNAL: u32 = 6;
+    /// [`crate::UnixSock`]: a unix socket's lifecycle event.
+    pub const UNIX_SOCK: u32 = 7;
+    /// [`crate::UnixIo`]: a send or receive on a unix socket.
+    pub const UNIX_IO: u32 = 8;
+    /// [`crate::CpuSample`]: a CPU sample (in the `SAMPLES` ring buffer).
+    pub const CPU_SAMPLE: u32 = 9;
 }
 
 /// Indices into the `DROPS` per-CPU array: one counter per record kind that could not be sent.
 pub mod drop_slot {
     /// How many slots the `DROPS` array has (index = record kind).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 16;
 }
 
 /// Names of the maps and globals, so both sides spell them the same way.
@@ -44,6 +58,12 @@ pub mod names {
     pub const EPOLL_THREADS: &str = "EPOLL_THREADS";
     /// Global: the probe's runtime configuration, a [`crate::ProbeConfig`].
     pub const CONFIG: &str = "CONFIG";
+    /// Global: kernel struct offsets from BTF, a [`crate::KernelOffsets`].
+    pub const KOFFSETS: &str = "KOFFSETS";
+    /// Ring buffer for CPU samples, apart so bulky samples never crowd out rare events.
+    pub const SAMPLES: &str = "SAMPLES";
+    /// Stack traces referenced by CPU samples.
+    pub const STACKS: &str = "STACKS";
 }
 
 /// Common prefix of every ring-buffer record.
@@ -101,6 +121,99 @@ pub struct ProbeConfig {
     pub off_fork_child: u32,
     /// 1: follow forks of target processes into new targets.
     pub follow_forks: u32,
+    /// Offset of the first argument in `syscalls:sys_enter_*` (arguments are 8-byte slots).
+    pub off_syscall_args: u32,
+    /// Offset of the `filename` data_loc in `sched:sched_process_exec`.
+    pub off_exec_filename: u32,
+    /// Offsets of `sig`, `pid`, `code` and `result` in `signal:signal_generate`.
+    pub off_signal: [u32; 4],
+    /// Offsets of `sk`, `family` and `ret` in `sock:sock_{send,recv}_length`.
+    pub off_sock_len: [u32; 3],
+    /// Bytes of user stack to copy per CPU sample (at most [`sample::USER_STACK_LEN`]).
+    pub sample_stack_bytes: u32,
+}
+
+/// Offset value meaning "this field does not exist on this kernel": the probe leaves it zero.
+pub const MISSING: u32 = u32::MAX;
+
+/// Kernel struct member offsets, read from the running kernel's BTF at load time.
+///
+/// A field the kernel lacks is [`MISSING`]; the probe then degrades that field alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `task_struct.real_parent`.
+    pub task_real_parent: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `task_struct.exit_code`.
+    pub task_exit_code: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`.
+    pub fdtable_max_fds: u32,
+    /// `fdtable.fd`.
+    pub fdtable_fd: u32,
+    /// `file.private_data`.
+    pub file_private_data: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_mode`.
+    pub inode_mode: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `socket_alloc.vfs_inode` minus `socket_alloc.socket`: from a socket to its inode.
+    pub socket_to_inode: u32,
+    /// `sock.__sk_common.skc_family`.
+    pub sock_family: u32,
+    /// `sock.sk_socket`.
+    pub sock_socket: u32,
+    /// `sock.sk_peer_pid`.
+    pub sock_peer_pid: u32,
+    /// `unix_sock.addr`.
+    pub unix_addr: u32,
+    /// `unix_sock.peer`.
+    pub unix_peer: u32,
+    /// `unix_address.len`.
+    pub uaddr_len: u32,
+    /// `unix_address.name` (a `sockaddr_un`; the path follows its 2-byte family).
+    pub uaddr_name: u32,
+    /// `pid.numbers` plus `upid.nr`: the pid number in the initial namespace.
+    pub pid_nr: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+impl KernelOffsets {
+    /// Every offset unknown.
+    pub const ALL_MISSING: Self = Self {
+        task_files: MISSING,
+        task_real_parent: MISSING,
+        task_tgid: MISSING,
+        task_exit_code: MISSING,
+        files_fdt: MISSING,
+        fdtable_max_fds: MISSING,
+        fdtable_fd: MISSING,
+        file_private_data: MISSING,
+        file_inode: MISSING,
+        inode_mode: MISSING,
+        inode_ino: MISSING,
+        socket_sk: MISSING,
+        socket_to_inode: MISSING,
+        sock_family: MISSING,
+        sock_socket: MISSING,
+        sock_peer_pid: MISSING,
+        unix_addr: MISSING,
+        unix_peer: MISSING,
+        uaddr_len: MISSING,
+        uaddr_name: MISSING,
+        pid_nr: MISSING,
+        _pad: 0,
+    };
 }
 
 #[cfg(feature = "user")]
@@ -109,6 +222,7 @@ mod pod {
     // (checked by the size asserts below) and every bit pattern is a valid value.
     unsafe impl aya::Pod for crate::Target {}
     unsafe impl aya::Pod for crate::ProbeConfig {}
+    unsafe impl aya::Pod for crate::KernelOffsets {}
     unsafe impl aya::Pod for crate::EpollBucket {}
     unsafe impl aya::Pod for crate::EpollEnter {}
     unsafe impl aya::Pod for crate::EpollThread {}
@@ -117,4 +231,5 @@ mod pod {
 // Layout checks: a change of these sizes is a change of the wire format.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);

@@ -61,12 +61,10 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
     let raw_timeout = unsafe { ctx.read_at::<u64>(cfg.off_timeout as usize) }.unwrap_or(0);
     let timeout_ns = match syscall {
         Syscall::EpollPwait2 if raw_timeout == 0 => TIMEOUT_INFINITE,
-        Syscall::EpollPwait2 => {
-            match unsafe { bpf_probe_read_user(raw_timeout as *const [i64; 2]) } {
-                Ok([sec, nsec]) => timespec_to_ns(sec, nsec),
-                Err(_) => TIMEOUT_INFINITE,
-            }
-        }
+        Syscall::EpollPwait2 => match unsafe { bpf_probe_read_user(raw_timeout as *const [i64; 2]) } {
+            Ok([sec, nsec]) => timespec_to_ns(sec, nsec),
+            Err(_) => TIMEOUT_INFINITE,
+        },
         _ => timeout_ms_to_ns(raw_timeout as i32),
     };
     let mut pending = EpollEnter {

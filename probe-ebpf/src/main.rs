@@ -8,7 +8,10 @@
 #![no_main]
 
 mod epoll;
+mod kread;
 mod proc;
+mod sample;
+mod unix;
 
 use aya_ebpf::{
     Global,
@@ -16,11 +19,15 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use probe_common::{EventHeader, ProbeConfig, Target, drop_slot};
+use probe_common::{EventHeader, KernelOffsets, ProbeConfig, Target, drop_slot};
 
-/// Records for user space. 4 MiB holds far more than a second of the rare records we send.
+/// Records for user space: 8 MiB holds seconds of the reproduction's unix traffic.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// CPU samples (about 8 KiB each), apart so they never crowd out the rare records.
+#[map]
+static SAMPLES: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 /// Records that did not fit in `EVENTS`, per CPU, indexed by record kind.
 #[map]
@@ -40,7 +47,16 @@ static CONFIG: Global<ProbeConfig> = Global::new(ProbeConfig {
     off_ret: 16,
     off_fork_child: 20,
     follow_forks: 1,
+    off_syscall_args: 16,
+    off_exec_filename: 8,
+    off_signal: [8, 36, 16, 44],
+    off_sock_len: [8, 16, 20],
+    sample_stack_bytes: 8192,
 });
+
+/// Kernel struct offsets from BTF, set by user space at load time.
+#[unsafe(no_mangle)]
+static KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::ALL_MISSING);
 
 /// The current task as (tgid, tid).
 #[inline(always)]

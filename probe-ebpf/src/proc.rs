@@ -1,10 +1,17 @@
 //! Process tree: forks of targets become targets (so new nginx workers after a reload are traced
-//! without a restart), and exits flush the thread's open state.
+//! without a restart), execs, exits with their code and parent, and signals to or from targets.
 
-use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
-use probe_common::{ProcExit, ProcFork, Target, kind, target_flag};
+use aya_ebpf::{
+    EbpfContext, helpers::bpf_probe_read_kernel_str_bytes, macros::tracepoint, programs::TracePointContext,
+};
+use probe_common::{
+    ProcExec, ProcExit, ProcFork, Signal, Target, kind,
+    proc::{FILENAME_LEN, SIGNAL_MASK},
+    target_flag,
+};
 
-use crate::{CONFIG, TARGETS, current_ids, epoll, header, is_target, send};
+use crate::kread::{current_exit_code, current_parent_tgid};
+use crate::{CONFIG, EVENTS, TARGETS, count_drop, current_ids, epoll, header, is_target, send};
 
 /// `sched:sched_process_fork` runs in the parent.
 #[tracepoint]
@@ -20,10 +27,7 @@ pub fn proc_fork(ctx: TracePointContext) -> u32 {
     let child = child as u32;
     if cfg.follow_forks != 0 {
         // Threads land here too; their tid never matches a live tgid lookup, and exit removes it.
-        let target = Target {
-            parent: tgid,
-            flags: target_flag::FROM_FORK,
-        };
+        let target = Target { parent: tgid, flags: target_flag::FROM_FORK };
         let _ = TARGETS.insert(child, target, 0);
     }
     let record = ProcFork {
@@ -33,6 +37,34 @@ pub fn proc_fork(ctx: TracePointContext) -> u32 {
         _pad: 0,
     };
     send(kind::PROC_FORK, &record);
+    0
+}
+
+/// `sched:sched_process_exec` runs in the process after the exec.
+#[tracepoint]
+pub fn proc_exec(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<ProcExec>(0) else {
+        count_drop(kind::PROC_EXEC);
+        return 0;
+    };
+    let r = entry.as_mut_ptr();
+    // __data_loc: low 16 bits offset in the record, high 16 bits length.
+    let loc = unsafe { ctx.read_at::<u32>(CONFIG.load().off_exec_filename as usize) }.unwrap_or(0);
+    unsafe {
+        (*r).hdr = header(kind::PROC_EXEC, tgid, tid);
+        (*r).comm = ctx.command().unwrap_or_default();
+        (*r).parent = current_parent_tgid().unwrap_or(0);
+        let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
+        (*r).filename_len = match bpf_probe_read_kernel_str_bytes(src, &mut (*r).filename) {
+            Ok(s) => s.len().min(FILENAME_LEN) as u32,
+            Err(_) => 0,
+        };
+    }
+    entry.submit(0);
     0
 }
 
@@ -47,9 +79,36 @@ pub fn proc_exit(ctx: TracePointContext) -> u32 {
     let record = ProcExit {
         hdr: header(kind::PROC_EXIT, tgid, tid),
         comm: ctx.command().unwrap_or_default(),
+        exit_code: current_exit_code().unwrap_or(-1),
+        parent: current_parent_tgid().unwrap_or(0),
     };
     send(kind::PROC_EXIT, &record);
     // The thread's own entry (inserted at its creation), or the process's when the leader exits.
     let _ = TARGETS.remove(tid);
+    0
+}
+
+/// `signal:signal_generate` runs in the sender.
+#[tracepoint]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    let [off_sig, off_pid, off_code, off_result] = CONFIG.load().off_signal;
+    let Ok(sig) = (unsafe { ctx.read_at::<i32>(off_sig as usize) }) else { return 0 };
+    if !(0..64).contains(&sig) || SIGNAL_MASK & (1u64 << sig) == 0 {
+        return 0;
+    }
+    let (tgid, tid) = current_ids();
+    let target = unsafe { ctx.read_at::<i32>(off_pid as usize) }.unwrap_or(0) as u32;
+    if !is_target(tgid) && !is_target(target) {
+        return 0;
+    }
+    let record = Signal {
+        hdr: header(kind::SIGNAL, tgid, tid),
+        comm: ctx.command().unwrap_or_default(),
+        sig: sig as u32,
+        target,
+        result: unsafe { ctx.read_at::<i32>(off_result as usize) }.unwrap_or(-1) as u32,
+        code: unsafe { ctx.read_at::<i32>(off_code as usize) }.unwrap_or(0),
+    };
+    send(kind::SIGNAL, &record);
     0
 }

@@ -5,9 +5,7 @@ use std::time::Duration;
 /// Parses a positive duration with a unit (`ms`, `s`, `m`, `h`).
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let scale = match unit {
         "ms" => 0.001,
@@ -16,14 +14,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         "" => return Err(format!("'{text}' has no unit; write e.g. 5s, 500ms or 2m")),
         _ => {
-            return Err(format!(
-                "'{text}' has an unknown unit '{unit}'; use ms, s, m or h"
-            ));
+            return Err(format!("'{text}' has an unknown unit '{unit}'; use ms, s, m or h"));
         }
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number with a unit, e.g. 5s"))?;
+    let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a number with a unit, e.g. 5s"))?;
     let secs = value * scale;
     if !secs.is_finite() || secs <= 0.0 || secs > 7.0 * 86400.0 {
         return Err(format!("'{text}' must be more than 0 and at most a week"));

@@ -4,8 +4,11 @@
 //! per line, tagged by `type`.
 
 use probe_common::{
-    COMM_LEN, EpollBucket, EpollCall, EventHeader, ProcExit, ProcFork, Syscall, epoll::call_reason,
+    COMM_LEN, CpuSample, EpollBucket, EpollCall, EventHeader, ProcExec, ProcExit, ProcFork, Signal, Syscall,
+    UnixIo, UnixSock,
+    epoll::call_reason,
     kind,
+    unix::{self, PATH_LEN},
 };
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +97,121 @@ pub struct ProcExitEvent {
     /// The exiting thread, and when.
     #[serde(flatten)]
     pub task: Task,
+    /// `task->exit_code` (status in bits 8-15, signal in bits 0-6); -1 when unknown.
+    pub exit_code: i32,
+    /// Parent tgid at exit; 0 when unknown.
+    pub parent: u32,
+}
+
+impl ProcExitEvent {
+    /// The signal that ended it, if one did.
+    pub fn signal(&self) -> Option<u32> {
+        (self.exit_code >= 0 && self.exit_code & 0x7f != 0).then_some((self.exit_code & 0x7f) as u32)
+    }
+
+    /// The exit status, when it exited normally.
+    pub fn status(&self) -> Option<i32> {
+        (self.exit_code >= 0 && self.exit_code & 0x7f == 0).then_some((self.exit_code >> 8) & 0xff)
+    }
+}
+
+/// A target exec'ed a program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcExecEvent {
+    /// The process after the exec, and when.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Parent tgid at exec.
+    pub parent: u32,
+    /// The program's path as given to exec.
+    pub filename: String,
+}
+
+/// A signal sent to or by a target; `task` is the sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalEvent {
+    /// The sender, and when.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Signal number.
+    pub sig: u32,
+    /// Its name, e.g. SIGKILL.
+    pub name: String,
+    /// Receiving thread id.
+    pub target: u32,
+    /// 0 delivered, 1 ignored, 2 already pending, 3 overflow, 4 lose info.
+    pub result: u32,
+    /// `si_code` (0 user kill, 128 kernel, ...).
+    pub code: i32,
+}
+
+/// A unix socket's identity as the kernel saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockId {
+    /// Socket inode (`socket:[N]`); 0 when unknown.
+    pub inode: u64,
+    /// Peer socket inode; 0 when none or unknown.
+    pub peer_inode: u64,
+    /// Peer pid from the peer credentials; 0 when unknown.
+    pub peer_pid: u32,
+}
+
+/// A unix socket's lifecycle event: connect, bind, accept, close, or first sight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixSockEvent {
+    /// Who and when.
+    #[serde(flatten)]
+    pub task: Task,
+    /// `connect`, `bind`, `accept`, `close` or `seen`.
+    pub op: String,
+    /// The fd in the calling process; -1 when not known.
+    pub fd: i32,
+    /// Result: 0 or a new fd, or -errno.
+    pub ret: i64,
+    /// Identity.
+    #[serde(flatten)]
+    pub id: SockId,
+    /// Filesystem path, `@name` for an abstract one, empty when none.
+    pub path: String,
+}
+
+/// One send or receive on a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixIoEvent {
+    /// Who and when.
+    #[serde(flatten)]
+    pub task: Task,
+    /// `send` or `recv`.
+    pub op: String,
+    /// Bytes, or -errno; 0 on receive means the peer closed.
+    pub ret: i64,
+    /// Identity.
+    #[serde(flatten)]
+    pub id: SockId,
+}
+
+/// A CPU sample; its user-stack copy lives in `samples.bin` at `stack_offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuSampleEvent {
+    /// The sampled thread, and when.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Kernel stack id in `stacks.json`; negative when the sample hit user mode.
+    pub kstack_id: i64,
+    /// Frame-pointer user stack id in `stacks.json`; negative when none.
+    pub ustack_id: i64,
+    /// User instruction pointer.
+    pub ip: u64,
+    /// User stack pointer (the address of the first copied byte).
+    pub sp: u64,
+    /// User rbp.
+    pub bp: u64,
+    /// True when the sample interrupted user mode.
+    pub user_mode: bool,
+    /// Bytes of user stack copied.
+    pub stack_len: u32,
+    /// Where the copy starts in `samples.bin`.
+    pub stack_offset: u64,
 }
 
 /// Any event of the trace.
@@ -108,6 +226,16 @@ pub enum Event {
     ProcFork(ProcForkEvent),
     /// See [`ProcExitEvent`].
     ProcExit(ProcExitEvent),
+    /// See [`ProcExecEvent`].
+    ProcExec(ProcExecEvent),
+    /// See [`SignalEvent`].
+    Signal(SignalEvent),
+    /// See [`UnixSockEvent`].
+    UnixSock(UnixSockEvent),
+    /// See [`UnixIoEvent`].
+    UnixIo(UnixIoEvent),
+    /// See [`CpuSampleEvent`].
+    CpuSample(CpuSampleEvent),
 }
 
 impl Event {
@@ -118,6 +246,11 @@ impl Event {
             Event::EpollCall(e) => &e.task,
             Event::ProcFork(e) => &e.task,
             Event::ProcExit(e) => &e.task,
+            Event::ProcExec(e) => &e.task,
+            Event::Signal(e) => &e.task,
+            Event::UnixSock(e) => &e.task,
+            Event::UnixIo(e) => &e.task,
+            Event::CpuSample(e) => &e.task,
         }
     }
 }
@@ -152,10 +285,7 @@ impl std::error::Error for DecodeError {}
 /// Reads a `T` from the front of `bytes` if it is long enough.
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Truncated {
-            kind,
-            len: bytes.len(),
-        });
+        return Err(DecodeError::Truncated { kind, len: bytes.len() });
     }
     // SAFETY: length checked; T is a repr(C) POD type from probe-common, valid for any bits.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
@@ -181,15 +311,69 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         kind::PROC_FORK => {
             let r: ProcFork = read(bytes, hdr.kind)?;
-            Event::ProcFork(ProcForkEvent {
-                task: task(&r.hdr, &r.comm),
-                child: r.child,
-            })
+            Event::ProcFork(ProcForkEvent { task: task(&r.hdr, &r.comm), child: r.child })
         }
         kind::PROC_EXIT => {
             let r: ProcExit = read(bytes, hdr.kind)?;
             Event::ProcExit(ProcExitEvent {
                 task: task(&r.hdr, &r.comm),
+                exit_code: r.exit_code,
+                parent: r.parent,
+            })
+        }
+        kind::PROC_EXEC => {
+            let r: ProcExec = read(bytes, hdr.kind)?;
+            let name = &r.filename[..(r.filename_len as usize).min(r.filename.len())];
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            Event::ProcExec(ProcExecEvent {
+                task: task(&r.hdr, &r.comm),
+                parent: r.parent,
+                filename: String::from_utf8_lossy(name).into_owned(),
+            })
+        }
+        kind::SIGNAL => {
+            let r: Signal = read(bytes, hdr.kind)?;
+            Event::Signal(SignalEvent {
+                task: task(&r.hdr, &r.comm),
+                sig: r.sig,
+                name: signal_name(r.sig),
+                target: r.target,
+                result: r.result,
+                code: r.code,
+            })
+        }
+        kind::UNIX_SOCK => {
+            let r: UnixSock = read(bytes, hdr.kind)?;
+            Event::UnixSock(UnixSockEvent {
+                task: task(&r.hdr, &r.comm),
+                op: op_name(r.op),
+                fd: r.fd,
+                ret: r.ret,
+                id: SockId { inode: r.id.inode, peer_inode: r.id.peer_inode, peer_pid: r.id.peer_pid },
+                path: path_text(&r.path, r.id.path_len),
+            })
+        }
+        kind::UNIX_IO => {
+            let r: UnixIo = read(bytes, hdr.kind)?;
+            Event::UnixIo(UnixIoEvent {
+                task: task(&r.hdr, &[0; COMM_LEN]),
+                op: op_name(r.op),
+                ret: r.ret,
+                id: SockId { inode: r.id.inode, peer_inode: r.id.peer_inode, peer_pid: r.id.peer_pid },
+            })
+        }
+        kind::CPU_SAMPLE => {
+            let r: CpuSample = read(bytes, hdr.kind)?;
+            Event::CpuSample(CpuSampleEvent {
+                task: task(&r.hdr, &r.comm),
+                kstack_id: r.kstack_id,
+                ustack_id: r.ustack_id,
+                ip: r.ip,
+                sp: r.sp,
+                bp: r.bp,
+                user_mode: r.user_mode != 0,
+                stack_len: r.stack_len.min(r.stack.len() as u32),
+                stack_offset: 0,
             })
         }
         other => return Err(DecodeError::UnknownKind(other)),
@@ -211,10 +395,7 @@ pub fn bucket_event(b: &EpollBucket) -> EpollBucketEvent {
         epfd: b.last_epfd,
         maxevents: b.last_maxevents,
         timeout_ns: b.last_timeout_ns,
-        syscalls: (0..3)
-            .filter(|i| b.syscalls & (1 << i) != 0)
-            .map(syscall_name)
-            .collect(),
+        syscalls: (0..3).filter(|i| b.syscalls & (1 << i) != 0).map(syscall_name).collect(),
     }
 }
 
@@ -227,6 +408,83 @@ fn task(hdr: &EventHeader, comm: &[u8; COMM_LEN]) -> Task {
         tid: hdr.tid,
         comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
     }
+}
+
+/// The copied user stack of a CPU-sample record (empty for any other record).
+pub fn sample_stack(bytes: &[u8]) -> &[u8] {
+    match read::<CpuSample>(bytes, kind::CPU_SAMPLE) {
+        Ok(r) if r.hdr.kind == kind::CPU_SAMPLE => {
+            let start = std::mem::offset_of!(CpuSample, stack);
+            let len = (r.stack_len as usize).min(r.stack.len());
+            &bytes[start..start + len]
+        }
+        _ => &[],
+    }
+}
+
+/// A sun_path as text: `@name` for an abstract address, trailing NULs dropped.
+pub fn path_text(path: &[u8; PATH_LEN], len: u32) -> String {
+    let p = unix::path_bytes(path, len);
+    match p.split_first() {
+        Some((0, rest)) => {
+            format!("@{}", String::from_utf8_lossy(rest.split(|&b| b == 0).next().unwrap_or_default()))
+        }
+        _ => String::from_utf8_lossy(p.split(|&b| b == 0).next().unwrap_or_default()).into_owned(),
+    }
+}
+
+fn op_name(op: u32) -> String {
+    use probe_common::unix::op;
+    match op {
+        op::CONNECT => "connect",
+        op::BIND => "bind",
+        op::ACCEPT => "accept",
+        op::CLOSE => "close",
+        op::SEEN => "seen",
+        op::SEND => "send",
+        op::RECV => "recv",
+        _ => return format!("op#{op}"),
+    }
+    .to_string()
+}
+
+/// The name of a signal number, e.g. 9 -> SIGKILL.
+pub fn signal_name(sig: u32) -> String {
+    const NAMES: [&str; 32] = [
+        "0",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    NAMES.get(sig as usize).map_or_else(|| format!("SIG{sig}"), |n| n.to_string())
 }
 
 fn syscall_name(v: u32) -> String {
@@ -261,13 +519,7 @@ mod tests {
     }
 
     fn hdr(kind: u32) -> EventHeader {
-        EventHeader {
-            kind,
-            cpu: 1,
-            ts_ns: 5_000,
-            tgid: 10,
-            tid: 11,
-        }
+        EventHeader { kind, cpu: 1, ts_ns: 5_000, tgid: 10, tid: 11 }
     }
 
     #[test]
@@ -289,23 +541,9 @@ mod tests {
             syscalls: 0b10,
             _pad: 0,
         };
-        let Event::EpollBucket(e) = decode(&bytes(&b)).unwrap() else {
-            panic!("wrong kind")
-        };
-        assert_eq!(
-            e.task,
-            Task {
-                ts_ns: 5_000,
-                cpu: 1,
-                tgid: 10,
-                tid: 11,
-                comm: "nginx".into()
-            }
-        );
-        assert_eq!(
-            (e.calls, e.zero_timeout, e.zero_events, e.blocked_ns),
-            (1000, 999, 998, 77)
-        );
+        let Event::EpollBucket(e) = decode(&bytes(&b)).unwrap() else { panic!("wrong kind") };
+        assert_eq!(e.task, Task { ts_ns: 5_000, cpu: 1, tgid: 10, tid: 11, comm: "nginx".into() });
+        assert_eq!((e.calls, e.zero_timeout, e.zero_events, e.blocked_ns), (1000, 999, 998, 77));
         assert_eq!((e.epfd, e.maxevents, e.timeout_ns), (7, 512, 0));
         assert_eq!(e.syscalls, vec!["epoll_pwait".to_string()]);
     }
@@ -323,58 +561,85 @@ mod tests {
             syscall: 2,
             reason: call_reason::FIRST | call_reason::ERROR,
         };
-        let Event::EpollCall(e) = decode(&bytes(&c)).unwrap() else {
-            panic!("wrong kind")
-        };
+        let Event::EpollCall(e) = decode(&bytes(&c)).unwrap() else { panic!("wrong kind") };
         assert_eq!(e.task.comm, "a-sixteen-bytes!");
-        assert_eq!(
-            (e.syscall.as_str(), e.ret, e.timeout_ns),
-            ("epoll_pwait2", -4, -1)
-        );
+        assert_eq!((e.syscall.as_str(), e.ret, e.timeout_ns), ("epoll_pwait2", -4, -1));
         assert_eq!(e.reasons, vec!["first", "error"]);
     }
 
     #[test]
     fn decodes_fork_and_exit() {
-        let f = ProcFork {
-            hdr: hdr(kind::PROC_FORK),
-            comm: comm("sh"),
-            child: 99,
+        let f = ProcFork { hdr: hdr(kind::PROC_FORK), comm: comm("sh"), child: 99, _pad: 0 };
+        assert!(matches!(decode(&bytes(&f)), Ok(Event::ProcFork(ProcForkEvent { child: 99, .. }))));
+        let x = ProcExit { hdr: hdr(kind::PROC_EXIT), comm: comm("sh"), exit_code: 9, parent: 1 };
+        let Ok(Event::ProcExit(e)) = decode(&bytes(&x)) else { panic!("wrong kind") };
+        assert_eq!((e.signal(), e.status(), e.parent), (Some(9), None, 1));
+        let x = ProcExit { exit_code: 3 << 8, ..x };
+        let Ok(Event::ProcExit(e)) = decode(&bytes(&x)) else { panic!("wrong kind") };
+        assert_eq!((e.signal(), e.status()), (None, Some(3)));
+    }
+
+    #[test]
+    fn decodes_unix_records_with_paths() {
+        let mut path = [0u8; PATH_LEN];
+        path[..13].copy_from_slice(b"/tmp/js.sock\0");
+        let id = probe_common::SockIdentity { inode: 77, peer_inode: 78, peer_pid: 4711, path_len: 13 };
+        let r = UnixSock {
+            hdr: hdr(kind::UNIX_SOCK),
+            comm: comm("nginx"),
+            op: probe_common::unix::op::CONNECT,
+            fd: 12,
+            ret: -111,
+            id,
+            path,
             _pad: 0,
         };
-        assert!(matches!(
-            decode(&bytes(&f)),
-            Ok(Event::ProcFork(ProcForkEvent { child: 99, .. }))
-        ));
-        let x = ProcExit {
-            hdr: hdr(kind::PROC_EXIT),
-            comm: comm("sh"),
+        let Ok(Event::UnixSock(e)) = decode(&bytes(&r)) else { panic!("wrong kind") };
+        assert_eq!((e.op.as_str(), e.fd, e.ret, e.path.as_str()), ("connect", 12, -111, "/tmp/js.sock"));
+        assert_eq!(e.id, SockId { inode: 77, peer_inode: 78, peer_pid: 4711 });
+        let mut abstract_path = [0u8; PATH_LEN];
+        abstract_path[1..4].copy_from_slice(b"abc");
+        assert_eq!(path_text(&abstract_path, 4), "@abc");
+        let io = UnixIo { hdr: hdr(kind::UNIX_IO), op: probe_common::unix::op::SEND, _pad: 0, ret: -32, id };
+        let Ok(Event::UnixIo(e)) = decode(&bytes(&io)) else { panic!("wrong kind") };
+        assert_eq!((e.op.as_str(), e.ret, e.id.peer_pid), ("send", -32, 4711));
+    }
+
+    #[test]
+    fn decodes_signals_and_samples() {
+        let s = Signal { hdr: hdr(kind::SIGNAL), comm: comm("kill"), sig: 9, target: 55, result: 0, code: 0 };
+        let Ok(Event::Signal(e)) = decode(&bytes(&s)) else { panic!("wrong kind") };
+        assert_eq!((e.name.as_str(), e.target, e.task.tgid), ("SIGKILL", 55, 10));
+        let mut c = CpuSample {
+            hdr: hdr(kind::CPU_SAMPLE),
+            comm: comm("nginx"),
+            kstack_id: -14,
+            ustack_id: 3,
+            ip: 1,
+            sp: 2,
+            bp: 3,
+            stack_len: 4,
+            user_mode: 1,
+            stack: [0; probe_common::sample::USER_STACK_LEN],
         };
-        assert!(matches!(decode(&bytes(&x)), Ok(Event::ProcExit(_))));
+        c.stack[..4].copy_from_slice(&[9, 8, 7, 6]);
+        let raw = bytes(&c);
+        assert_eq!(sample_stack(&raw), &[9, 8, 7, 6]);
+        let Ok(Event::CpuSample(e)) = decode(&raw) else { panic!("wrong kind") };
+        assert_eq!((e.kstack_id, e.ustack_id, e.user_mode, e.stack_len), (-14, 3, true, 4));
     }
 
     #[test]
     fn refuses_truncated_and_unknown_records() {
-        assert_eq!(
-            decode(&[1, 0, 0]),
-            Err(DecodeError::Truncated { kind: 0, len: 3 })
-        );
+        assert_eq!(decode(&[1, 0, 0]), Err(DecodeError::Truncated { kind: 0, len: 3 }));
         let short = bytes(&hdr(kind::EPOLL_BUCKET));
-        assert_eq!(
-            decode(&short),
-            Err(DecodeError::Truncated { kind: 1, len: 24 })
-        );
+        assert_eq!(decode(&short), Err(DecodeError::Truncated { kind: 1, len: 24 }));
         assert_eq!(decode(&bytes(&hdr(77))), Err(DecodeError::UnknownKind(77)));
     }
 
     #[test]
     fn json_lines_round_trip() {
-        let f = ProcFork {
-            hdr: hdr(kind::PROC_FORK),
-            comm: comm("sh"),
-            child: 99,
-            _pad: 0,
-        };
+        let f = ProcFork { hdr: hdr(kind::PROC_FORK), comm: comm("sh"), child: 99, _pad: 0 };
         let ev = decode(&bytes(&f)).unwrap();
         let line = serde_json::to_string(&ev).unwrap();
         assert!(line.starts_with(r#"{"type":"proc_fork","#), "{line}");

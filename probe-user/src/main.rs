@@ -22,9 +22,9 @@ struct Cli {
 enum Cmd {
     /// Trace a process tree (following forks) and write a trace directory. Needs root.
     Record {
-        /// Root of the process tree to trace (e.g. the nginx master).
-        #[arg(long)]
-        pid: u32,
+        /// Root of a process tree to trace (e.g. the nginx master); repeat for more trees.
+        #[arg(long = "pid", required = true)]
+        pids: Vec<u32>,
         /// How long to trace, e.g. 5s, 500ms, 2m.
         #[arg(long, default_value = "5s", value_parser = duration::parse)]
         duration: std::time::Duration,
@@ -37,6 +37,9 @@ enum Cmd {
         /// Trace only the processes that exist at start, not their new children.
         #[arg(long)]
         no_follow_forks: bool,
+        /// CPU sampling frequency in Hz (0 turns sampling off).
+        #[arg(long, default_value_t = 99)]
+        sample_hz: u64,
     },
     /// Print the per-thread summary of a trace directory (no root needed).
     Show {
@@ -55,38 +58,18 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: clap's first line, without its usage block.
             let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
+            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
             eprintln!("reloadscope: {first}");
             return ExitCode::from(2);
         }
     };
     let result = match cli.cmd {
-        Cmd::Record {
-            pid,
-            duration,
-            out,
-            bucket,
-            no_follow_forks,
-        } => {
-            let args = RecordArgs {
-                pid,
-                duration,
-                out,
-                bucket,
-                follow_forks: !no_follow_forks,
-            };
+        Cmd::Record { pids, duration, out, bucket, no_follow_forks, sample_hz } => {
+            let args = RecordArgs { pids, duration, out, bucket, follow_forks: !no_follow_forks, sample_hz };
             record(&args).map(|r| {
                 print!("{}", r.table);
                 eprintln!("reloadscope: {}", footer(&r.meta, &args.out));
-                if r.meta.interrupted {
-                    ExitCode::from(130)
-                } else {
-                    ExitCode::SUCCESS
-                }
+                if r.meta.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS }
             })
         }
         Cmd::Show { dir } => trace::read(&dir).map(|t| {

@@ -1,8 +1,8 @@
-//! The probe's runtime configuration, with every tracepoint field offset taken from the running
-//! kernel's tracefs `format` files.
+//! The probe's runtime configuration: every tracepoint field offset from the running kernel's
+//! tracefs `format` files, and every kernel struct offset from its BTF.
 
 use anyhow::{Result, bail};
-use probe_common::ProbeConfig;
+use probe_common::{KernelOffsets, MISSING, ProbeConfig, sample::USER_STACK_LEN};
 
 use crate::tracefs::Format;
 
@@ -14,15 +14,21 @@ pub struct Formats {
     pub syscall_exit: Format,
     /// `sched:sched_process_fork`.
     pub fork: Format,
+    /// `syscalls:sys_enter_connect`, `sys_enter_bind` and `sys_enter_close`.
+    pub socket_enter: Vec<Format>,
+    /// `sched:sched_process_exec`.
+    pub exec: Format,
+    /// `signal:signal_generate`.
+    pub signal: Format,
+    /// `sock:sock_send_length` and `sock:sock_recv_length`.
+    pub sock_len: Vec<Format>,
 }
 
 /// Builds the configuration, checking that the three epoll entry layouts agree (one program
 /// reads them all) and that each field is wide enough for the read the program does.
 pub fn probe_config(f: &Formats, bucket_ns: u64, follow_forks: bool) -> Result<ProbeConfig> {
     let Some(first) = f.epoll_enter.first() else {
-        bail!(
-            "this kernel has none of the epoll_wait/epoll_pwait/epoll_pwait2 syscall tracepoints"
-        );
+        bail!("this kernel has none of the epoll_wait/epoll_pwait/epoll_pwait2 syscall tracepoints");
     };
     let mut cfg = ProbeConfig {
         bucket_ns,
@@ -32,13 +38,21 @@ pub fn probe_config(f: &Formats, bucket_ns: u64, follow_forks: bool) -> Result<P
         off_ret: sized(&f.syscall_exit, "ret", 8)?,
         off_fork_child: sized(&f.fork, "child_pid", 4)?,
         follow_forks: follow_forks as u32,
+        off_syscall_args: syscall_args(&f.socket_enter)?,
+        off_exec_filename: sized(&f.exec, "filename", 4)?,
+        off_signal: [
+            sized(&f.signal, "sig", 4)?,
+            sized(&f.signal, "pid", 4)?,
+            sized(&f.signal, "code", 4)?,
+            sized(&f.signal, "result", 4)?,
+        ],
+        off_sock_len: same_layout(&f.sock_len, [("sk", 8), ("family", 2), ("ret", 4)])?,
+        sample_stack_bytes: USER_STACK_LEN as u32,
     };
     for fmt in &f.epoll_enter {
-        for (name, off) in [
-            ("epfd", cfg.off_epfd),
-            ("maxevents", cfg.off_maxevents),
-            ("timeout", cfg.off_timeout),
-        ] {
+        for (name, off) in
+            [("epfd", cfg.off_epfd), ("maxevents", cfg.off_maxevents), ("timeout", cfg.off_timeout)]
+        {
             let field = fmt.field(name)?;
             if field.offset != off || field.size < 4 {
                 bail!(
@@ -55,14 +69,92 @@ pub fn probe_config(f: &Formats, bucket_ns: u64, follow_forks: bool) -> Result<P
     Ok(cfg)
 }
 
+/// The offset of the first syscall argument, checking that arguments are 8-byte slots.
+fn syscall_args(formats: &[Format]) -> Result<u32> {
+    let Some(first) = formats.first() else { bail!("no syscall entry format to read argument offsets from") };
+    let base = first.field("__syscall_nr")?.offset;
+    let args: Vec<_> = first.fields.iter().filter(|f| f.offset > base).collect();
+    let start = args.first().map(|f| f.offset).unwrap_or(base + 8);
+    for fmt in formats {
+        for (i, field) in fmt.fields.iter().filter(|f| f.offset > base).enumerate() {
+            if field.offset != start + 8 * i as u32 || field.size != 8 {
+                bail!(
+                    "{}: argument {} is at {}+{}, not in 8-byte slots from {start}",
+                    fmt.name,
+                    field.name,
+                    field.offset,
+                    field.size
+                );
+            }
+        }
+    }
+    Ok(start)
+}
+
+/// Offsets of the named fields, which must be the same in every format given.
+fn same_layout<const N: usize>(formats: &[Format], fields: [(&str, u32); N]) -> Result<[u32; N]> {
+    let Some(first) = formats.first() else { bail!("tracepoint formats missing") };
+    let mut out = [0; N];
+    for (i, (name, size)) in fields.into_iter().enumerate() {
+        out[i] = sized(first, name, size)?;
+        for fmt in &formats[1..] {
+            if sized(fmt, name, size)? != out[i] {
+                bail!("{} and {} disagree on field {name}", first.name, fmt.name);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Kernel struct offsets from BTF through `lookup(struct, member path)`. A member the kernel
+/// lacks becomes [`MISSING`] and is named in the returned list, so only that field degrades.
+pub fn kernel_offsets(lookup: impl Fn(&str, &str) -> Result<u32>) -> (KernelOffsets, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut get = |ty: &str, path: &str| match lookup(ty, path) {
+        Ok(off) => off,
+        Err(_) => {
+            missing.push(format!("{ty}.{path}"));
+            MISSING
+        }
+    };
+    let sum = |a: u32, b: u32| if a == MISSING || b == MISSING { MISSING } else { a + b };
+    let k = KernelOffsets {
+        task_files: get("task_struct", "files"),
+        task_real_parent: get("task_struct", "real_parent"),
+        task_tgid: get("task_struct", "tgid"),
+        task_exit_code: get("task_struct", "exit_code"),
+        files_fdt: get("files_struct", "fdt"),
+        fdtable_max_fds: get("fdtable", "max_fds"),
+        fdtable_fd: get("fdtable", "fd"),
+        file_private_data: get("file", "private_data"),
+        file_inode: get("file", "f_inode"),
+        inode_mode: get("inode", "i_mode"),
+        inode_ino: get("inode", "i_ino"),
+        socket_sk: get("socket", "sk"),
+        socket_to_inode: {
+            let (inode, socket) = (get("socket_alloc", "vfs_inode"), get("socket_alloc", "socket"));
+            if inode == MISSING || socket == MISSING { MISSING } else { inode - socket }
+        },
+        sock_family: get("sock", "__sk_common.skc_family"),
+        sock_socket: get("sock", "sk_socket"),
+        sock_peer_pid: get("sock", "sk_peer_pid"),
+        unix_addr: get("unix_sock", "addr"),
+        unix_peer: get("unix_sock", "peer"),
+        uaddr_len: get("unix_address", "len"),
+        uaddr_name: get("unix_address", "name"),
+        pid_nr: {
+            let (numbers, nr) = (get("pid", "numbers"), get("upid", "nr"));
+            sum(numbers, nr)
+        },
+        _pad: 0,
+    };
+    (k, missing)
+}
+
 fn sized(fmt: &Format, name: &str, size: u32) -> Result<u32> {
     let field = fmt.field(name)?;
     if field.size != size {
-        bail!(
-            "{}: field {name} is {} bytes, the probe reads {size}",
-            fmt.name,
-            field.size
-        );
+        bail!("{}: field {name} is {} bytes, the probe reads {size}", fmt.name, field.size);
     }
     Ok(field.offset)
 }
@@ -75,55 +167,41 @@ mod tests {
     fn fmt(name: &str, fields: &[(&str, u32, u32)]) -> Format {
         Format {
             name: name.into(),
-            fields: fields
-                .iter()
-                .map(|&(n, offset, size)| Field {
-                    name: n.into(),
-                    offset,
-                    size,
-                })
-                .collect(),
+            fields: fields.iter().map(|&(n, offset, size)| Field { name: n.into(), offset, size }).collect(),
         }
     }
 
     fn formats(pwait2_epfd: u32) -> Formats {
-        let enter = |n, e| {
-            fmt(
-                n,
-                &[("epfd", e, 8), ("maxevents", 32, 8), ("timeout", 40, 8)],
-            )
-        };
+        let enter = |n, e| fmt(n, &[("epfd", e, 8), ("maxevents", 32, 8), ("timeout", 40, 8)]);
+        let sock = |n| fmt(n, &[("sk", 8, 8), ("family", 16, 2), ("protocol", 18, 2), ("ret", 20, 4)]);
+        let connect = [("__syscall_nr", 8, 4), ("fd", 16, 8), ("uservaddr", 24, 8), ("addrlen", 32, 8)];
         Formats {
             epoll_enter: vec![
                 enter("sys_enter_epoll_wait", 16),
                 enter("sys_enter_epoll_pwait2", pwait2_epfd),
             ],
             syscall_exit: fmt("sys_exit_epoll_wait", &[("ret", 16, 8)]),
-            fork: fmt(
-                "sched_process_fork",
-                &[("parent_pid", 12, 4), ("child_pid", 20, 4)],
+            fork: fmt("sched_process_fork", &[("parent_pid", 12, 4), ("child_pid", 20, 4)]),
+            socket_enter: vec![fmt("sys_enter_connect", &connect)],
+            exec: fmt("sched_process_exec", &[("filename", 8, 4), ("pid", 12, 4)]),
+            signal: fmt(
+                "signal_generate",
+                &[("sig", 8, 4), ("code", 16, 4), ("pid", 36, 4), ("result", 44, 4)],
             ),
+            sock_len: vec![sock("sock_send_length"), sock("sock_recv_length")],
         }
     }
 
     #[test]
     fn takes_offsets_from_the_formats() {
         let cfg = probe_config(&formats(16), 100_000_000, true).unwrap();
-        assert_eq!(
-            (cfg.off_epfd, cfg.off_maxevents, cfg.off_timeout),
-            (16, 32, 40)
-        );
-        assert_eq!(
-            (cfg.off_ret, cfg.off_fork_child, cfg.follow_forks),
-            (16, 20, 1)
-        );
+        assert_eq!((cfg.off_epfd, cfg.off_maxevents, cfg.off_timeout), (16, 32, 40));
+        assert_eq!((cfg.off_ret, cfg.off_fork_child, cfg.follow_forks), (16, 20, 1));
     }
 
     #[test]
     fn disagreeing_layouts_are_refused() {
-        let err = probe_config(&formats(24), 1, false)
-            .unwrap_err()
-            .to_string();
+        let err = probe_config(&formats(24), 1, false).unwrap_err().to_string();
         assert!(err.contains("sys_enter_epoll_pwait2"), "{err}");
     }
 
@@ -132,5 +210,43 @@ mod tests {
         let mut f = formats(16);
         f.epoll_enter.clear();
         assert!(probe_config(&f, 1, false).is_err());
+    }
+
+    #[test]
+    fn reads_socket_signal_exec_and_io_offsets() {
+        let cfg = probe_config(&formats(16), 1, false).unwrap();
+        assert_eq!(cfg.off_syscall_args, 16);
+        assert_eq!(cfg.off_exec_filename, 8);
+        assert_eq!(cfg.off_signal, [8, 36, 16, 44]);
+        assert_eq!(cfg.off_sock_len, [8, 16, 20]);
+    }
+
+    #[test]
+    fn syscall_arguments_must_be_slots() {
+        let mut f = formats(16);
+        f.socket_enter[0].fields[2].offset = 28;
+        assert!(probe_config(&f, 1, false).unwrap_err().to_string().contains("uservaddr"));
+    }
+
+    #[test]
+    fn a_missing_struct_member_degrades_alone() {
+        let (k, missing) = kernel_offsets(|ty, path| match (ty, path) {
+            ("sock", "sk_peer_pid") => anyhow::bail!("no such member"),
+            ("pid", "numbers") => Ok(96),
+            ("upid", "nr") => Ok(0),
+            ("socket_alloc", "vfs_inode") => Ok(128),
+            ("socket_alloc", "socket") => Ok(0),
+            _ => Ok(8),
+        });
+        assert_eq!(missing, vec!["sock.sk_peer_pid".to_string()]);
+        assert_eq!((k.sock_peer_pid, k.pid_nr, k.socket_to_inode, k.unix_peer), (MISSING, 96, 128, 8));
+    }
+
+    #[test]
+    fn this_kernels_btf_gives_every_offset() {
+        let btf = crate::btf::Btf::from_file(std::path::Path::new(crate::preflight::KERNEL_BTF)).unwrap();
+        let (k, missing) = kernel_offsets(|ty, path| btf.member_offset(ty, path));
+        assert!(missing.is_empty(), "missing on this kernel: {missing:?}");
+        assert_eq!(k.task_tgid, btf.member_offset("task_struct", "pid").unwrap() + 4);
     }
 }

@@ -67,15 +67,7 @@ mod tests {
 
     #[test]
     fn finds_the_whole_subtree_only() {
-        let table = [
-            (1, 0),
-            (10, 1),
-            (11, 10),
-            (12, 10),
-            (13, 11),
-            (20, 1),
-            (21, 20),
-        ];
+        let table = [(1, 0), (10, 1), (11, 10), (12, 10), (13, 11), (20, 1), (21, 20)];
         let mut d = descendants(10, &table);
         d.sort();
         assert_eq!(d, vec![11, 12, 13]);

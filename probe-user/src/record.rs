@@ -1,23 +1,26 @@
-//! `reloadscope record`: trace a process tree for a while and write a trace directory.
+//! `reloadscope record`: trace process trees for a while and write a trace directory.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use probe_common::{Target, kind, target_flag};
 
-use crate::event::{Event, bucket_event, decode};
-use crate::probe::Probe;
+use crate::event::{Event, bucket_event, decode, sample_stack};
+use crate::model::{self, ProcInfo};
+use crate::probe::{Probe, ProbeOptions};
 use crate::trace::{ClockAnchor, Meta, RecordOptions, TraceWriter};
 use crate::{clock, preflight, proctree, summary};
 
 /// What to record.
 #[derive(Debug, Clone)]
 pub struct RecordArgs {
-    /// Root of the process tree to trace.
-    pub pid: u32,
+    /// Roots of the process trees to trace.
+    pub pids: Vec<u32>,
     /// How long to trace.
     pub duration: Duration,
     /// The trace directory to write.
@@ -26,6 +29,8 @@ pub struct RecordArgs {
     pub bucket: Duration,
     /// Follow forks of targets into new targets.
     pub follow_forks: bool,
+    /// CPU sampling frequency (0: off).
+    pub sample_hz: u64,
 }
 
 /// The result of a recording.
@@ -54,79 +59,157 @@ fn install_stop_handlers() {
 /// Names of record kinds, for the drop counters in meta.json.
 fn kind_name(k: u32) -> String {
     match k {
-        kind::EPOLL_BUCKET => "epoll_bucket".into(),
-        kind::EPOLL_CALL => "epoll_call".into(),
-        kind::PROC_FORK => "proc_fork".into(),
-        kind::PROC_EXIT => "proc_exit".into(),
-        other => format!("kind_{other}"),
+        kind::EPOLL_BUCKET => "epoll_bucket",
+        kind::EPOLL_CALL => "epoll_call",
+        kind::PROC_FORK => "proc_fork",
+        kind::PROC_EXIT => "proc_exit",
+        kind::PROC_EXEC => "proc_exec",
+        kind::SIGNAL => "signal",
+        kind::UNIX_SOCK => "unix_sock",
+        kind::UNIX_IO => "unix_io",
+        kind::CPU_SAMPLE => "cpu_sample",
+        other => return format!("kind_{other}"),
+    }
+    .into()
+}
+
+/// /proc facts about a live process, and a copy of its memory map for later symbolization.
+fn snapshot(pid: u32, maps_dir: &Path) -> Option<ProcInfo> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, ppid, comm) = proctree::parse_stat(&stat)?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let argv = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into())
+        .collect();
+    if let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) {
+        let _ = std::fs::write(maps_dir.join(format!("{pid}.maps")), maps);
+    }
+    Some(ProcInfo { ppid, comm, argv })
+}
+
+/// Everything the recording loop accumulates.
+struct Collector {
+    writer: TraceWriter,
+    samples: BufWriter<File>,
+    samples_len: u64,
+    events: Vec<Event>,
+    decode_errors: u64,
+    known: BTreeMap<u32, ProcInfo>,
+    seen: BTreeSet<u32>,
+    maps_dir: PathBuf,
+}
+
+impl Collector {
+    fn handle(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut ev = match decode(bytes) {
+            Ok(ev) => ev,
+            Err(_) => {
+                self.decode_errors += 1;
+                return Ok(());
+            }
+        };
+        if let Event::CpuSample(s) = &mut ev {
+            let stack = sample_stack(bytes);
+            s.stack_offset = self.samples_len;
+            self.samples.write_all(stack)?;
+            self.samples_len += stack.len() as u64;
+        }
+        // Read /proc for each new process while it lives: argv and its memory map.
+        let pid = match &ev {
+            Event::ProcFork(f) => f.child,
+            other => other.task().tgid,
+        };
+        if self.seen.insert(pid)
+            && let Some(info) = snapshot(pid, &self.maps_dir)
+        {
+            // A thread's /proc entry reports its process's pid in Tgid; keep processes only.
+            if std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l == format!("Tgid:\t{pid}")))
+            {
+                self.known.entry(pid).or_insert(info);
+            }
+        }
+        self.writer.write(&ev)?;
+        self.events.push(ev);
+        Ok(())
     }
 }
 
-/// Traces `args.pid` and its descendants for `args.duration` and writes `args.out`.
+/// Traces `args.pids` and their descendants for `args.duration` and writes `args.out`.
 pub fn record(args: &RecordArgs) -> Result<Recorded> {
     let tracefs = preflight::check()?;
-    let root_comm =
-        proctree::comm(args.pid).ok_or_else(|| anyhow!("no process with pid {}", args.pid))?;
-    let mut probe = Probe::load(&tracefs, args.bucket.as_nanos() as u64, args.follow_forks)?;
-    for tp in &probe.missing {
+    let mut roots = Vec::new();
+    for &pid in &args.pids {
+        roots.push((pid, proctree::comm(pid).ok_or_else(|| anyhow!("no process with pid {pid}"))?));
+    }
+    let opts = ProbeOptions {
+        bucket_ns: args.bucket.as_nanos() as u64,
+        follow_forks: args.follow_forks,
+        sample_hz: args.sample_hz,
+    };
+    let mut probe = Probe::load(&tracefs, &opts)?;
+    for tp in &probe.degraded.tracepoints {
         eprintln!("reloadscope: {tp} does not exist on this kernel; that syscall is not traced");
     }
-    install_stop_handlers();
-    let clock = ClockAnchor {
-        monotonic_ns: clock::monotonic_ns(),
-        realtime_ns: clock::realtime_ns(),
-    };
-    let started_ns = clock.monotonic_ns;
-
-    // Root first: from here on the kernel adds its new children itself.
-    probe.add_target(
-        args.pid,
-        Target {
-            parent: 0,
-            flags: target_flag::FROM_USER,
-        },
-    )?;
-    let mut initial = vec![args.pid];
-    for pid in proctree::descendants(args.pid, &proctree::scan()) {
-        probe.add_target(
-            pid,
-            Target {
-                parent: 0,
-                flags: target_flag::FROM_USER,
-            },
-        )?;
-        initial.push(pid);
+    for field in &probe.degraded.struct_fields {
+        eprintln!("reloadscope: this kernel's BTF has no {field}; the event fields read from it stay 0");
     }
+    install_stop_handlers();
+
+    let writer = TraceWriter::create(&args.out)?;
+    let maps_dir = args.out.join("maps");
+    std::fs::create_dir_all(&maps_dir)?;
+    let samples_path = args.out.join("samples.bin");
+    let samples = BufWriter::new(
+        File::create(&samples_path).with_context(|| format!("cannot write {}", samples_path.display()))?,
+    );
+    let mut c = Collector {
+        writer,
+        samples,
+        samples_len: 0,
+        events: Vec::new(),
+        decode_errors: 0,
+        known: BTreeMap::new(),
+        seen: BTreeSet::new(),
+        maps_dir,
+    };
+
+    let clock = ClockAnchor { monotonic_ns: clock::monotonic_ns(), realtime_ns: clock::realtime_ns() };
+    let started_ns = clock.monotonic_ns;
+    // Roots first: from here on the kernel adds their new children itself.
+    let table = proctree::scan();
+    let mut initial = Vec::new();
+    for &(root, _) in &roots {
+        for pid in std::iter::once(root).chain(proctree::descendants(root, &table)) {
+            if !initial.contains(&pid) {
+                probe.add_target(pid, Target { parent: 0, flags: target_flag::FROM_USER })?;
+                initial.push(pid);
+            }
+        }
+    }
+    for &pid in &initial {
+        if let Some(info) = snapshot(pid, &c.maps_dir) {
+            c.known.insert(pid, info);
+            c.seen.insert(pid);
+        }
+    }
+    let names: Vec<String> = roots.iter().map(|(p, comm)| format!("{p} ({comm})")).collect();
     eprintln!(
-        "reloadscope: tracing pid {} ({root_comm}) and {} descendant(s) for {:.1?}; writing {}",
-        args.pid,
-        initial.len() - 1,
+        "reloadscope: tracing pid {} and {} descendant(s) for {:.1?}; writing {}",
+        names.join(", "),
+        initial.len() - roots.len(),
         args.duration,
         args.out.display()
     );
 
-    let mut writer = TraceWriter::create(&args.out)?;
-    let mut events: Vec<Event> = Vec::new();
-    let mut decode_errors = 0u64;
-    let mut handle = |bytes: &[u8], writer: &mut TraceWriter| match decode(bytes) {
-        Ok(ev) => {
-            let r = writer.write(&ev);
-            events.push(ev);
-            r
-        }
-        Err(_) => {
-            decode_errors += 1;
-            Ok(())
-        }
-    };
     let deadline = Instant::now() + args.duration;
     let mut io_error = None;
     while !STOP.load(Ordering::SeqCst) && Instant::now() < deadline {
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(100));
+        let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
         probe.poll(wait, |b| {
-            if let Err(e) = handle(b, &mut writer) {
+            if let Err(e) = c.handle(b) {
                 io_error.get_or_insert(e);
             }
         })?;
@@ -136,20 +219,21 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
     probe.clear_targets()?;
     let ended_ns = clock::monotonic_ns();
     probe.drain(|b| {
-        if let Err(e) = handle(b, &mut writer) {
+        if let Err(e) = c.handle(b) {
             io_error.get_or_insert(e);
         }
     });
+    if let Some(e) = io_error {
+        return Err(e);
+    }
     for bucket in probe.open_buckets()? {
         let mut ev = bucket_event(&bucket);
         ev.task.ts_ns = ended_ns;
         let ev = Event::EpollBucket(ev);
-        writer.write(&ev)?;
-        events.push(ev);
+        c.writer.write(&ev)?;
+        c.events.push(ev);
     }
-    if let Some(e) = io_error {
-        return Err(e);
-    }
+    c.samples.flush()?;
     let drops: BTreeMap<String, u64> = probe
         .drops()?
         .into_iter()
@@ -157,6 +241,9 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         .filter(|&(_, n)| n > 0)
         .map(|(k, n)| (kind_name(k as u32), n))
         .collect();
+    write_json(&args.out.join("stacks.json"), &probe.stacks()?)?;
+    let processes = model::processes(&c.events, roots[0].0, &c.known);
+    write_json(&args.out.join("processes.json"), &processes)?;
 
     let mut meta = Meta {
         tool: format!("reloadscope {}", env!("CARGO_PKG_VERSION")),
@@ -165,37 +252,45 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         started_ns,
         ended_ns,
         options: RecordOptions {
-            root_pid: args.pid,
+            root_pid: roots[0].0,
+            roots: args.pids.clone(),
             duration_ms: args.duration.as_millis() as u64,
             bucket_ms: args.bucket.as_millis() as u64,
             follow_forks: args.follow_forks,
+            sample_hz: args.sample_hz,
         },
-        root_comm,
+        root_comm: roots[0].1.clone(),
         initial_targets: initial,
         drops,
-        decode_errors,
+        decode_errors: c.decode_errors,
         interrupted: STOP.load(Ordering::SeqCst),
+        degraded: probe.degraded.clone(),
         ..Meta::default()
     };
-    let threads = summary::by_thread(&events);
+    drop(probe);
+    let threads = summary::by_thread(&c.events);
     let table = summary::table(&threads, meta.window_ns());
-    writer.finish(&mut meta, &threads, &table)?;
+    c.writer.finish(&mut meta, &threads, &table)?;
     Ok(Recorded { meta, table })
 }
 
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut f =
+        BufWriter::new(File::create(path).with_context(|| format!("cannot write {}", path.display()))?);
+    serde_json::to_writer_pretty(&mut f, value)?;
+    f.write_all(b"\n")?;
+    Ok(f.flush()?)
+}
+
 /// One line on what was written and what was lost.
-pub fn footer(meta: &Meta, out: &std::path::Path) -> String {
+pub fn footer(meta: &Meta, out: &Path) -> String {
     format!(
         "window {:.2} s, {} events, {} dropped, {} undecodable{}; trace in {}",
         meta.window_ns() as f64 / 1e9,
         meta.events,
         meta.total_drops(),
         meta.decode_errors,
-        if meta.interrupted {
-            ", interrupted"
-        } else {
-            ""
-        },
+        if meta.interrupted { ", interrupted" } else { "" },
         out.display()
     )
 }

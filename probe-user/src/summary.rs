@@ -39,11 +39,7 @@ pub struct ThreadSummary {
 }
 
 fn share(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
-    }
+    if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
 }
 
 impl ThreadSummary {
@@ -146,13 +142,7 @@ mod tests {
 
     fn bucket(tid: u32, start: u64, calls: u64, zero_to: u64, blocked: u64, timeout: i64) -> Event {
         Event::EpollBucket(EpollBucketEvent {
-            task: Task {
-                ts_ns: start + 10,
-                cpu: 0,
-                tgid: 100,
-                tid,
-                comm: format!("t{tid}"),
-            },
+            task: Task { ts_ns: start + 10, cpu: 0, tgid: 100, tid, comm: format!("t{tid}") },
             start_ns: start,
             end_ns: start + 10,
             calls,
@@ -177,23 +167,14 @@ mod tests {
         ];
         let t = by_thread(&events);
         assert_eq!(t.len(), 2);
-        assert_eq!(
-            (t[0].tid, t[0].calls, t[0].first_ns, t[0].last_ns),
-            (8, 1_500_000, 5, 110)
-        );
+        assert_eq!((t[0].tid, t[0].calls, t[0].first_ns, t[0].last_ns), (8, 1_500_000, 5, 110));
         let window = 2_000_000_000;
         assert!((t[0].calls_per_sec(window) - 750_000.0).abs() < 1e-6);
         assert_eq!(t[0].zero_timeout_share(), 1.0);
         assert!((t[0].blocked_share(window) - 0.075).abs() < 1e-9);
-        assert_eq!(
-            (t[1].tid, t[1].zero_timeout_share(), t[1].timeout_ns),
-            (7, 0.0, 200_000_000)
-        );
+        assert_eq!((t[1].tid, t[1].zero_timeout_share(), t[1].timeout_ns), (7, 0.0, 200_000_000));
         let table = table(&t, window);
-        assert!(
-            table.lines().nth(1).unwrap().contains("750000.0"),
-            "{table}"
-        );
+        assert!(table.lines().nth(1).unwrap().contains("750000.0"), "{table}");
         assert!(table.contains("200ms"), "{table}");
     }
 

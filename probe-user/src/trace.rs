@@ -37,14 +37,20 @@ impl ClockAnchor {
 /// Options the trace was recorded with.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordOptions {
-    /// Root of the traced process tree.
+    /// Root of the (first) traced process tree.
     pub root_pid: u32,
+    /// Every root given.
+    #[serde(default)]
+    pub roots: Vec<u32>,
     /// Requested duration in ms.
     pub duration_ms: u64,
     /// epoll bucket length in ms.
     pub bucket_ms: u64,
     /// Whether forks of targets were followed.
     pub follow_forks: bool,
+    /// CPU sampling frequency in Hz (0: off).
+    #[serde(default)]
+    pub sample_hz: u64,
 }
 
 /// `meta.json`.
@@ -70,8 +76,12 @@ pub struct Meta {
     pub initial_targets: Vec<u32>,
     /// Events written to events.jsonl.
     pub events: u64,
-    /// Records the kernel could not send, by record kind. Never silently lost.
+    /// Records the kernel could not send, by record kind (`cpu_sample` is the SAMPLES ring
+    /// buffer, every other kind the EVENTS one). Never silently lost.
     pub drops: BTreeMap<String, u64>,
+    /// What the running kernel lacks, so the probe degraded.
+    #[serde(default)]
+    pub degraded: crate::probe::Degraded,
     /// Records user space could not decode.
     pub decode_errors: u64,
     /// True when the recording was cut short (Ctrl-C, SIGTERM).
@@ -104,13 +114,8 @@ impl TraceWriter {
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join("events.jsonl");
-        let file =
-            File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            events: BufWriter::new(file),
-            count: 0,
-        })
+        let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Self { dir: dir.to_path_buf(), events: BufWriter::new(file), count: 0 })
     }
 
     /// Appends one event.
@@ -132,16 +137,20 @@ impl TraceWriter {
         meta.schema_version = SCHEMA_VERSION;
         meta.events = self.count;
         meta.files = [
-            (
-                "meta.json",
-                "this file: kernel, clock anchor, options, drop counts",
-            ),
-            (
-                "events.jsonl",
-                "one event per line, tagged by \"type\"; times are CLOCK_MONOTONIC ns",
-            ),
+            ("meta.json", "this file: kernel, clock anchor, options, drop counts"),
+            ("events.jsonl", "one event per line, tagged by \"type\"; times are CLOCK_MONOTONIC ns"),
             ("summary.json", "per-thread epoll totals over the window"),
             ("summary.txt", "the per-thread table reloadscope printed"),
+            ("processes.json", "every process seen: parent, argv, exec, exit, signals, generations"),
+            (
+                "stacks.json",
+                "stack id -> instruction pointers (leaf first) for cpu_sample kstack_id/ustack_id",
+            ),
+            (
+                "samples.bin",
+                "raw user-stack copies of cpu_sample events, at their stack_offset, stack_len bytes",
+            ),
+            ("maps/", "<pid>.maps: /proc/PID/maps of each traced process, copied while it lived"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -154,9 +163,8 @@ impl TraceWriter {
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut f = BufWriter::new(
-        File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
-    );
+    let mut f =
+        BufWriter::new(File::create(path).with_context(|| format!("cannot write {}", path.display()))?);
     serde_json::to_writer_pretty(&mut f, value)?;
     f.write_all(b"\n")?;
     Ok(f.flush()?)
@@ -174,11 +182,11 @@ pub struct Trace {
 /// Reads a trace directory written by [`TraceWriter`].
 pub fn read(dir: &Path) -> Result<Trace> {
     let meta_path = dir.join("meta.json");
-    let meta: Meta =
-        serde_json::from_reader(BufReader::new(File::open(&meta_path).with_context(
-            || format!("{} is not a trace directory (no meta.json)", dir.display()),
-        )?))
-        .with_context(|| format!("cannot parse {}", meta_path.display()))?;
+    let meta: Meta = serde_json::from_reader(BufReader::new(
+        File::open(&meta_path)
+            .with_context(|| format!("{} is not a trace directory (no meta.json)", dir.display()))?,
+    ))
+    .with_context(|| format!("cannot parse {}", meta_path.display()))?;
     if meta.schema_version != SCHEMA_VERSION {
         bail!(
             "{}: schema version {} (this reloadscope reads {SCHEMA_VERSION})",
@@ -188,8 +196,7 @@ pub fn read(dir: &Path) -> Result<Trace> {
     }
     let events_path = dir.join("events.jsonl");
     let reader = BufReader::new(
-        File::open(&events_path)
-            .with_context(|| format!("cannot open {}", events_path.display()))?,
+        File::open(&events_path).with_context(|| format!("cannot open {}", events_path.display()))?,
     );
     let mut events = Vec::new();
     for (i, line) in reader.lines().enumerate() {
@@ -198,8 +205,7 @@ pub fn read(dir: &Path) -> Result<Trace> {
             continue;
         }
         events.push(
-            serde_json::from_str(&line)
-                .with_context(|| format!("{}:{}", events_path.display(), i + 1))?,
+            serde_json::from_str(&line).with_context(|| format!("{}:{}", events_path.display(), i + 1))?,
         );
     }
     Ok(Trace { meta, events })
@@ -215,29 +221,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = TraceWriter::create(&dir.path().join("t")).unwrap();
         let ev = Event::ProcExit(ProcExitEvent {
-            task: Task {
-                ts_ns: 9,
-                cpu: 0,
-                tgid: 1,
-                tid: 2,
-                comm: "x".into(),
-            },
+            task: Task { ts_ns: 9, cpu: 0, tgid: 1, tid: 2, comm: "x".into() },
+            exit_code: 9,
+            parent: 1,
         });
         w.write(&ev).unwrap();
-        let mut meta = Meta {
-            kernel: "6.18".into(),
-            started_ns: 5,
-            ended_ns: 15,
-            ..Meta::default()
-        };
+        let mut meta = Meta { kernel: "6.18".into(), started_ns: 5, ended_ns: 15, ..Meta::default() };
         meta.drops.insert("epoll_bucket".into(), 3);
         w.finish(&mut meta, &[], "table\n").unwrap();
         let t = read(&dir.path().join("t")).unwrap();
         assert_eq!(t.events, vec![ev]);
-        assert_eq!(
-            (t.meta.events, t.meta.window_ns(), t.meta.total_drops()),
-            (1, 10, 3)
-        );
+        assert_eq!((t.meta.events, t.meta.window_ns(), t.meta.total_drops()), (1, 10, 3));
         assert!(t.meta.files.contains_key("events.jsonl"));
     }
 
@@ -250,10 +244,7 @@ mod tests {
 
     #[test]
     fn anchor_maps_monotonic_to_wall_clock() {
-        let a = ClockAnchor {
-            monotonic_ns: 1_000,
-            realtime_ns: 1_700_000_000_000_000_000,
-        };
+        let a = ClockAnchor { monotonic_ns: 1_000, realtime_ns: 1_700_000_000_000_000_000 };
         assert_eq!(a.to_realtime(1_500), 1_700_000_000_000_000_500);
         assert_eq!(a.to_realtime(500), 1_699_999_999_999_999_500);
     }

@@ -28,12 +28,10 @@ pub struct Format {
 impl Format {
     /// The named field, or an error naming the tracepoint and field.
     pub fn field(&self, name: &str) -> Result<&Field> {
-        self.fields.iter().find(|f| f.name == name).ok_or_else(|| {
-            anyhow!(
-                "tracepoint {} has no field '{name}' on this kernel",
-                self.name
-            )
-        })
+        self.fields
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| anyhow!("tracepoint {} has no field '{name}' on this kernel", self.name))
     }
 }
 
@@ -81,11 +79,7 @@ const MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 /// The tracefs root, mounting it at /sys/kernel/tracing when it is not mounted yet.
 pub fn root() -> Result<PathBuf> {
-    if let Some(found) = MOUNTS
-        .iter()
-        .map(Path::new)
-        .find(|p| p.join("events").is_dir())
-    {
+    if let Some(found) = MOUNTS.iter().map(Path::new).find(|p| p.join("events").is_dir()) {
         return Ok(found.to_path_buf());
     }
     let target = Path::new(MOUNTS[0]);
@@ -107,10 +101,7 @@ pub fn root() -> Result<PathBuf> {
 pub fn read_format(root: &Path, category: &str, name: &str) -> Result<Format> {
     let path = root.join("events").join(category).join(name).join("format");
     let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "tracepoint {category}:{name} is not available on this kernel ({})",
-            path.display()
-        )
+        format!("tracepoint {category}:{name} is not available on this kernel ({})", path.display())
     })?;
     parse_format(&text)
 }
@@ -132,14 +123,7 @@ print fmt: \"epfd: 0x%08lx\"\n";
     fn parses_names_offsets_and_sizes() {
         let f = parse_format(PWAIT2).unwrap();
         assert_eq!(f.name, "sys_enter_epoll_pwait2");
-        assert_eq!(
-            f.field("epfd").unwrap(),
-            &Field {
-                name: "epfd".into(),
-                offset: 16,
-                size: 8
-            }
-        );
+        assert_eq!(f.field("epfd").unwrap(), &Field { name: "epfd".into(), offset: 16, size: 8 });
         assert_eq!(f.field("timeout").unwrap().offset, 40);
         assert_eq!(f.field("parent_comm").unwrap().size, 4);
         assert_eq!(f.field("comm").unwrap().offset, 60);
@@ -148,15 +132,8 @@ print fmt: \"epfd: 0x%08lx\"\n";
 
     #[test]
     fn missing_field_names_the_tracepoint() {
-        let err = parse_format(PWAIT2)
-            .unwrap()
-            .field("nope")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("sys_enter_epoll_pwait2") && err.contains("nope"),
-            "{err}"
-        );
+        let err = parse_format(PWAIT2).unwrap().field("nope").unwrap_err().to_string();
+        assert!(err.contains("sys_enter_epoll_pwait2") && err.contains("nope"), "{err}");
     }
 
     #[test]

@@ -28,11 +28,7 @@ pub fn fixture(name: &str) -> PathBuf {
 /// Panics unless running as root: these tests must run, never skip, in CI.
 pub fn require_root() {
     // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "root integration test: run as root via `cargo xtask test`"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "root integration test: run as root via `cargo xtask test`");
 }
 
 /// A running process whose stdout lines arrive on a channel; killed on drop.
@@ -58,11 +54,7 @@ impl Running {
                 }
             }
         });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
+        Running { child, lines, seen: Vec::new() }
     }
 
     /// Waits for the next line starting with `prefix`.
@@ -99,14 +91,7 @@ impl Drop for Running {
 /// Runs `reloadscope record` on `pid` and returns its output.
 pub fn record(pid: u32, duration: &str, out: &Path) -> Output {
     let output = reloadscope()
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--duration",
-            duration,
-            "--out",
-        ])
+        .args(["record", "--pid", &pid.to_string(), "--duration", duration, "--out"])
         .arg(out)
         .output()
         .expect("run reloadscope");
@@ -138,10 +123,7 @@ pub fn calls_at(lines: &[String], t: u64) -> f64 {
         .iter()
         .position(|&(ts, _)| ts >= t)
         .expect("fixture stopped reporting before the window ended");
-    assert!(
-        after > 0,
-        "fixture started reporting after the window began"
-    );
+    assert!(after > 0, "fixture started reporting after the window began");
     let ((t0, c0), (t1, c1)) = (points[after - 1], points[after]);
     c0 as f64 + (c1 - c0) as f64 * (t - t0) as f64 / (t1 - t0).max(1) as f64
 }

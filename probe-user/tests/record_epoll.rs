@@ -27,18 +27,13 @@ fn summaries(dir: &std::path::Path) -> Vec<ThreadSummary> {
 fn spinner_and_blocker_are_told_apart() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let script = format!(
-        "{spin} pwait 0 5 & {spin} wait 200 5 & wait",
-        spin = fixture("epoll_loop").display()
-    );
+    let script =
+        format!("{spin} pwait 0 5 & {spin} wait 200 5 & wait", spin = fixture("epoll_loop").display());
     let mut family = Running::start(Command::new("sh").args(["-c", &script]));
     let (a, b) = (family.wait_for("ready"), family.wait_for("ready"));
     // Which line is which is not ordered: ask /proc for each pid's cmdline.
-    let is_spinner = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .unwrap()
-            .contains("pwait")
-    };
+    let is_spinner =
+        |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap().contains("pwait");
     let (spin, block) = if is_spinner(ready_ids(&a).0) {
         (ready_ids(&a), ready_ids(&b))
     } else {
@@ -62,16 +57,8 @@ fn spinner_and_blocker_are_told_apart() {
     assert_eq!(s.tgid, spin.0);
     assert_eq!(s.timeout_ns, 0);
     assert!(s.syscalls.contains("epoll_pwait"), "{:?}", s.syscalls);
-    assert!(
-        s.zero_timeout_share() > 0.999,
-        "zero-timeout share {}",
-        s.zero_timeout_share()
-    );
-    assert!(
-        s.zero_event_share() > 0.999,
-        "zero-event share {}",
-        s.zero_event_share()
-    );
+    assert!(s.zero_timeout_share() > 0.999, "zero-timeout share {}", s.zero_timeout_share());
+    assert!(s.zero_event_share() > 0.999, "zero-event share {}", s.zero_event_share());
     let own = calls_at(&lines, t.meta.ended_ns) - calls_at(&lines, t.meta.started_ns);
     let ratio = s.calls as f64 / own;
     eprintln!(
@@ -80,31 +67,16 @@ fn spinner_and_blocker_are_told_apart() {
         own * 1e9 / window as f64,
         window as f64 / 1e9
     );
-    assert!(
-        s.calls_per_sec(window) > 50_000.0,
-        "a spinner makes far more than 50k calls/s"
-    );
-    assert!(
-        (0.95..=1.05).contains(&ratio),
-        "probe saw {} calls, the spinner made {own:.0}",
-        s.calls
-    );
+    assert!(s.calls_per_sec(window) > 50_000.0, "a spinner makes far more than 50k calls/s");
+    assert!((0.95..=1.05).contains(&ratio), "probe saw {} calls, the spinner made {own:.0}", s.calls);
 
     let b = thread(&threads, block.1);
     assert_eq!(b.tgid, block.0);
     assert_eq!(b.timeout_ns, 200_000_000);
     assert!(b.syscalls.contains("epoll_wait"), "{:?}", b.syscalls);
     assert_eq!(b.zero_timeout, 0);
-    assert!(
-        (8..=11).contains(&b.calls),
-        "about 2 s / 200 ms calls, got {}",
-        b.calls
-    );
-    assert!(
-        b.blocked_share(window) > 0.8,
-        "blocked share {}",
-        b.blocked_share(window)
-    );
+    assert!((8..=11).contains(&b.calls), "about 2 s / 200 ms calls, got {}", b.calls);
+    assert!(b.blocked_share(window) > 0.8, "blocked share {}", b.blocked_share(window));
 }
 
 /// A child started after tracing began is traced too: the kernel follows the fork.
@@ -114,10 +86,7 @@ fn follows_forks_after_attach() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     // `; true` keeps the shell from exec'ing the fixture: it must be a new process.
-    let script = format!(
-        "sleep 0.7; {} pwait2 0 1; true",
-        fixture("epoll_loop").display()
-    );
+    let script = format!("sleep 0.7; {} pwait2 0 1; true", fixture("epoll_loop").display());
     let mut parent = Running::start(Command::new("sh").args(["-c", &script]));
     let shell = parent.child.id();
     let out = dir.path().join("trace");
@@ -128,10 +97,7 @@ fn follows_forks_after_attach() {
     let (pid, tid) = ready_ids(&parent.wait_for("ready"));
     recorder.join().unwrap();
     let t = trace::read(&out).unwrap();
-    assert!(
-        !t.meta.initial_targets.contains(&pid),
-        "the child must not exist at start"
-    );
+    assert!(!t.meta.initial_targets.contains(&pid), "the child must not exist at start");
     let threads = summaries(&out);
     let s = thread(&threads, tid);
     assert_eq!(s.tgid, pid);
@@ -139,7 +105,9 @@ fn follows_forks_after_attach() {
     assert_eq!(s.timeout_ns, 0);
     assert!(s.calls > 10_000, "calls {}", s.calls);
     // The fork that made it, seen from its (sub)shell parent.
-    let forked = t.events.iter().any(|e| matches!(e, reloadscope::event::Event::ProcFork(f) if f.child == pid && f.task.tgid == shell));
+    let forked = t.events.iter().any(
+        |e| matches!(e, reloadscope::event::Event::ProcFork(f) if f.child == pid && f.task.tgid == shell),
+    );
     assert!(forked, "no fork event from the shell {shell} to pid {pid}");
 }
 
@@ -155,37 +123,13 @@ fn bad_input_gets_one_clear_line() {
         assert_eq!(err.lines().count(), 1, "one line expected, got: {err:?}");
         err
     };
-    let err = run(reloadscope().args([
-        "record",
-        "--pid",
-        "4000000",
-        "--duration",
-        "1s",
-        "--out",
-        "/tmp/x",
-    ]));
+    let err = run(reloadscope().args(["record", "--pid", "4000000", "--duration", "1s", "--out", "/tmp/x"]));
     assert!(err.contains("no process with pid 4000000"), "{err}");
-    let err = run(reloadscope().args([
-        "record",
-        "--pid",
-        "1",
-        "--duration",
-        "5x",
-        "--out",
-        "/tmp/x",
-    ]));
+    let err = run(reloadscope().args(["record", "--pid", "1", "--duration", "5x", "--out", "/tmp/x"]));
     assert!(err.contains("5x") && err.contains("unit"), "{err}");
     let err = run(Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_reloadscope"))
-        .args([
-            "record",
-            "--pid",
-            "1",
-            "--duration",
-            "1s",
-            "--out",
-            "/tmp/x",
-        ]));
+        .args(["record", "--pid", "1", "--duration", "1s", "--out", "/tmp/x"]));
     assert!(err.contains("needs root"), "{err}");
 }

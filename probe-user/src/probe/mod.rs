@@ -2,17 +2,21 @@
 
 mod object;
 
+use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::{PerfEvent, TracePoint};
 use aya::{Ebpf, EbpfLoader};
-use probe_common::{EpollBucket, EpollThread, ProbeConfig, Target, drop_slot, names};
+use probe_common::{EpollBucket, EpollThread, KernelOffsets, ProbeConfig, Target, drop_slot, names};
 
-use crate::offsets::{Formats, probe_config};
+use crate::btf::Btf;
+use crate::offsets::{Formats, kernel_offsets, probe_config};
+use crate::preflight::KERNEL_BTF;
 use crate::tracefs::read_format;
 
 /// epoll entry tracepoints and the programs that handle them.
@@ -22,16 +26,54 @@ const EPOLL_ENTER: [(&str, &str); 3] = [
     ("sys_enter_epoll_pwait2", "epoll_pwait2_enter"),
 ];
 
+/// Every other tracepoint program: (program, category, tracepoints). All are required.
+const TRACEPOINTS: [(&str, &str, &[&str]); 10] = [
+    ("proc_fork", "sched", &["sched_process_fork"]),
+    ("proc_exec", "sched", &["sched_process_exec"]),
+    ("proc_exit", "sched", &["sched_process_exit"]),
+    ("signal_generate", "signal", &["signal_generate"]),
+    ("unix_connect_enter", "syscalls", &["sys_enter_connect"]),
+    ("unix_bind_enter", "syscalls", &["sys_enter_bind"]),
+    ("unix_addr_exit", "syscalls", &["sys_exit_connect", "sys_exit_bind"]),
+    ("unix_accept_exit", "syscalls", &["sys_exit_accept", "sys_exit_accept4"]),
+    ("unix_close_enter", "syscalls", &["sys_enter_close"]),
+    ("unix_send", "sock", &["sock_send_length"]),
+];
+
+/// How to load the probe.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// epoll bucket length in ns.
+    pub bucket_ns: u64,
+    /// Follow forks of targets.
+    pub follow_forks: bool,
+    /// CPU sampling frequency in Hz; 0 disables sampling.
+    pub sample_hz: u64,
+}
+
+/// What the running kernel lacks, so the probe degraded: reported in meta.json.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Degraded {
+    /// Tracepoints that do not exist here (their events are absent).
+    pub tracepoints: Vec<String>,
+    /// Kernel struct members not found in BTF (the fields read from them are zero).
+    pub struct_fields: Vec<String>,
+}
+
 /// A loaded and attached probe. Dropping it detaches every program.
 pub struct Probe {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
+    samples: RingBuf<MapData>,
     targets: HashMap<MapData, u32, Target>,
-    /// Tracepoints that do not exist on this kernel, so were not attached.
-    pub missing: Vec<String>,
+    /// What this kernel lacks.
+    pub degraded: Degraded,
+    /// The kernel struct offsets in use.
+    pub offsets: KernelOffsets,
 }
 
-/// Reads the tracepoint formats the probe needs from tracefs.
+/// Reads the tracepoint formats the probe needs from tracefs; optional epoll variants that are
+/// missing are listed instead.
 pub fn read_formats(tracefs: &Path) -> Result<(Formats, Vec<String>)> {
     let mut epoll_enter = Vec::new();
     let mut missing = Vec::new();
@@ -41,21 +83,29 @@ pub fn read_formats(tracefs: &Path) -> Result<(Formats, Vec<String>)> {
             Err(_) => missing.push(format!("syscalls:{tp}")),
         }
     }
-    let syscall_exit = read_format(tracefs, "syscalls", "sys_exit_epoll_wait")?;
-    let fork = read_format(tracefs, "sched", "sched_process_fork")?;
-    Ok((
-        Formats {
-            epoll_enter,
-            syscall_exit,
-            fork,
-        },
-        missing,
-    ))
+    let socket_enter = ["sys_enter_connect", "sys_enter_bind", "sys_enter_close"]
+        .into_iter()
+        .map(|tp| read_format(tracefs, "syscalls", tp))
+        .collect::<Result<_>>()?;
+    let sock_len = ["sock_send_length", "sock_recv_length"]
+        .into_iter()
+        .map(|tp| read_format(tracefs, "sock", tp))
+        .collect::<Result<_>>()?;
+    let formats = Formats {
+        epoll_enter,
+        syscall_exit: read_format(tracefs, "syscalls", "sys_exit_epoll_wait")?,
+        fork: read_format(tracefs, "sched", "sched_process_fork")?,
+        socket_enter,
+        exec: read_format(tracefs, "sched", "sched_process_exec")?,
+        signal: read_format(tracefs, "signal", "signal_generate")?,
+        sock_len,
+    };
+    Ok((formats, missing))
 }
 
 impl Probe {
     /// Loads the programs with offsets from this kernel and attaches them.
-    pub fn load(tracefs: &Path, bucket_ns: u64, follow_forks: bool) -> Result<Self> {
+    pub fn load(tracefs: &Path, opts: &ProbeOptions) -> Result<Self> {
         if object::BYTES.is_empty() {
             bail!(
                 "this reloadscope was built without its eBPF programs (bpf-linker or the nightly's \
@@ -63,59 +113,64 @@ impl Probe {
             );
         }
         let (formats, missing) = read_formats(tracefs)?;
-        let config: ProbeConfig = probe_config(&formats, bucket_ns, follow_forks)?;
+        let config: ProbeConfig = probe_config(&formats, opts.bucket_ns, opts.follow_forks)?;
+        let btf = Btf::from_file(Path::new(KERNEL_BTF))?;
+        let (offsets, missing_fields) = kernel_offsets(|ty, path| btf.member_offset(ty, path));
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CONFIG, &config, true)
+            .override_global(names::KOFFSETS, &offsets, true)
             .load(object::BYTES)
             .context("loading the eBPF programs failed")?;
 
-        for (tp, prog) in EPOLL_ENTER {
-            if !missing.iter().any(|m| m.ends_with(tp)) {
-                attach(&mut ebpf, prog, "syscalls", &[tp])?;
-            }
-        }
-        let exits: Vec<String> = EPOLL_ENTER
+        let present: Vec<&str> = EPOLL_ENTER
             .iter()
-            .filter(|(tp, _)| !missing.iter().any(|m| m.ends_with(tp)))
-            .map(|(tp, _)| tp.replace("sys_enter_", "sys_exit_"))
+            .map(|(tp, _)| *tp)
+            .filter(|tp| !missing.iter().any(|m| m.ends_with(tp)))
             .collect();
-        let exits: Vec<&str> = exits.iter().map(String::as_str).collect();
-        attach(&mut ebpf, "epoll_exit", "syscalls", &exits)?;
-        attach(&mut ebpf, "proc_fork", "sched", &["sched_process_fork"])?;
-        attach(&mut ebpf, "proc_exit", "sched", &["sched_process_exit"])?;
+        for (tp, prog) in EPOLL_ENTER.iter().filter(|(tp, _)| present.contains(tp)) {
+            attach(&mut ebpf, prog, "syscalls", &[tp])?;
+        }
+        let exits: Vec<String> = present.iter().map(|tp| tp.replace("sys_enter_", "sys_exit_")).collect();
+        attach(&mut ebpf, "epoll_exit", "syscalls", &exits.iter().map(String::as_str).collect::<Vec<_>>())?;
+        for (prog, category, tps) in TRACEPOINTS {
+            attach(&mut ebpf, prog, category, tps)?;
+        }
+        attach(&mut ebpf, "unix_recv", "sock", &["sock_recv_length"])?;
+        if opts.sample_hz > 0 {
+            attach_sampler(&mut ebpf, opts.sample_hz)?;
+        }
 
         let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("map EVENTS")?)?;
+        let samples = RingBuf::try_from(ebpf.take_map(names::SAMPLES).context("map SAMPLES")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::TARGETS).context("map TARGETS")?)?;
-        Ok(Self {
-            ebpf,
-            events,
-            targets,
-            missing,
-        })
+        let degraded = Degraded { tracepoints: missing, struct_fields: missing_fields };
+        Ok(Self { ebpf, events, samples, targets, degraded, offsets })
     }
 
     /// Traces `pid` from now on.
     pub fn add_target(&mut self, pid: u32, target: Target) -> Result<()> {
-        self.targets
-            .insert(pid, target, 0)
-            .with_context(|| format!("cannot add pid {pid} to the targets"))
+        self.targets.insert(pid, target, 0).with_context(|| format!("cannot add pid {pid} to the targets"))
+    }
+
+    /// Stops tracing every process at once: each program returns early for non-targets.
+    pub fn clear_targets(&mut self) -> Result<()> {
+        let pids: Vec<u32> = self.targets.keys().filter_map(Result::ok).collect();
+        for pid in pids {
+            // A target that exited meanwhile is already gone.
+            let _ = self.targets.remove(&pid);
+        }
+        Ok(())
     }
 
     /// Waits up to `timeout` for records, then hands each one to `f`; returns how many there were.
     pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&[u8])) -> Result<usize> {
-        let mut pfd = libc::pollfd {
-            fd: self.events.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let rc = unsafe {
-            libc::poll(
-                &mut pfd,
-                1,
-                timeout.as_millis().min(i32::MAX as u128) as i32,
-            )
-        };
+        let mut pfds = [
+            libc::pollfd { fd: self.events.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.samples.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds.
+        let rc =
+            unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout.as_millis().min(i32::MAX as u128) as i32) };
         if rc < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
@@ -125,36 +180,38 @@ impl Probe {
         Ok(self.drain(&mut f))
     }
 
-    /// Hands every queued record to `f` without waiting.
+    /// Hands every queued record (events, then samples) to `f` without waiting.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
-        while let Some(item) = self.events.next() {
-            f(&item);
-            n += 1;
+        for ring in [&mut self.events, &mut self.samples] {
+            while let Some(item) = ring.next() {
+                f(&item);
+                n += 1;
+            }
         }
         n
     }
 
     /// Records the kernel could not send, summed over CPUs, indexed by record kind.
     pub fn drops(&self) -> Result<Vec<u64>> {
-        let map =
-            PerCpuArray::<_, u64>::try_from(self.ebpf.map(names::DROPS).context("map DROPS")?)?;
-        (0..drop_slot::COUNT)
-            .map(|i| Ok(map.get(&i, 0)?.iter().sum()))
-            .collect()
+        let map = PerCpuArray::<_, u64>::try_from(self.ebpf.map(names::DROPS).context("map DROPS")?)?;
+        (0..drop_slot::COUNT).map(|i| Ok(map.get(&i, 0)?.iter().sum())).collect()
     }
 
     /// The epoll buckets still open in the kernel (threads that are alive and not yet due).
     pub fn open_buckets(&self) -> Result<Vec<EpollBucket>> {
-        let map = self
-            .ebpf
-            .map(names::EPOLL_THREADS)
-            .context("map EPOLL_THREADS")?;
+        let map = self.ebpf.map(names::EPOLL_THREADS).context("map EPOLL_THREADS")?;
         let map = HashMap::<_, u32, EpollThread>::try_from(map)?;
-        Ok(map
-            .iter()
-            .filter_map(|kv| kv.ok().map(|(_, t)| t.bucket))
-            .filter(|b| b.calls != 0)
+        Ok(map.iter().filter_map(|kv| kv.ok().map(|(_, t)| t.bucket)).filter(|b| b.calls != 0).collect())
+    }
+
+    /// Every stack in the stack map: id -> instruction pointers, leaf first.
+    pub fn stacks(&self) -> Result<BTreeMap<u32, Vec<u64>>> {
+        let map = StackTraceMap::try_from(self.ebpf.map(names::STACKS).context("map STACKS")?)?;
+        let ids: Vec<u32> = map.stack_ids().filter_map(Result::ok).collect();
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| Some((id, map.get(&id, 0).ok()?.frames().iter().map(|f| f.ip).collect())))
             .collect())
     }
 }
@@ -165,9 +222,7 @@ fn attach(ebpf: &mut Ebpf, prog: &str, category: &str, names: &[&str]) -> Result
         .program_mut(prog)
         .with_context(|| format!("program {prog} is missing from the eBPF object"))?
         .try_into()?;
-    program
-        .load()
-        .with_context(|| format!("the kernel refused program {prog}"))?;
+    program.load().with_context(|| format!("the kernel refused program {prog}"))?;
     for name in names {
         program
             .attach(category, name)
@@ -176,14 +231,21 @@ fn attach(ebpf: &mut Ebpf, prog: &str, category: &str, names: &[&str]) -> Result
     Ok(())
 }
 
-impl Probe {
-    /// Stops tracing every process at once: each program returns early for non-targets.
-    pub fn clear_targets(&mut self) -> Result<()> {
-        let pids: Vec<u32> = self.targets.keys().filter_map(Result::ok).collect();
-        for pid in pids {
-            // A target that exited meanwhile is already gone.
-            let _ = self.targets.remove(&pid);
-        }
-        Ok(())
+/// Samples every online CPU with the software CPU clock (no hardware PMU is assumed).
+fn attach_sampler(ebpf: &mut Ebpf, hz: u64) -> Result<()> {
+    let program: &mut PerfEvent =
+        ebpf.program_mut("cpu_sample").context("program cpu_sample is missing")?.try_into()?;
+    program.load().context("the kernel refused program cpu_sample")?;
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    for cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(hz),
+                false,
+            )
+            .with_context(|| format!("cannot sample CPU {cpu} with the software CPU clock"))?;
     }
+    Ok(())
 }

@@ -1,0 +1,189 @@
+//! AF_UNIX sockets of targets: connect/bind (path and result), accept, close, and every send and
+//! receive (`sock:sock_{send,recv}_length`), each with the socket's inode, peer inode, peer pid
+//! and path. A socket's path goes out once, the first time it is seen; messages carry identity.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use probe_common::{
+    UnixIo, UnixSock, kind,
+    unix::{PATH_LEN, op},
+};
+
+use crate::kread::{AF_UNIX, identity, read_path, unix_sock_of_fd};
+use crate::{CONFIG, EVENTS, count_drop, current_ids, header, is_target, send};
+
+/// A connect or bind in progress: the address asked for.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PendingAddr {
+    fd: i64,
+    op: u32,
+    path_len: u32,
+    path: [u8; PATH_LEN],
+}
+
+/// connect/bind arguments by tid, consumed at exit.
+#[map]
+static UNIX_PENDING: LruHashMap<u32, PendingAddr> = LruHashMap::with_max_entries(4096, 0);
+
+/// Socket inodes whose path was already sent.
+#[map]
+static UNIX_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// The n-th syscall argument (8-byte slots).
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: u32) -> u64 {
+    let off = CONFIG.load().off_syscall_args + 8 * n;
+    unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn addr_enter(ctx: &TracePointContext, op: u32) {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return;
+    }
+    let (fd, uaddr, len) = (arg(ctx, 0) as i64, arg(ctx, 1), arg(ctx, 2) as u32);
+    let Ok(family) = (unsafe { bpf_probe_read_user(uaddr as *const u16) }) else { return };
+    if family != AF_UNIX || len < 2 {
+        return;
+    }
+    let mut p = PendingAddr { fd, op, path_len: 0, path: [0; PATH_LEN] };
+    let n = ((len - 2) as usize).min(PATH_LEN);
+    if n > 0 && unsafe { bpf_probe_read_user_buf((uaddr + 2) as *const u8, &mut p.path[..n]) }.is_ok() {
+        p.path_len = n as u32;
+    }
+    let _ = UNIX_PENDING.insert(tid, p, 0);
+}
+
+#[tracepoint]
+pub fn unix_connect_enter(ctx: TracePointContext) -> u32 {
+    addr_enter(&ctx, op::CONNECT);
+    0
+}
+
+#[tracepoint]
+pub fn unix_bind_enter(ctx: TracePointContext) -> u32 {
+    addr_enter(&ctx, op::BIND);
+    0
+}
+
+/// Attached to the exits of connect and bind.
+#[tracepoint]
+pub fn unix_addr_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return 0;
+    }
+    let Some(p) = UNIX_PENDING.get_ptr(tid) else { return 0 };
+    let p = unsafe { &*p };
+    let ret = unsafe { ctx.read_at::<i64>(CONFIG.load().off_ret as usize) }.unwrap_or(0);
+    let Some(mut entry) = EVENTS.reserve::<UnixSock>(0) else {
+        count_drop(kind::UNIX_SOCK);
+        let _ = UNIX_PENDING.remove(tid);
+        return 0;
+    };
+    let r = entry.as_mut_ptr();
+    unsafe {
+        (*r).hdr = header(kind::UNIX_SOCK, tgid, tid);
+        (*r).comm = ctx.command().unwrap_or_default();
+        (*r).op = p.op;
+        (*r).fd = p.fd as i32;
+        (*r).ret = ret;
+        (*r).path = p.path;
+        (*r)._pad = 0;
+        let sk = unix_sock_of_fd(p.fd).unwrap_or(0);
+        (*r).id = if sk != 0 { identity(sk).0 } else { Default::default() };
+        (*r).id.path_len = p.path_len;
+    }
+    entry.submit(0);
+    let _ = UNIX_PENDING.remove(tid);
+    0
+}
+
+/// Sends a lifecycle record for `sk` (path from the socket itself).
+#[inline(always)]
+fn send_sock(ctx: &TracePointContext, op: u32, fd: i64, ret: i64, sk: u64, tgid: u32, tid: u32) {
+    let Some(mut entry) = EVENTS.reserve::<UnixSock>(0) else {
+        count_drop(kind::UNIX_SOCK);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    unsafe {
+        (*r).hdr = header(kind::UNIX_SOCK, tgid, tid);
+        (*r).comm = ctx.command().unwrap_or_default();
+        (*r).op = op;
+        (*r).fd = fd as i32;
+        (*r).ret = ret;
+        (*r)._pad = 0;
+        let (id, addr) = identity(sk);
+        (*r).id = id;
+        (*r).id.path_len = read_path(addr, &mut (*r).path);
+    }
+    entry.submit(0);
+}
+
+/// Attached to the exits of accept and accept4: the new fd's socket.
+#[tracepoint]
+pub fn unix_accept_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return 0;
+    }
+    let ret = unsafe { ctx.read_at::<i64>(CONFIG.load().off_ret as usize) }.unwrap_or(-1);
+    if let Some(sk) = unix_sock_of_fd(ret) {
+        send_sock(&ctx, op::ACCEPT, ret, ret, sk, tgid, tid);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return 0;
+    }
+    let fd = arg(&ctx, 0) as i64;
+    if let Some(sk) = unix_sock_of_fd(fd) {
+        send_sock(&ctx, op::CLOSE, fd, 0, sk, tgid, tid);
+    }
+    0
+}
+
+#[inline(always)]
+fn io(ctx: &TracePointContext, op: u32) {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return;
+    }
+    let [off_sk, off_family, off_ret] = CONFIG.load().off_sock_len;
+    if unsafe { ctx.read_at::<u16>(off_family as usize) } != Ok(AF_UNIX) {
+        return;
+    }
+    let sk = unsafe { ctx.read_at::<u64>(off_sk as usize) }.unwrap_or(0);
+    let ret = unsafe { ctx.read_at::<i32>(off_ret as usize) }.unwrap_or(0) as i64;
+    let (id, _) = identity(sk);
+    if id.inode != 0 && UNIX_SEEN.get_ptr(id.inode).is_none() {
+        let _ = UNIX_SEEN.insert(id.inode, 1, 0);
+        send_sock(ctx, op::SEEN, -1, 0, sk, tgid, tid);
+    }
+    let record = UnixIo { hdr: header(kind::UNIX_IO, tgid, tid), op, _pad: 0, ret, id };
+    send(kind::UNIX_IO, &record);
+}
+
+#[tracepoint]
+pub fn unix_send(ctx: TracePointContext) -> u32 {
+    io(&ctx, op::SEND);
+    0
+}
+
+#[tracepoint]
+pub fn unix_recv(ctx: TracePointContext) -> u32 {
+    io(&ctx, op::RECV);
+    0
+}
