@@ -89,6 +89,12 @@ fn snapshot(pid: u32, maps_dir: &Path) -> Option<ProcInfo> {
     Some(ProcInfo { ppid, comm, argv })
 }
 
+/// True when `pid` is a process (a thread's /proc entry reports its process in `Tgid`).
+fn is_process(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .is_ok_and(|s| s.lines().any(|l| l == format!("Tgid:\t{pid}")))
+}
+
 /// Everything the recording loop accumulates.
 struct Collector {
     writer: TraceWriter,
@@ -116,20 +122,18 @@ impl Collector {
             self.samples.write_all(stack)?;
             self.samples_len += stack.len() as u64;
         }
-        // Read /proc for each new process while it lives: argv and its memory map.
-        let pid = match &ev {
-            Event::ProcFork(f) => f.child,
-            other => other.task().tgid,
+        // Read /proc for each new process while it lives (argv, memory map), and again after
+        // an exec, which replaces both.
+        let (pid, fresh) = match &ev {
+            Event::ProcFork(f) => (f.child, false),
+            Event::ProcExec(e) => (e.task.tgid, true),
+            other => (other.task().tgid, false),
         };
-        if self.seen.insert(pid)
+        if (self.seen.insert(pid) || fresh)
+            && is_process(pid)
             && let Some(info) = snapshot(pid, &self.maps_dir)
         {
-            // A thread's /proc entry reports its process's pid in Tgid; keep processes only.
-            if std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .is_ok_and(|s| s.lines().any(|l| l == format!("Tgid:\t{pid}")))
-            {
-                self.known.entry(pid).or_insert(info);
-            }
+            self.known.insert(pid, info);
         }
         self.writer.write(&ev)?;
         self.events.push(ev);

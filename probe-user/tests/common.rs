@@ -39,6 +39,8 @@ pub struct Running {
     pub lines: mpsc::Receiver<String>,
     /// Lines already read.
     pub seen: Vec<String>,
+    /// Lines read but not yet matched by [`Running::wait_for`].
+    pending: Vec<String>,
 }
 
 impl Running {
@@ -54,11 +56,15 @@ impl Running {
                 }
             }
         });
-        Running { child, lines, seen: Vec::new() }
+        Running { child, lines, seen: Vec::new(), pending: Vec::new() }
     }
 
-    /// Waits for the next line starting with `prefix`.
+    /// Waits for the next line starting with `prefix`; lines from other processes that arrive
+    /// first stay pending for later calls (children print in any order).
     pub fn wait_for(&mut self, prefix: &str) -> String {
+        if let Some(i) = self.pending.iter().position(|l| l.starts_with(prefix)) {
+            return self.pending.remove(i);
+        }
         loop {
             let line = self
                 .lines
@@ -68,6 +74,7 @@ impl Running {
             if line.starts_with(prefix) {
                 return line;
             }
+            self.pending.push(line);
         }
     }
 
@@ -126,4 +133,112 @@ pub fn calls_at(lines: &[String], t: u64) -> f64 {
     assert!(after > 0, "fixture started reporting after the window began");
     let ((t0, c0), (t1, c1)) = (points[after - 1], points[after]);
     c0 as f64 + (c1 - c0) as f64 * (t - t0) as f64 / (t1 - t0).max(1) as f64
+}
+
+/// `reloadscope record` running in the background.
+pub struct Recording {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Recording {
+    /// Starts recording `pids` and returns once the probe is attached.
+    pub fn start(pids: &[u32], duration: &str, out: &Path, extra: &[&str]) -> Self {
+        let mut cmd = reloadscope();
+        cmd.args(["record", "--duration", duration, "--out"]).arg(out).args(extra);
+        for pid in pids {
+            cmd.args(["--pid", &pid.to_string()]);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run reloadscope");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("reloadscope exited before attaching: {}", child.wait().unwrap());
+            }
+            if line.contains("reloadscope: tracing") {
+                break;
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Recording { child, out: out.to_path_buf() }
+    }
+
+    /// Waits for the recording to end and reads the trace back.
+    pub fn finish(mut self) -> reloadscope::trace::Trace {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "reloadscope record failed: {status}");
+        reloadscope::trace::read(&self.out).unwrap()
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `spawner` fixture driven through stdin.
+pub struct Spawner {
+    /// Its running process and stdout.
+    pub run: Running,
+    stdin: std::process::ChildStdin,
+}
+
+impl Spawner {
+    /// Starts the spawner.
+    pub fn start() -> Self {
+        let mut cmd = Command::new(fixture("spawner"));
+        cmd.stdin(Stdio::piped());
+        let mut run = Running::start(&mut cmd);
+        let stdin = run.child.stdin.take().unwrap();
+        run.wait_for("ready");
+        Spawner { run, stdin }
+    }
+
+    /// The spawner's pid: the root of everything it starts.
+    pub fn pid(&self) -> u32 {
+        self.run.child.id()
+    }
+
+    /// Sends one command line.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Spawns a fixture and waits for a line starting with `ready_prefix`; returns its pid.
+    pub fn spawn(&mut self, args: &str, ready_prefix: &str) -> (u32, String) {
+        self.send(&format!("spawn {args}"));
+        let pid: u32 = self.run.wait_for("spawned").split_whitespace().nth(1).unwrap().parse().unwrap();
+        let line = if ready_prefix.is_empty() { String::new() } else { self.run.wait_for(ready_prefix) };
+        (pid, line)
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        // Let it kill and reap what it started before `Running` kills it: no orphan survives.
+        use std::io::Write;
+        let _ = writeln!(self.stdin, "exit").and_then(|()| self.stdin.flush());
+        let _ = self.run.child.wait();
+    }
+}
+
+/// The events of one type from a trace.
+#[macro_export]
+macro_rules! events_of {
+    ($trace:expr, $variant:ident) => {
+        $trace
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                reloadscope::event::Event::$variant(x) => Some(x),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
 }

@@ -1,0 +1,91 @@
+//! Root integration tests of process lifecycle and CPU sampling on real processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reloadscope::model::Process;
+
+fn processes(dir: &std::path::Path) -> Vec<Process> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("processes.json")).unwrap()).unwrap()
+}
+
+fn pids(line: &str) -> Vec<u32> {
+    line.split_whitespace().skip(2).map(|p| p.parse().unwrap()).collect()
+}
+
+/// A master with two workers gets SIGHUP: it forks and execs a new generation, then SIGTERMs the
+/// old one. The trace has the HUP with its sender, the forks and execs with correct parents,
+/// the old workers' exits by SIGTERM from the master, and the two worker generations.
+#[test]
+#[ignore = "root: loads eBPF programs"]
+fn hup_driven_respawn_is_recorded_with_parents_and_generations() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("trace");
+    let mut master = Running::start(std::process::Command::new(fixture("reload_tree")).args(["master", "2"]));
+    let mpid = ready_ids(&format!("{} 0", master.wait_for("ready"))).0;
+    let gen1 = pids(&master.wait_for("generation 1"));
+    let rec = Recording::start(&[mpid], "2s", &out, &["--sample-hz", "0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(mpid as i32, libc::SIGHUP) };
+    let gen2 = pids(&master.wait_for("generation 2"));
+    let trace = rec.finish();
+    unsafe { libc::kill(mpid as i32, libc::SIGTERM) };
+    let me = std::process::id();
+
+    let hup = events_of!(trace, Signal).into_iter().find(|s| s.sig == 1).expect("the HUP");
+    assert_eq!((hup.target, hup.task.tgid), (mpid, me));
+    let procs = processes(&out);
+    let p = |pid: u32| {
+        procs.iter().find(|p| p.pid == pid).unwrap_or_else(|| panic!("pid {pid} missing: {procs:#?}"))
+    };
+    for &w in &gen1 {
+        assert_eq!((p(w).parent, p(w).worker_generation), (mpid, None), "gen 1 existed before the trace");
+        assert_eq!(p(w).exit_signal.as_deref(), Some("SIGTERM"), "{:?}", p(w));
+        assert!(p(w).signals.iter().any(|s| s.sig == "SIGTERM" && s.from == mpid));
+        assert_eq!(p(w).parent_at_exit, Some(mpid));
+        assert!(!p(w).orphaned);
+        assert!(p(w).exit_ns.unwrap() > hup.task.ts_ns);
+    }
+    let exe = fixture("reload_tree");
+    for &w in &gen2 {
+        let w = p(w);
+        assert_eq!((w.parent, w.worker_generation), (mpid, Some(2)));
+        assert!(w.forked_ns.unwrap() > hup.task.ts_ns);
+        assert_eq!(w.exec.as_deref(), Some(exe.to_str().unwrap()));
+        assert_eq!(w.argv, vec![exe.to_str().unwrap().to_string(), "worker".to_string()]);
+        assert_eq!(w.exit_ns, None, "gen 2 still runs");
+    }
+    assert!(events_of!(trace, ProcExec).iter().all(|e| e.parent == mpid));
+}
+
+/// A busy process sampled at 99 Hz for 2 s gets about 200 samples, all on its pid, each with
+/// user registers and a copy of its stack.
+#[test]
+#[ignore = "root: loads eBPF programs"]
+fn cpu_samples_land_on_the_busy_pid_at_the_configured_rate() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("trace");
+    let mut burn = Running::start(std::process::Command::new(fixture("burn")).arg("4"));
+    let (pid, tid) = ready_ids(&burn.wait_for("ready"));
+    let rec = Recording::start(&[pid], "2s", &out, &["--sample-hz", "99"]);
+    let trace = rec.finish();
+    let samples = events_of!(trace, CpuSample);
+    let seconds = trace.meta.window_ns() as f64 / 1e9;
+    let rate = samples.len() as f64 / seconds;
+    eprintln!("{} samples in {seconds:.3} s: {rate:.1} per second (configured 99 Hz)", samples.len());
+    assert!((70.0..=110.0).contains(&rate), "rate {rate}");
+    assert!(samples.iter().all(|s| s.task.tgid == pid && s.task.tid == tid));
+    let user = samples.iter().filter(|s| s.user_mode).count();
+    assert!(user * 10 >= samples.len() * 8, "a CPU burner runs in user mode: {user}/{}", samples.len());
+    assert!(samples.iter().all(|s| s.sp != 0 && s.ip != 0 && s.stack_len >= 256));
+    let bin = std::fs::metadata(out.join("samples.bin")).unwrap().len();
+    assert_eq!(bin, samples.iter().map(|s| s.stack_len as u64).sum::<u64>());
+    assert_eq!(trace.meta.drops.get("cpu_sample"), None);
+    // Its memory map was kept for symbolizing later.
+    assert!(out.join(format!("maps/{pid}.maps")).exists());
+}

@@ -1,0 +1,103 @@
+//! Root integration tests of the unix-socket and signal probes on real processes: the stale
+//! socket of Kong #8531 built for real, and connects that fail while a server restarts.
+
+mod common;
+
+use common::*;
+
+const EPIPE: i64 = 32;
+const ECONNREFUSED: i64 = 111;
+const ENOENT: i64 = 2;
+
+/// Server A serves a path; a client holds a connection to it; server B re-binds the same path
+/// while A still serves; A is SIGKILLed; the client's next write fails. The trace must show the
+/// connect to A (A as peer), B's bind, the SIGKILL with its sender, and the failing send naming A.
+#[test]
+#[ignore = "root: loads eBPF programs"]
+fn stale_socket_after_rebind_and_sigkill() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plugin.sock");
+    let path_s = path.to_str().unwrap().to_string();
+    let echo = fixture("unix_echo");
+    let mut root = Spawner::start();
+    let (a, _) = root.spawn(&format!("{} serve {path_s}", echo.display()), "ready");
+    let rec = Recording::start(&[root.pid()], "3s", &dir.path().join("trace"), &["--sample-hz", "0"]);
+
+    let (client, _) = root.spawn(&format!("{} client {path_s} 100", echo.display()), "connected");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (b, _) = root.spawn(&format!("{} serve {path_s}", echo.display()), "ready");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    root.send(&format!("kill {a} 9"));
+    let failure = root.run.wait_for("error");
+    assert_eq!(failure, format!("error send {EPIPE}"), "the client's write must fail with EPIPE");
+    let trace = rec.finish();
+    assert_eq!(trace.meta.total_drops(), 0);
+
+    let socks = events_of!(trace, UnixSock);
+    let connect = socks
+        .iter()
+        .find(|s| s.op == "connect" && s.task.tgid == client)
+        .unwrap_or_else(|| panic!("no connect by the client {client}: {socks:#?}"));
+    assert_eq!((connect.path.as_str(), connect.ret, connect.id.peer_pid), (path_s.as_str(), 0, a));
+    assert_ne!(connect.id.inode, 0);
+    let bind = socks.iter().find(|s| s.op == "bind" && s.task.tgid == b).expect("B's bind");
+    assert_eq!((bind.path.as_str(), bind.ret), (path_s.as_str(), 0));
+    assert!(bind.task.ts_ns > connect.task.ts_ns);
+
+    let kill =
+        events_of!(trace, Signal).into_iter().find(|s| s.target == a && s.sig == 9).expect("SIGKILL of A");
+    assert_eq!(kill.task.tgid, root.pid(), "the sender is the spawner");
+    assert!(kill.task.ts_ns > bind.task.ts_ns);
+
+    let io = events_of!(trace, UnixIo);
+    let failed = io.iter().find(|e| e.task.tgid == client && e.ret < 0).expect("the failing send");
+    assert_eq!((failed.op.as_str(), failed.ret), ("send", -EPIPE));
+    assert_eq!(failed.id.peer_pid, a, "the failing send names A, the dead generation, as its peer");
+    assert_eq!(failed.id.inode, connect.id.inode, "on the socket the client connected");
+    assert!(failed.task.ts_ns > kill.task.ts_ns);
+    // Before the kill, the same socket carried traffic to A.
+    assert!(io.iter().any(|e| e.task.tgid == client && e.op == "send" && e.ret == 5 && e.id.peer_pid == a));
+    // A's death is in the process model, killed by the spawner.
+    let procs: Vec<reloadscope::model::Process> =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("trace/processes.json")).unwrap())
+            .unwrap();
+    let pa = procs.iter().find(|p| p.pid == a).expect("A in processes.json");
+    assert_eq!(pa.exit_signal.as_deref(), Some("SIGKILL"));
+    assert_eq!(pa.signals[0].from, root.pid());
+    let gens: Vec<(u32, u32)> = procs
+        .iter()
+        .flat_map(|p| {
+            p.server_generations.iter().filter(|(pp, _)| pp == &path_s).map(move |(_, g)| (p.pid, *g))
+        })
+        .collect();
+    assert_eq!(gens, vec![(b, 1)], "A bound before tracing began; B's bind is the first seen");
+}
+
+/// A connect to a path whose listener is gone is refused; to a missing path, not found.
+#[test]
+#[ignore = "root: loads eBPF programs"]
+fn connects_refused_and_not_found() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.sock");
+    let missing = dir.path().join("missing.sock");
+    let echo = fixture("unix_echo");
+    let mut root = Spawner::start();
+    // A server that dies by SIGKILL leaves its socket file behind with no listener.
+    let (server, _) = root.spawn(&format!("{} serve {}", echo.display(), stale.display()), "ready");
+    root.send(&format!("kill {server} 9"));
+    root.run.wait_for("killed");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let rec = Recording::start(&[root.pid()], "2s", &dir.path().join("trace"), &["--sample-hz", "0"]);
+    let (p1, _) = root.spawn(&format!("{} connect {}", echo.display(), stale.display()), "connect");
+    let (p2, _) = root.spawn(&format!("{} connect {}", echo.display(), missing.display()), "connect");
+    let trace = rec.finish();
+    let socks = events_of!(trace, UnixSock);
+    let find =
+        |pid: u32| socks.iter().find(|s| s.op == "connect" && s.task.tgid == pid).expect("connect event");
+    let (refused, absent) = (find(p1), find(p2));
+    assert_eq!((refused.path.as_str(), refused.ret), (stale.to_str().unwrap(), -ECONNREFUSED));
+    assert_eq!((absent.path.as_str(), absent.ret), (missing.to_str().unwrap(), -ENOENT));
+    assert_eq!(refused.id.peer_pid, 0, "a refused connect has no peer");
+}
