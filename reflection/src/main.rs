@@ -23,11 +23,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 fn main() -> Result<()> {
     let listen = parse_listen(std::env::args().skip(1))?;
     // Two threads match the machines this runs on; the gateway, not the echo, is under test.
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_io()
-        .build()?
-        .block_on(serve(listen))
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_io().build()?.block_on(serve(listen))
 }
 
 fn parse_listen(mut args: impl Iterator<Item = String>) -> Result<SocketAddr> {
@@ -42,15 +38,11 @@ fn parse_listen(mut args: impl Iterator<Item = String>) -> Result<SocketAddr> {
             other => bail!("unknown argument {other:?} (usage: reflection [--listen ADDR])"),
         }
     }
-    listen
-        .parse()
-        .with_context(|| format!("bad --listen address {listen:?}"))
+    listen.parse().with_context(|| format!("bad --listen address {listen:?}"))
 }
 
 async fn serve(addr: SocketAddr) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     println!("reflection: listening on http://{addr}");
     loop {
         let (stream, _) = match listener.accept().await {
@@ -64,19 +56,13 @@ async fn serve(addr: SocketAddr) -> Result<()> {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             // Client resets (e.g. during a gateway reload) are normal; nothing to report.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(answer))
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(answer)).await;
         });
     }
 }
 
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = if req.uri().path() == "/health" {
-        json!({"status": "ok"})
-    } else {
-        echo(&req)
-    };
+    let body = if req.uri().path() == "/health" { json!({"status": "ok"}) } else { echo(&req) };
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
     Ok(Response::builder()
         .header("content-type", "application/json")
@@ -113,15 +99,9 @@ mod tests {
 
     #[test]
     fn listen_defaults_and_parses() {
-        assert_eq!(
-            parse_listen(std::iter::empty()).unwrap(),
-            DEFAULT_LISTEN.parse().unwrap()
-        );
+        assert_eq!(parse_listen(std::iter::empty()).unwrap(), DEFAULT_LISTEN.parse().unwrap());
         let args = ["--listen", "127.0.0.1:9100"].map(String::from);
-        assert_eq!(
-            parse_listen(args.into_iter()).unwrap(),
-            "127.0.0.1:9100".parse().unwrap()
-        );
+        assert_eq!(parse_listen(args.into_iter()).unwrap(), "127.0.0.1:9100".parse().unwrap());
         assert!(parse_listen(["--bogus".to_string()].into_iter()).is_err());
     }
 }

@@ -3,16 +3,14 @@
 //! Each subcommand installs what it needs on first use (see [`setup`]) and says what it does.
 
 mod setup;
+mod stack;
 mod util;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "reloadscope's build, test and run tasks"
-)]
+#[command(name = "cargo xtask", about = "reloadscope's build, test and run tasks")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -36,6 +34,12 @@ enum Cmd {
         #[arg(long)]
         reload_at: String,
     },
+    /// Bring the system under test up (stand-in gateway or Kong by compose) and wait for health.
+    Up(stack::UpOptions),
+    /// Reload the gateway and wait until the new plugin-server generation serves.
+    Reload,
+    /// Stop the gateway, reflection and every plugin-server generation of ours.
+    Down,
 }
 
 fn main() {
@@ -44,9 +48,12 @@ fn main() {
         Cmd::Setup => setup::ensure(),
         Cmd::Build => setup::ensure().and_then(|()| util::build_release()),
         Cmd::Test { args } => setup::ensure().and_then(|()| util::test(&args)),
-        Cmd::Run { reload_at } => setup::ensure()
-            .and_then(|()| util::build_release())
-            .and_then(|()| run_not_ready(&reload_at)),
+        Cmd::Run { reload_at } => {
+            setup::ensure().and_then(|()| util::build_release()).and_then(|()| run_not_ready(&reload_at))
+        }
+        Cmd::Up(opts) => stack::up(&opts),
+        Cmd::Reload => stack::reload(),
+        Cmd::Down => stack::down(),
     };
     if let Err(e) = result {
         eprintln!("cargo xtask: {e:#}");

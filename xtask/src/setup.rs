@@ -6,6 +6,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
+use crate::stack::plugins;
 use crate::util::{output, require_root, run, succeeds};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the stand-in gateway's nginx + Lua.
@@ -17,6 +18,13 @@ const APT_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "pkg-config",
+    // The stand-in gateway (kong/standin): nginx + lua-nginx-module, Kong 2.7.1's MessagePack
+    // library, cjson; and venv for the Python plugin server's virtualenv.
+    "nginx-light",
+    "libnginx-mod-http-lua",
+    "lua-messagepack",
+    "lua-cjson",
+    "python3-venv",
 ];
 
 /// The bpf-linker release that matches the nightly's LLVM 22.
@@ -33,11 +41,7 @@ struct Step {
 }
 
 fn steps() -> Vec<Step> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     vec![
         Step {
             what: format!("apt packages: {}", missing.join(" ")),
@@ -48,21 +52,33 @@ fn steps() -> Vec<Step> {
             what: "rust-src for the nightly toolchain (build-std for the BPF target)".into(),
             present: nightly_has_rust_src(),
             install: Box::new(|| {
-                run(Command::new("rustup").args([
-                    "component",
-                    "add",
-                    "rust-src",
-                    "--toolchain",
-                    "nightly",
-                ]))
+                run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
             }),
         },
         Step {
-            what: format!(
-                "bpf-linker {BPF_LINKER_VERSION} (built against Debian's LLVM 22, ~1.5 min)"
-            ),
+            what: format!("bpf-linker {BPF_LINKER_VERSION} (built against Debian's LLVM 22, ~1.5 min)"),
             present: bpf_linker_ok(),
             install: Box::new(install_bpf_linker),
+        },
+        Step {
+            what: "node and npm (the JS plugin server)".into(),
+            present: plugins::which("node").is_some() && plugins::which("npm").is_some(),
+            install: Box::new(|| apt_install(&["nodejs", "npm"])),
+        },
+        Step {
+            what: "kong-pdk 0.36 from PyPI in plugins/python/.venv (the Python plugin server)".into(),
+            present: plugins::python_ready(),
+            install: Box::new(install_python_pdk),
+        },
+        Step {
+            what: "kong-pdk 0.5.0 and 0.6.0 from npm in plugins/js/node_modules (the JS plugin server)"
+                .into(),
+            present: plugins::js_ready(),
+            install: Box::new(|| {
+                run(Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+                    .arg(plugins::js_dir()))
+            }),
         },
     ]
 }
@@ -104,14 +120,8 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
 }
 
 fn nightly_has_rust_src() -> bool {
-    output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        "nightly",
-    ]))
-    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")))
+    output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")))
 }
 
 fn bpf_linker_ok() -> bool {
@@ -121,13 +131,16 @@ fn bpf_linker_ok() -> bool {
 
 fn install_bpf_linker() -> Result<()> {
     run(Command::new("cargo")
-        .args([
-            "install",
-            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-            "--locked",
-            "--force",
-        ])
+        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"])
         .args(["--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22")
         .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))
+}
+
+fn install_python_pdk() -> Result<()> {
+    let venv = plugins::python_venv();
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(plugins::python_dir().join("requirements.txt")))
 }

@@ -7,10 +7,7 @@ use anyhow::{Context, Result, bail};
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 /// Fails with one line saying why root is needed, unless we are root.
@@ -46,9 +43,7 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 /// The command's stdout when it exits 0.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(std::process::Stdio::null()).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn describe(cmd: &Command) -> String {
@@ -77,13 +72,7 @@ pub fn test(extra: &[String]) -> Result<()> {
     require_root("the integration tests load eBPF programs into the running kernel")?;
     run(cargo().args(["build", "--package", "fixtures", "--bins"]))?;
     let mut cmd = cargo();
-    cmd.args([
-        "test",
-        "--workspace",
-        "--",
-        "--include-ignored",
-        "--test-threads=1",
-    ]);
+    cmd.args(["test", "--workspace", "--", "--include-ignored", "--test-threads=1"]);
     cmd.args(extra);
     run(&mut cmd)
 }

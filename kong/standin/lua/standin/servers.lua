@@ -1,0 +1,113 @@
+-- standin.servers: the external plugin servers' lifecycle, as Kong 2.7.1 runs it.
+-- Only worker 0 manages them: one 0-delay timer per server spawns it as the worker's own child,
+-- respawns it at most once a second when it dies, and stops when the worker is exiting. When
+-- worker 0 exits, its generation is killed: SIGKILL in kong-2.7 (what ngx.pipe's GC does when
+-- the old worker's Lua VM closes), SIGTERM in fixed (Kong 3.0's graceful stop).
+
+local os_ = require "standin.ffi_os"
+local truth = require "standin.truth"
+
+local M = {}
+
+-- name -> pid of this worker's running server.
+local running = {}
+
+-- Returns how the server ended if it died before binding, else nil.
+local function wait_ready(def, pid, old_identity, started)
+    -- A new file at the socket path means this server has re-bound it: from then on new
+    -- connections reach this generation.
+    while not ngx.worker.exiting() and ngx.now() - started < 60 do
+        local identity = os_.file_identity(def.socket)
+        if identity and identity ~= old_identity then
+            ngx.update_time()
+            truth.emit("server_ready", {
+                plugin = def.name, server_pid = pid, socket = def.socket, file = identity,
+                after_ms = math.floor((ngx.now() - started) * 1000),
+            })
+            return nil
+        end
+        local how = os_.reap(pid)
+        if how then return how end
+        ngx.sleep(0.02)
+        ngx.update_time()
+    end
+end
+
+local function manage(premature, def)
+    if premature then return end
+    local next_spawn = 0
+    while not ngx.worker.exiting() do
+        ngx.update_time()
+        if ngx.now() < next_spawn then
+            ngx.sleep(next_spawn - ngx.now())
+        end
+        if ngx.worker.exiting() then return end
+        ngx.update_time()
+        next_spawn = ngx.now() + 1
+        local old_identity = os_.file_identity(def.socket)
+        local pid, err = os_.spawn(def.argv, def.env, def.log)
+        if not pid then
+            truth.emit("spawn_failed", { plugin = def.name, err = err })
+            ngx.log(ngx.ERR, "[", def.name, "] ", err)
+        else
+            running[def.name] = pid
+            truth.emit("spawn", { plugin = def.name, server_pid = pid, socket = def.socket,
+                                  parent_pid = os_.getpid() })
+            ngx.log(ngx.NOTICE, "started plugin server ", def.name, " pid ", pid)
+            local early = wait_ready(def, pid, old_identity, ngx.now())
+            while true do
+                local how = early or os_.reap(pid)
+                if how then
+                    running[def.name] = nil
+                    truth.emit("server_exit", { plugin = def.name, server_pid = pid,
+                                                code = how.code, signal = how.signal })
+                    ngx.log(ngx.WARN, "external pluginserver '", def.name, "' terminated: ",
+                            how.code and ("exit " .. how.code) or how.signal and ("signal " .. how.signal) or ("waitpid errno " .. tostring(how.errno)))
+                    break
+                end
+                -- Leave the child running: exit_worker decides its fate, as in Kong.
+                if ngx.worker.exiting() then return end
+                ngx.sleep(0.05)
+            end
+        end
+    end
+end
+
+--- Worker 0 only: start one manager per plugin server.
+function M.start(defs)
+    os_.keep_children_for_us()
+    for _, def in ipairs(defs) do
+        local ok, err = ngx.timer.at(0, manage, def)
+        if not ok then ngx.log(ngx.ERR, "cannot start manager for ", def.name, ": ", err) end
+    end
+end
+
+--- Worker 0's exit: stop this generation of servers.
+function M.stop(behaviour)
+    local sig = behaviour == "fixed" and os_.SIGTERM or os_.SIGKILL
+    local signame = sig == os_.SIGTERM and "SIGTERM" or "SIGKILL"
+    for name, pid in pairs(running) do
+        local delivered = os_.kill(pid, sig)
+        truth.emit("kill", { plugin = name, server_pid = pid, signal = signame,
+                             delivered = delivered, reason = "worker 0 exiting" })
+        -- Reap it so no zombie outlives us (Kong's master, pid 1 in its image, reaps them).
+        -- exit_worker cannot yield, so this waits by blocking (2 s at most).
+        local how
+        for _ = 1, 200 do
+            how = os_.reap(pid)
+            if how then break end
+            os_.usleep(10000)
+        end
+        if not how and sig == os_.SIGTERM then
+            os_.kill(pid, os_.SIGKILL)
+            truth.emit("kill", { plugin = name, server_pid = pid, signal = "SIGKILL",
+                                 reason = "still running 2 s after SIGTERM" })
+            how = os_.reap(pid, true)
+        end
+        truth.emit("server_exit", { plugin = name, server_pid = pid,
+                                    code = how and how.code, signal = how and how.signal })
+        running[name] = nil
+    end
+end
+
+return M

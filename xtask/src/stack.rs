@@ -1,0 +1,268 @@
+//! The system under test, up and down: `cargo xtask up|reload|down`.
+//!
+//! Two targets run the same routes (/go, /python, /js → reflection, each through its plugin):
+//! `local`, the stand-in gateway on Debian's nginx + Lua (kong/standin), and `compose`, the
+//! real Kong 2.7.1 by docker compose. The chosen target and options are kept in the prefix's
+//! `stack.json`, so `reload` and `down` need no arguments. Every command is idempotent.
+
+mod cgroup;
+mod compose;
+mod http;
+mod local;
+pub(crate) mod plugins;
+mod procs;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+
+/// Where the local stack keeps everything (override with RELOADSCOPE_STANDIN_PREFIX).
+pub const DEFAULT_PREFIX: &str = "/tmp/reloadscope-standin";
+
+/// Which gateway runs the routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// The stand-in gateway on Debian's nginx + lua-nginx-module (no Docker needed).
+    Local,
+    /// Real Kong 2.7.1 and reflection by docker compose.
+    Compose,
+}
+
+/// How the stand-in manages plugin servers and their instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Behaviour {
+    /// Kong 2.7.1: SIGKILL of the old generation, reset only on "no plugin instance", unbounded
+    /// busy-wait on claims.
+    #[value(name = "kong-2.7")]
+    Kong27,
+    /// The later Kong fixes: SIGTERM, reset on any error, bounded waits.
+    Fixed,
+}
+
+/// The kong-pdk release that serves the JS plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum JsPdk {
+    /// Crashes on an error reply (`has is not defined`): the JS crash loop of #8531.
+    #[value(name = "0.5.0")]
+    V050,
+    /// Has the fix: stale ids are reported and reset like Python's.
+    #[value(name = "0.6.0")]
+    V060,
+}
+
+/// Options of `cargo xtask up`.
+#[derive(Args, Clone, Debug)]
+pub struct UpOptions {
+    /// Which gateway to run.
+    #[arg(long, value_enum, default_value_t = Target::Local)]
+    pub target: Target,
+    /// Plugin-server lifecycle of the stand-in (compose is always Kong 2.7.1).
+    #[arg(long, value_enum, default_value_t = Behaviour::Kong27)]
+    pub behaviour: Behaviour,
+    /// nginx worker processes (several, so per-worker effects show).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// kong-pdk version for the JS plugin server.
+    #[arg(long, value_enum, default_value_t = JsPdk::V050)]
+    pub js_pdk: JsPdk,
+    /// CPU limit of the gateway in CPUs (cgroup quota; compose defaults to 0.15 as in #8531).
+    #[arg(long)]
+    pub cpu_limit: Option<f64>,
+    /// Gateway listen address (Kong's proxy port).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// reflection's listen address.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub reflection: String,
+}
+
+impl Behaviour {
+    /// The name used on the command line and in the stand-in's config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Behaviour::Kong27 => "kong-2.7",
+            Behaviour::Fixed => "fixed",
+        }
+    }
+}
+
+impl JsPdk {
+    /// The npm version string.
+    pub fn version(self) -> &'static str {
+        match self {
+            JsPdk::V050 => "0.5.0",
+            JsPdk::V060 => "0.6.0",
+        }
+    }
+}
+
+impl UpOptions {
+    /// The options as kept in stack.json (also compared to tell "already up" from "restart").
+    fn to_json(&self) -> Value {
+        json!({
+            "target": match self.target { Target::Local => "local", Target::Compose => "compose" },
+            "behaviour": self.behaviour.name(),
+            "workers": self.workers,
+            "js_pdk": self.js_pdk.version(),
+            "cpu_limit": self.cpu_limit,
+            "listen": self.listen,
+            "reflection": self.reflection,
+        })
+    }
+}
+
+/// The prefix directory of the local stack (sockets, pid files, logs, ground truth).
+pub fn prefix() -> PathBuf {
+    std::env::var_os("RELOADSCOPE_STANDIN_PREFIX")
+        .map_or_else(|| PathBuf::from(DEFAULT_PREFIX), PathBuf::from)
+}
+
+fn state_path() -> PathBuf {
+    prefix().join("stack.json")
+}
+
+/// The options of the stack that is (or was last) up, if any.
+fn read_state() -> Option<Value> {
+    let text = std::fs::read_to_string(state_path()).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_state(opts: &UpOptions) -> Result<()> {
+    std::fs::create_dir_all(prefix())?;
+    let text = serde_json::to_string_pretty(&opts.to_json())?;
+    std::fs::write(state_path(), text).with_context(|| format!("cannot write {}", state_path().display()))
+}
+
+fn state_target(state: &Option<Value>) -> Target {
+    match state.as_ref().and_then(|s| s["target"].as_str()) {
+        Some("compose") => Target::Compose,
+        _ => Target::Local,
+    }
+}
+
+/// Brings the stack up and waits until every route is healthy; a running stack with the same
+/// options is left as it is, one with other options is replaced.
+pub fn up(opts: &UpOptions) -> Result<()> {
+    crate::util::require_root("the stand-in starts nginx, plugin servers and a cgroup")?;
+    let state = read_state();
+    if let Some(old) = &state {
+        if *old == opts.to_json() && is_up(opts) {
+            println!("stack: already up ({}), nothing to do", describe(opts));
+            return wait_healthy(opts);
+        }
+        println!("stack: replacing the previous stack");
+        down()?;
+    } else {
+        // Leftovers of a crashed run (no state file) must not hold the ports or sockets.
+        local::down()?;
+    }
+    let started = match opts.target {
+        Target::Local => local::up(opts),
+        Target::Compose => compose::up(opts),
+    };
+    if let Err(e) = started {
+        // Leave nothing half-started behind (reflection without a gateway, say).
+        let cleanup = match opts.target {
+            Target::Local => local::down(),
+            Target::Compose => compose::down().and_then(|()| local::down()),
+        };
+        if let Err(c) = cleanup {
+            eprintln!("stack: cleanup after the failed up also failed: {c:#}");
+        }
+        return Err(e);
+    }
+    // Written last: the prefix is emptied by a local `up`.
+    write_state(opts)?;
+    println!("stack: up ({})", describe(opts));
+    Ok(())
+}
+
+/// Reloads the gateway (HUP to the nginx master, or `kong reload` in the container) and waits
+/// until the new generation of plugin servers serves.
+pub fn reload() -> Result<()> {
+    crate::util::require_root("reload signals the stand-in's nginx master")?;
+    let state = read_state();
+    match state_target(&state) {
+        Target::Local => local::reload(),
+        Target::Compose => compose::reload(),
+    }
+}
+
+/// Stops everything of ours: gateway, reflection, every plugin server generation (orphans
+/// included). Succeeds only when none of those processes is left.
+pub fn down() -> Result<()> {
+    crate::util::require_root("down stops root-owned nginx and plugin-server processes")?;
+    let state = read_state();
+    if state_target(&state) == Target::Compose {
+        compose::down()?;
+    }
+    local::down()?;
+    let _ = std::fs::remove_file(state_path());
+    println!("stack: down");
+    Ok(())
+}
+
+fn is_up(opts: &UpOptions) -> bool {
+    match opts.target {
+        Target::Local => local::is_up(),
+        Target::Compose => compose::is_up(),
+    }
+}
+
+fn wait_healthy(opts: &UpOptions) -> Result<()> {
+    match opts.target {
+        Target::Local => local::wait_healthy(opts),
+        Target::Compose => compose::wait_healthy(opts),
+    }
+}
+
+fn describe(opts: &UpOptions) -> String {
+    let cpu = opts.cpu_limit.map_or_else(|| "no CPU limit".to_string(), |c| format!("{c} CPU"));
+    match opts.target {
+        Target::Local => format!(
+            "stand-in on http://{}, behaviour {}, workers {}, js kong-pdk {}, {cpu}, prefix {}",
+            opts.listen,
+            opts.behaviour.name(),
+            opts.workers,
+            opts.js_pdk.version(),
+            prefix().display()
+        ),
+        Target::Compose => format!("Kong 2.7.1 by docker compose on http://127.0.0.1:8000, {cpu}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpOptions,
+    }
+
+    #[test]
+    fn options_parse_with_the_documented_names() {
+        let cli = Cli::parse_from(["up", "--behaviour", "fixed", "--js-pdk", "0.6.0", "--workers", "2"]);
+        assert_eq!(cli.up.behaviour, Behaviour::Fixed);
+        assert_eq!(cli.up.js_pdk, JsPdk::V060);
+        assert_eq!(cli.up.workers, 2);
+        let cli = Cli::parse_from(["up", "--target", "compose", "--cpu-limit", "0.5"]);
+        assert_eq!(cli.up.target, Target::Compose);
+        assert_eq!(cli.up.behaviour, Behaviour::Kong27);
+        assert_eq!(cli.up.cpu_limit, Some(0.5));
+        assert!(Cli::try_parse_from(["up", "--behaviour", "kong-2.8"]).is_err());
+        assert!(Cli::try_parse_from(["up", "--workers", "0"]).is_err());
+    }
+
+    #[test]
+    fn state_round_trips_its_target() {
+        let cli = Cli::parse_from(["up", "--target", "compose"]);
+        assert_eq!(state_target(&Some(cli.up.to_json())), Target::Compose);
+        assert_eq!(state_target(&None), Target::Local);
+    }
+}

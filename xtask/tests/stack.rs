@@ -1,0 +1,413 @@
+//! The system under test on real processes: `xtask up|reload|down` with the stand-in gateway,
+//! the real Python and JS plugin servers and reflection. Needs root (nginx, signals, /proc) and
+//! `cargo xtask setup` done; run with `--include-ignored --test-threads=1`.
+//!
+//! Each test owns the whole stack for its duration; a guard runs `xtask down` even on failure.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+const GATEWAY: &str = "127.0.0.1:8000";
+
+fn prefix() -> PathBuf {
+    std::env::var_os("RELOADSCOPE_STANDIN_PREFIX")
+        .map_or_else(|| PathBuf::from("/tmp/reloadscope-standin"), PathBuf::from)
+}
+
+/// Runs the xtask binary; panics with its output unless it succeeds. Returns stdout.
+fn xtask(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("xtask runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stdout}");
+    assert!(out.status.success(), "xtask {args:?} failed: {}\n{stdout}\n{stderr}", out.status);
+    stdout
+}
+
+/// Brings the stack up; `down` runs when it drops, whatever happened in between.
+struct Stack {
+    up_output: String,
+}
+
+impl Stack {
+    fn up(extra: &[&str]) -> Stack {
+        let mut args = vec!["up"];
+        args.extend_from_slice(extra);
+        // A stack left by an earlier, killed run is replaced by `up` itself.
+        Stack { up_output: xtask(&args) }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("down").output();
+        if let Ok(out) = out
+            && !out.status.success()
+        {
+            eprintln!("cleanup: xtask down failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// One HTTP/1.0 GET: status and body, or an error for transport failures.
+fn get(path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&GATEWAY.parse().unwrap(), timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: reloadscope\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {text:?}")))?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+/// The value of the plugin header that reached reflection, if any.
+fn plugin_header(body: &str, header: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    v["headers"][header].as_str().map(str::to_string)
+}
+
+fn truth() -> Vec<Value> {
+    std::fs::read_to_string(prefix().join("ground-truth.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad ground-truth line {l:?}: {e}")))
+        .collect()
+}
+
+fn events<'a>(all: &'a [Value], ev: &str) -> Vec<&'a Value> {
+    all.iter().filter(|e| e["ev"] == ev).collect()
+}
+
+fn spawned_pids(all: &[Value], plugin: &str, generation: u64) -> BTreeSet<i64> {
+    events(all, "spawn")
+        .into_iter()
+        .filter(|e| e["plugin"] == plugin && e["gen"].as_u64() == Some(generation))
+        .filter_map(|e| e["server_pid"].as_i64())
+        .collect()
+}
+
+fn worker0_pids(all: &[Value], generation: u64) -> BTreeSet<i64> {
+    events(all, "worker_start")
+        .into_iter()
+        .filter(|e| e["worker"] == 0 && e["gen"].as_u64() == Some(generation))
+        .filter_map(|e| e["pid"].as_i64())
+        .collect()
+}
+
+/// Alive and not a zombie, by /proc.
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+#[ignore = "root: starts the stand-in gateway"]
+fn python_and_js_come_back_with_the_header_their_real_server_set() {
+    let stack = Stack::up(&[]);
+    let go_reported =
+        stack.up_output.contains("Go plugin skipped: ") || stack.up_output.contains("Go plugin: built");
+    assert!(go_reported, "up must say what became of the Go plugin");
+    let all = truth();
+    for (path, plugin, header) in
+        [("/python", "pythonplugin", "x-pythonplugin"), ("/js", "jsplugin", "x-jsplugin")]
+    {
+        let servers = spawned_pids(&all, plugin, 1);
+        for _ in 0..4 {
+            let (status, body) = get(path, Duration::from_secs(10)).expect("the gateway answers");
+            assert_eq!(status, 200, "{path}: {body}");
+            let value =
+                plugin_header(&body, header).unwrap_or_else(|| panic!("{path}: no {header} in {body}"));
+            // The plugin writes its server's pid: the header came from the real server we spawned.
+            let pid: i64 = value.parse().expect("the plugin header is a pid");
+            assert!(servers.contains(&pid), "{path}: {header}={pid}, spawned {servers:?}");
+            println!("{path}: {header}={pid} (a real {plugin} server of generation 1)");
+        }
+    }
+    let (status, body) = get("/go", Duration::from_secs(10)).unwrap();
+    if stack.up_output.contains("Go plugin skipped: ") {
+        assert_eq!(status, 503, "/go: {body}");
+        assert!(body.contains("Go plugin skipped"), "/go: {body}");
+        println!("/go: 503 {body}");
+    } else {
+        // Where Go and its module proxy exist, the Go plugin runs like the others.
+        let value = plugin_header(&body, "x-goplugin").unwrap_or_else(|| panic!("/go: {status} {body}"));
+        let servers = spawned_pids(&all, "goplugin", 1);
+        assert!(servers.contains(&value.parse().unwrap()), "/go: x-goplugin={value}, spawned {servers:?}");
+        println!("/go: x-goplugin={value}");
+    }
+
+    // Idempotent: a second `up` with the same options keeps the same master.
+    let master = std::fs::read_to_string(prefix().join("logs/nginx.pid")).unwrap();
+    let again = xtask(&["up"]);
+    assert!(again.contains("already up"), "{again}");
+    assert_eq!(master, std::fs::read_to_string(prefix().join("logs/nginx.pid")).unwrap());
+}
+
+/// One request of the burst: when it started, and what came back.
+struct Outcome {
+    started: f64,
+    status: Option<u16>,
+    header: bool,
+}
+
+impl Outcome {
+    /// True unless reflection answered with the plugin's header.
+    fn lost(&self) -> bool {
+        !(self.status == Some(200) && self.header)
+    }
+}
+
+/// What a burst across one reload saw, split at the moment generation 2 was up.
+struct Burst {
+    reload_at: f64,
+    ready_at: f64,
+    before: Vec<Outcome>,
+    after: Vec<Outcome>,
+}
+
+impl Burst {
+    fn lost_before(&self) -> usize {
+        self.before.iter().filter(|o| o.lost()).count()
+    }
+
+    fn lost_after(&self) -> Vec<(Option<u16>, bool)> {
+        self.after.iter().filter(|o| o.lost()).map(|o| (o.status, o.header)).collect()
+    }
+
+    fn report(&self, name: &str) {
+        println!(
+            "{name} burst: {} requests; {} started after generation 2 was up ({:.3} s after the HUP): \
+             {} without the header; {} started before: {} without the header",
+            self.before.len() + self.after.len(),
+            self.after.len(),
+            self.ready_at - self.reload_at,
+            self.lost_after().len(),
+            self.before.len(),
+            self.lost_before()
+        );
+    }
+}
+
+/// Six clients alternate /python and /js (one connection per request) for 2 s, across
+/// `xtask reload`, and for `after` more; `timeout` bounds each request.
+fn burst_across_reload(after: Duration, timeout: Duration) -> Burst {
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let (stop, outcomes) = (stop.clone(), outcomes.clone());
+            std::thread::spawn(move || {
+                let routes = [("/python", "x-pythonplugin"), ("/js", "x-jsplugin")];
+                let mut n = i;
+                while !stop.load(Ordering::Relaxed) {
+                    let (path, header) = routes[n % 2];
+                    n += 1;
+                    let started = now();
+                    let outcome = match get(path, timeout) {
+                        Ok((status, body)) => Outcome {
+                            started,
+                            status: Some(status),
+                            header: plugin_header(&body, header).is_some(),
+                        },
+                        Err(_) => Outcome { started, status: None, header: false },
+                    };
+                    outcomes.lock().unwrap().push(outcome);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let reload_at = now();
+    xtask(&["reload"]);
+    std::thread::sleep(after);
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    // Up = each plugin's first generation-2 server has bound its socket (later ones are respawns).
+    let all = truth();
+    let ready_at = ["pythonplugin", "jsplugin"]
+        .iter()
+        .map(|plugin| {
+            events(&all, "server_ready")
+                .into_iter()
+                .filter(|e| e["gen"] == 2 && e["plugin"] == *plugin)
+                .map(|e| e["ts"].as_f64().unwrap())
+                .fold(f64::MAX, f64::min)
+        })
+        .fold(f64::MIN, f64::max);
+    assert!(ready_at > reload_at && ready_at < f64::MAX, "generation 2 never became ready");
+    let (after, before) = std::mem::take(&mut *outcomes.lock().unwrap())
+        .into_iter()
+        .partition(|o: &Outcome| o.started >= ready_at);
+    Burst { reload_at, ready_at, before, after }
+}
+
+#[test]
+#[ignore = "root: starts the stand-in gateway"]
+fn fixed_behaviour_loses_no_header_once_the_new_generation_is_up() {
+    let _stack = Stack::up(&["--behaviour", "fixed", "--js-pdk", "0.6.0"]);
+    let burst = burst_across_reload(Duration::from_secs(4), Duration::from_secs(15));
+    burst.report("fixed");
+    assert!(burst.after.len() >= 50, "too few requests after the reload to say anything");
+    let lost = burst.lost_after();
+    assert!(lost.is_empty(), "lost after the new generation was up (status, header): {lost:?}");
+    // fixed stops the old generation gracefully.
+    let all = truth();
+    let kills: Vec<_> = events(&all, "kill").into_iter().filter(|e| e["gen"] == 1).collect();
+    assert!(!kills.is_empty() && kills.iter().all(|e| e["signal"] == "SIGTERM"), "{kills:?}");
+}
+
+#[test]
+#[ignore = "root: starts the stand-in gateway"]
+fn kong_27_ground_truth_shows_generations_the_sigkill_and_cache_events() {
+    let stack = Stack::up(&["--behaviour", "kong-2.7", "--js-pdk", "0.5.0"]);
+    // The same burst as for `fixed`; requests may hang on a leaked claim here: short timeouts.
+    // What it loses varies from run to run, so it is reported, not asserted.
+    let burst = burst_across_reload(Duration::from_secs(3), Duration::from_secs(3));
+    burst.report("kong-2.7");
+    drop(stack);
+
+    let all = truth();
+    let gens: BTreeSet<u64> = events(&all, "master_init").iter().filter_map(|e| e["gen"].as_u64()).collect();
+    assert_eq!(gens, BTreeSet::from([1, 2]), "two configuration generations");
+    for generation in [1, 2] {
+        let worker0 = worker0_pids(&all, generation);
+        assert_eq!(worker0.len(), 1, "one worker 0 in generation {generation}");
+        for plugin in ["pythonplugin", "jsplugin"] {
+            let pids = spawned_pids(&all, plugin, generation);
+            assert!(!pids.is_empty(), "generation {generation} spawned {plugin}");
+            for e in events(&all, "spawn").iter().filter(|e| e["gen"] == generation) {
+                assert!(worker0.contains(&e["parent_pid"].as_i64().unwrap()), "spawned by worker 0: {e}");
+            }
+            println!("generation {generation}: worker 0 pid {worker0:?}, {plugin} pids {pids:?}");
+        }
+    }
+    // The old generation dies by SIGKILL from the old worker 0 as it exits.
+    let old_worker0 = worker0_pids(&all, 1);
+    for plugin in ["pythonplugin", "jsplugin"] {
+        let old = spawned_pids(&all, plugin, 1);
+        let killed: Vec<_> = events(&all, "kill")
+            .into_iter()
+            .filter(|e| e["plugin"] == plugin && e["signal"] == "SIGKILL")
+            .filter(|e| old.contains(&e["server_pid"].as_i64().unwrap()))
+            .collect();
+        assert!(!killed.is_empty(), "SIGKILL of the old {plugin} server {old:?}");
+        for k in &killed {
+            assert!(old_worker0.contains(&k["pid"].as_i64().unwrap()), "killed by the old worker 0: {k}");
+            println!("SIGKILL: {plugin} server {} by worker 0 pid {}", k["server_pid"], k["pid"]);
+        }
+    }
+    // Instance-id cache: every miss names worker pid and plugin; every start its instance id.
+    let misses = events(&all, "cache_miss");
+    let started = events(&all, "instance_started");
+    let resets = events(&all, "cache_reset");
+    let leaks = events(&all, "claim_leaked");
+    for generation in [1, 2] {
+        assert!(misses.iter().any(|e| e["gen"] == generation), "a cache miss in generation {generation}");
+    }
+    for e in &misses {
+        assert!(e["pid"].is_i64() && e["plugin"].is_string() && e["worker"].is_i64(), "{e}");
+    }
+    for e in &started {
+        assert!(e["pid"].is_i64() && e["plugin"].is_string() && e["instance_id"].is_i64(), "{e}");
+    }
+    for e in &resets {
+        assert!(e["pid"].is_i64() && e["plugin"].is_string() && e["reason"].is_string(), "{e}");
+    }
+    assert!(!started.is_empty());
+    println!(
+        "instance cache: {} misses, {} instances started, {} resets, {} leaked claims; \
+         {} RPC errors failed open; {} claim spins",
+        misses.len(),
+        started.len(),
+        resets.len(),
+        leaks.len(),
+        events(&all, "rpc_error").len(),
+        events(&all, "claim_spin").len()
+    );
+}
+
+#[test]
+#[ignore = "root: starts the stand-in gateway"]
+fn down_leaves_no_nginx_reflection_or_plugin_server_process() {
+    // With a CPU limit, so the cgroup's life is checked too.
+    let stack = Stack::up(&["--cpu-limit", "0.5"]);
+    let cgroup = ["/sys/fs/cgroup/reloadscope-standin", "/sys/fs/cgroup/cpu/reloadscope-standin"]
+        .map(PathBuf::from)
+        .into_iter()
+        .find(|d| d.exists())
+        .expect("the CPU-limit cgroup exists");
+    let master = std::fs::read_to_string(prefix().join("logs/nginx.pid")).unwrap();
+    let members = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    assert!(members.lines().any(|l| l == master.trim()), "nginx master {master} in {}", cgroup.display());
+    xtask(&["reload"]);
+    // Orphan a generation the way a crash would: SIGKILL worker 0, so exit_worker never runs;
+    // its servers lose their parent and the master starts a new worker 0 with new servers.
+    let before = truth();
+    let worker0 = *worker0_pids(&before, 2).iter().next().unwrap();
+    let orphans: BTreeSet<i64> =
+        ["pythonplugin", "jsplugin"].iter().flat_map(|p| spawned_pids(&before, p, 2)).collect();
+    unsafe { libc::kill(worker0 as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Three sets of servers by then: generation 1, generation 2, and the new worker 0's.
+    let servers = events(&before, "spawn").iter().filter(|e| e["gen"] == 1).count();
+    while events(&truth(), "server_ready").len() < 3 * servers && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for &pid in &orphans {
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        println!("orphaned server {pid}: alive {} stat {}", alive(pid), ppid.trim());
+    }
+
+    let all = truth();
+    let mut ours: BTreeSet<i64> = BTreeSet::new();
+    for e in &all {
+        ours.extend(e["pid"].as_i64());
+        ours.extend(e["server_pid"].as_i64());
+    }
+    for file in ["logs/nginx.pid", "reflection.pid"] {
+        ours.extend(
+            std::fs::read_to_string(prefix().join(file)).ok().and_then(|s| s.trim().parse::<i64>().ok()),
+        );
+    }
+    // Only pids that are ours now (the pre-daemon nginx pid may have been recycled).
+    let prefix = prefix().display().to_string();
+    let alive_before: BTreeSet<i64> = ours
+        .into_iter()
+        .filter(|&p| alive(p))
+        .filter(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.starts_with("nginx") || cmd.contains(&prefix) || cmd.contains("reflection")
+        })
+        .collect();
+    // Python's server exits by itself once orphaned (its ppid-1 watchdog); node's has none.
+    let js_orphans = spawned_pids(&before, "jsplugin", 2);
+    assert!(js_orphans.iter().all(|&p| alive(p)), "the orphaned JS server runs before down");
+    assert!(js_orphans.is_subset(&alive_before));
+    drop(stack);
+    let left: BTreeSet<i64> = alive_before.iter().copied().filter(|&p| alive(p)).collect();
+    println!("down: {} of our pids were alive before, {} after", alive_before.len(), left.len());
+    assert!(left.is_empty(), "still alive after down: {left:?}");
+    assert!(!cgroup.exists(), "down removes {}", cgroup.display());
+}
