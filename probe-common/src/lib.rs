@@ -13,7 +13,7 @@ pub mod unix;
 pub use epoll::{EpollBucket, EpollCall, EpollEnter, EpollThread, Syscall};
 pub use proc::{ProcExec, ProcExit, ProcFork, Signal};
 pub use sample::CpuSample;
-pub use unix::{SockIdentity, UnixIo, UnixSock};
+pub use unix::{FlowKey, SockIdentity, UnixFlow, UnixIo, UnixSock};
 
 /// Length of a task's `comm` as the kernel stores it.
 pub const COMM_LEN: usize = 16;
@@ -38,6 +38,8 @@ pub mod kind {
     pub const UNIX_IO: u32 = 8;
     /// [`crate::CpuSample`]: a CPU sample (in the `SAMPLES` ring buffer).
     pub const CPU_SAMPLE: u32 = 9;
+    /// [`crate::UnixFlow`]: one thread's unix traffic on one socket over a bucket.
+    pub const UNIX_FLOW: u32 = 10;
 }
 
 /// Indices into the `DROPS` per-CPU array: one counter per record kind that could not be sent.
@@ -64,6 +66,8 @@ pub mod names {
     pub const SAMPLES: &str = "SAMPLES";
     /// Stack traces referenced by CPU samples.
     pub const STACKS: &str = "STACKS";
+    /// Open unix flows: [`crate::FlowKey`] -> [`crate::UnixFlow`].
+    pub const UNIX_FLOWS: &str = "UNIX_FLOWS";
 }
 
 /// Common prefix of every ring-buffer record.
@@ -226,6 +230,8 @@ mod pod {
     unsafe impl aya::Pod for crate::EpollBucket {}
     unsafe impl aya::Pod for crate::EpollEnter {}
     unsafe impl aya::Pod for crate::EpollThread {}
+    unsafe impl aya::Pod for crate::FlowKey {}
+    unsafe impl aya::Pod for crate::UnixFlow {}
 }
 
 // Layout checks: a change of these sizes is a change of the wire format.

@@ -78,6 +78,79 @@ pub struct UnixIo {
     pub id: SockIdentity,
 }
 
+/// Key of a unix flow: one thread's traffic on one socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    /// Socket inode.
+    pub inode: u64,
+    /// Thread id.
+    pub tid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// One thread's successful sends and receives on one unix socket, aggregated over a bucket;
+/// failures other than EAGAIN go out one by one as [`UnixIo`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnixFlow {
+    /// `kind` is [`crate::kind::UNIX_FLOW`]; `ts_ns` is when the flow was sent.
+    pub hdr: EventHeader,
+    /// Identity of the socket (path from its [`UnixSock`] records).
+    pub id: SockIdentity,
+    /// First message in the bucket.
+    pub start_ns: u64,
+    /// Last message in the bucket.
+    pub end_ns: u64,
+    /// Successful sends.
+    pub sends: u64,
+    /// Bytes sent.
+    pub send_bytes: u64,
+    /// Successful receives (more than 0 bytes).
+    pub recvs: u64,
+    /// Bytes received.
+    pub recv_bytes: u64,
+    /// Calls that returned EAGAIN (non-blocking sockets with nothing to do).
+    pub eagain: u64,
+}
+
+impl UnixFlow {
+    /// Adds one successful or EAGAIN call; returns false for anything that must go out alone.
+    #[inline(always)]
+    pub fn add(&mut self, op: u32, ret: i64, now: u64) -> bool {
+        const EAGAIN: i64 = 11;
+        if ret == -EAGAIN {
+            self.eagain += 1;
+        } else if ret > 0 && op == op::SEND {
+            self.sends += 1;
+            self.send_bytes += ret as u64;
+        } else if ret > 0 && op == op::RECV {
+            self.recvs += 1;
+            self.recv_bytes += ret as u64;
+        } else {
+            return false;
+        }
+        if self.start_ns == 0 {
+            self.start_ns = now;
+        }
+        self.end_ns = now;
+        true
+    }
+
+    /// True when the flow has aged past `bucket_ns` and should be sent.
+    #[inline(always)]
+    pub fn is_due(&self, now: u64, bucket_ns: u64) -> bool {
+        self.start_ns != 0 && now.saturating_sub(self.start_ns) >= bucket_ns
+    }
+
+    /// Empties the counters, keeping the identity.
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        *self = Self { hdr: self.hdr, id: self.id, ..Self::default() };
+    }
+}
+
 /// Trims a path buffer to its length.
 pub fn path_bytes(path: &[u8; PATH_LEN], len: u32) -> &[u8] {
     &path[..(len as usize).min(PATH_LEN)]
@@ -86,3 +159,25 @@ pub fn path_bytes(path: &[u8; PATH_LEN], len: u32) -> &[u8] {
 const _: () = assert!(core::mem::size_of::<SockIdentity>() == 24);
 const _: () = assert!(core::mem::size_of::<UnixSock>() == 24 + 16 + 16 + 24 + 112);
 const _: () = assert!(core::mem::size_of::<UnixIo>() == 64);
+const _: () = assert!(core::mem::size_of::<UnixFlow>() == 24 + 24 + 7 * 8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_count_successes_and_eagain_but_not_failures() {
+        let mut f = UnixFlow::default();
+        assert!(f.add(op::SEND, 64, 10));
+        assert!(f.add(op::RECV, 32, 20));
+        assert!(f.add(op::RECV, -11, 30));
+        assert!(!f.add(op::SEND, -32, 40), "EPIPE goes out alone");
+        assert!(!f.add(op::RECV, 0, 50), "peer closed goes out alone");
+        assert_eq!((f.sends, f.send_bytes, f.recvs, f.recv_bytes, f.eagain), (1, 64, 1, 32, 1));
+        assert_eq!((f.start_ns, f.end_ns), (10, 30));
+        assert!(!f.is_due(109, 100) && f.is_due(110, 100));
+        f.id.inode = 5;
+        f.reset();
+        assert_eq!((f.sends, f.start_ns, f.id.inode), (0, 0, 5));
+    }
+}

@@ -61,7 +61,7 @@ pub fn unix_sock_of_fd(fd: i64) -> Option<u64> {
 
 /// The inode number of a `struct sock`'s socket.
 #[inline(always)]
-fn sock_inode(sk: u64) -> u64 {
+pub fn sock_inode(sk: u64) -> u64 {
     let k = KOFFSETS.load();
     if k.socket_to_inode == MISSING || k.inode_ino == MISSING {
         return 0;

@@ -10,11 +10,11 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    UnixIo, UnixSock, kind,
+    FlowKey, UnixFlow, UnixIo, UnixSock, kind,
     unix::{PATH_LEN, op},
 };
 
-use crate::kread::{AF_UNIX, identity, read_path, unix_sock_of_fd};
+use crate::kread::{AF_UNIX, identity, read_path, sock_inode, unix_sock_of_fd};
 use crate::{CONFIG, EVENTS, count_drop, current_ids, header, is_target, send};
 
 /// A connect or bind in progress: the address asked for.
@@ -30,6 +30,10 @@ struct PendingAddr {
 /// connect/bind arguments by tid, consumed at exit.
 #[map]
 static UNIX_PENDING: LruHashMap<u32, PendingAddr> = LruHashMap::with_max_entries(4096, 0);
+
+/// Open flows: one thread's traffic on one socket, aggregated per bucket.
+#[map]
+static UNIX_FLOWS: LruHashMap<FlowKey, UnixFlow> = LruHashMap::with_max_entries(16384, 0);
 
 /// Socket inodes whose path was already sent.
 #[map]
@@ -161,19 +165,40 @@ fn io(ctx: &TracePointContext, op: u32) {
     if !is_target(tgid) {
         return;
     }
-    let [off_sk, off_family, off_ret] = CONFIG.load().off_sock_len;
+    let cfg = CONFIG.load();
+    let [off_sk, off_family, off_ret] = cfg.off_sock_len;
     if unsafe { ctx.read_at::<u16>(off_family as usize) } != Ok(AF_UNIX) {
         return;
     }
     let sk = unsafe { ctx.read_at::<u64>(off_sk as usize) }.unwrap_or(0);
     let ret = unsafe { ctx.read_at::<i32>(off_ret as usize) }.unwrap_or(0) as i64;
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    // Hot path: an existing flow costs one inode read and one lookup.
+    let key = FlowKey { inode: sock_inode(sk), tid, _pad: 0 };
+    if let Some(flow) = UNIX_FLOWS.get_ptr_mut(&key) {
+        let flow = unsafe { &mut *flow };
+        if flow.add(op, ret, now) {
+            if flow.is_due(now, cfg.bucket_ns) {
+                flow.hdr.ts_ns = now;
+                send(kind::UNIX_FLOW, flow);
+                flow.reset();
+            }
+            return;
+        }
+    }
     let (id, _) = identity(sk);
-    if id.inode != 0 && UNIX_SEEN.get_ptr(id.inode).is_none() {
-        let _ = UNIX_SEEN.insert(id.inode, 1, 0);
+    if id.inode != 0 && UNIX_SEEN.get_ptr(&id.inode).is_none() {
+        let _ = UNIX_SEEN.insert(&id.inode, &1, 0);
         send_sock(ctx, op::SEEN, -1, 0, sk, tgid, tid);
     }
-    let record = UnixIo { hdr: header(kind::UNIX_IO, tgid, tid), op, _pad: 0, ret, id };
-    send(kind::UNIX_IO, &record);
+    let mut flow = UnixFlow { hdr: header(kind::UNIX_FLOW, tgid, tid), id, ..UnixFlow::default() };
+    if flow.add(op, ret, now) {
+        let _ = UNIX_FLOWS.insert(&key, &flow, 0);
+    } else {
+        // A failure (EPIPE, ECONNRESET, ...) or a receive of 0 (the peer closed): worth reading alone.
+        let record = UnixIo { hdr: header(kind::UNIX_IO, tgid, tid), op, _pad: 0, ret, id };
+        send(kind::UNIX_IO, &record);
+    }
 }
 
 #[tracepoint]

@@ -5,7 +5,7 @@
 
 use probe_common::{
     COMM_LEN, CpuSample, EpollBucket, EpollCall, EventHeader, ProcExec, ProcExit, ProcFork, Signal, Syscall,
-    UnixIo, UnixSock,
+    UnixFlow, UnixIo, UnixSock,
     epoll::call_reason,
     kind,
     unix::{self, PATH_LEN},
@@ -190,6 +190,31 @@ pub struct UnixIoEvent {
     pub id: SockId,
 }
 
+/// One thread's successful traffic on one unix socket over a bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnixFlowEvent {
+    /// Who, and when the flow was sent.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Identity.
+    #[serde(flatten)]
+    pub id: SockId,
+    /// First message in the bucket.
+    pub start_ns: u64,
+    /// Last message in the bucket.
+    pub end_ns: u64,
+    /// Successful sends.
+    pub sends: u64,
+    /// Bytes sent.
+    pub send_bytes: u64,
+    /// Successful receives.
+    pub recvs: u64,
+    /// Bytes received.
+    pub recv_bytes: u64,
+    /// Calls that returned EAGAIN.
+    pub eagain: u64,
+}
+
 /// A CPU sample; its user-stack copy lives in `samples.bin` at `stack_offset`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuSampleEvent {
@@ -236,6 +261,8 @@ pub enum Event {
     UnixIo(UnixIoEvent),
     /// See [`CpuSampleEvent`].
     CpuSample(CpuSampleEvent),
+    /// See [`UnixFlowEvent`].
+    UnixFlow(UnixFlowEvent),
 }
 
 impl Event {
@@ -251,6 +278,7 @@ impl Event {
             Event::UnixSock(e) => &e.task,
             Event::UnixIo(e) => &e.task,
             Event::CpuSample(e) => &e.task,
+            Event::UnixFlow(e) => &e.task,
         }
     }
 }
@@ -362,6 +390,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 id: SockId { inode: r.id.inode, peer_inode: r.id.peer_inode, peer_pid: r.id.peer_pid },
             })
         }
+        kind::UNIX_FLOW => Event::UnixFlow(flow_event(&read(bytes, hdr.kind)?)),
         kind::CPU_SAMPLE => {
             let r: CpuSample = read(bytes, hdr.kind)?;
             Event::CpuSample(CpuSampleEvent {
@@ -407,6 +436,21 @@ fn task(hdr: &EventHeader, comm: &[u8; COMM_LEN]) -> Task {
         tgid: hdr.tgid,
         tid: hdr.tid,
         comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+    }
+}
+
+/// Converts a flow (from the ring buffer, or read from the map at the end) into an event.
+pub fn flow_event(f: &UnixFlow) -> UnixFlowEvent {
+    UnixFlowEvent {
+        task: task(&f.hdr, &[0; COMM_LEN]),
+        id: SockId { inode: f.id.inode, peer_inode: f.id.peer_inode, peer_pid: f.id.peer_pid },
+        start_ns: f.start_ns,
+        end_ns: f.end_ns,
+        sends: f.sends,
+        send_bytes: f.send_bytes,
+        recvs: f.recvs,
+        recv_bytes: f.recv_bytes,
+        eagain: f.eagain,
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use probe_common::{Target, kind, target_flag};
 
-use crate::event::{Event, bucket_event, decode, sample_stack};
+use crate::event::{Event, bucket_event, decode, flow_event, sample_stack};
 use crate::model::{self, ProcInfo};
 use crate::probe::{Probe, ProbeOptions};
 use crate::trace::{ClockAnchor, Meta, RecordOptions, TraceWriter};
@@ -68,6 +68,7 @@ fn kind_name(k: u32) -> String {
         kind::UNIX_SOCK => "unix_sock",
         kind::UNIX_IO => "unix_io",
         kind::CPU_SAMPLE => "cpu_sample",
+        kind::UNIX_FLOW => "unix_flow",
         other => return format!("kind_{other}"),
     }
     .into()
@@ -230,10 +231,19 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
     if let Some(e) = io_error {
         return Err(e);
     }
+    // What the kernel still aggregates goes out as if its bucket had ended now.
+    let mut open: Vec<Event> = Vec::new();
     for bucket in probe.open_buckets()? {
         let mut ev = bucket_event(&bucket);
         ev.task.ts_ns = ended_ns;
-        let ev = Event::EpollBucket(ev);
+        open.push(Event::EpollBucket(ev));
+    }
+    for flow in probe.open_flows()? {
+        let mut ev = flow_event(&flow);
+        ev.task.ts_ns = ended_ns;
+        open.push(Event::UnixFlow(ev));
+    }
+    for ev in open {
         c.writer.write(&ev)?;
         c.events.push(ev);
     }

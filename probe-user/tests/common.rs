@@ -116,11 +116,12 @@ pub fn ready_ids(line: &str) -> (u32, u32) {
     (it.next().unwrap(), it.next().unwrap())
 }
 
-/// The fixture's own call count at monotonic time `t`, interpolated from its `progress` lines.
-pub fn calls_at(lines: &[String], t: u64) -> f64 {
+/// Fixture `pid`'s own call count at monotonic time `t`, interpolated from its `progress` lines.
+pub fn calls_at(lines: &[String], pid: u32, t: u64) -> f64 {
+    let prefix = format!("progress {pid} ");
     let points: Vec<(u64, u64)> = lines
         .iter()
-        .filter_map(|l| l.strip_prefix("progress "))
+        .filter_map(|l| l.strip_prefix(&prefix))
         .map(|l| {
             let mut it = l.split_whitespace().map(|s| s.parse::<u64>().unwrap());
             (it.next().unwrap(), it.next().unwrap())

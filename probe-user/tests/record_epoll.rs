@@ -59,7 +59,7 @@ fn spinner_and_blocker_are_told_apart() {
     assert!(s.syscalls.contains("epoll_pwait"), "{:?}", s.syscalls);
     assert!(s.zero_timeout_share() > 0.999, "zero-timeout share {}", s.zero_timeout_share());
     assert!(s.zero_event_share() > 0.999, "zero-event share {}", s.zero_event_share());
-    let own = calls_at(&lines, t.meta.ended_ns) - calls_at(&lines, t.meta.started_ns);
+    let own = calls_at(&lines, spin.0, t.meta.ended_ns) - calls_at(&lines, spin.0, t.meta.started_ns);
     let ratio = s.calls as f64 / own;
     eprintln!(
         "spinner: probe {:.0} calls/s, spinner's own count {:.0} calls/s over the same {:.3} s (ratio {ratio:.3})",

@@ -2,6 +2,7 @@
 //!
 //! Each subcommand installs what it needs on first use (see [`setup`]) and says what it does.
 
+mod bench;
 mod setup;
 mod stack;
 mod util;
@@ -34,6 +35,12 @@ enum Cmd {
         #[arg(long)]
         reload_at: String,
     },
+    /// Measure the probe's overhead on a unix-socket ping-pong (traced vs untraced, one run).
+    Bench {
+        /// Bytes per message.
+        #[arg(long, default_value_t = 64)]
+        bytes: usize,
+    },
     /// Bring the system under test up (stand-in gateway or Kong by compose) and wait for health.
     Up(stack::UpOptions),
     /// Reload the gateway and wait until the new plugin-server generation serves.
@@ -50,6 +57,9 @@ fn main() {
         Cmd::Test { args } => setup::ensure().and_then(|()| util::test(&args)),
         Cmd::Run { reload_at } => {
             setup::ensure().and_then(|()| util::build_release()).and_then(|()| run_not_ready(&reload_at))
+        }
+        Cmd::Bench { bytes } => {
+            setup::ensure().and_then(|()| util::build_release()).and_then(|()| bench::overhead(bytes))
         }
         Cmd::Up(opts) => stack::up(&opts),
         Cmd::Reload => stack::reload(),

@@ -12,7 +12,9 @@ use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use aya::programs::{PerfEvent, TracePoint};
 use aya::{Ebpf, EbpfLoader};
-use probe_common::{EpollBucket, EpollThread, KernelOffsets, ProbeConfig, Target, drop_slot, names};
+use probe_common::{
+    EpollBucket, EpollThread, FlowKey, KernelOffsets, ProbeConfig, Target, UnixFlow, drop_slot, names,
+};
 
 use crate::btf::Btf;
 use crate::offsets::{Formats, kernel_offsets, probe_config};
@@ -203,6 +205,13 @@ impl Probe {
         let map = self.ebpf.map(names::EPOLL_THREADS).context("map EPOLL_THREADS")?;
         let map = HashMap::<_, u32, EpollThread>::try_from(map)?;
         Ok(map.iter().filter_map(|kv| kv.ok().map(|(_, t)| t.bucket)).filter(|b| b.calls != 0).collect())
+    }
+
+    /// The unix flows still open in the kernel.
+    pub fn open_flows(&self) -> Result<Vec<UnixFlow>> {
+        let map = self.ebpf.map(names::UNIX_FLOWS).context("map UNIX_FLOWS")?;
+        let map = HashMap::<_, FlowKey, UnixFlow>::try_from(map)?;
+        Ok(map.iter().filter_map(|kv| kv.ok().map(|(_, f)| f)).filter(|f| f.start_ns != 0).collect())
     }
 
     /// Every stack in the stack map: id -> instruction pointers, leaf first.

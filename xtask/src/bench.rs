@@ -1,0 +1,82 @@
+//! `cargo xtask bench`: the probe's overhead on a unix-socket ping-pong, with and without the
+//! probe in the same run (untraced, traced, untraced again), and its drop count.
+//!
+//! A reproducible measurement, not a timed test: it prints the figures and writes them to
+//! `target/bench/overhead.json`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{require_root, workspace_root};
+
+/// Round trips per second over the intervals between `from` and `to` (monotonic ns).
+fn rate(points: &[(u64, u64)], from: u64, to: u64) -> f64 {
+    let inside: Vec<_> = points.iter().filter(|(t, _)| *t > from + 200_000_000 && *t <= to).collect();
+    if inside.len() < 2 {
+        return 0.0;
+    }
+    let trips: u64 = inside[1..].iter().map(|(_, n)| n).sum();
+    trips as f64 / ((inside.last().unwrap().0 - inside[0].0) as f64 / 1e9)
+}
+
+/// Runs the ping-pong benchmark with `bytes` per message.
+pub fn overhead(bytes: usize) -> Result<()> {
+    require_root("the benchmark loads the probe")?;
+    let target = workspace_root().join("target/release");
+    let out = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let mut pingpong = Command::new(target.join("unix_pingpong"))
+        .args(["9", &bytes.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("run target/release/unix_pingpong (cargo xtask build first)")?;
+    let mut lines = BufReader::new(pingpong.stdout.take().unwrap()).lines();
+    let ready = lines.next().context("ping-pong said nothing")??;
+    let pid = ready.split_whitespace().nth(1).context("no pid")?.to_string();
+    let reader = std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .filter_map(|l| {
+                let mut w = l.split_whitespace().skip(1).map(|x| x.parse::<u64>().ok());
+                Some((w.next()??, w.next()??))
+            })
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let trace = out.join("pingpong-trace");
+    let status = Command::new(target.join("reloadscope"))
+        .args(["record", "--pid", &pid, "--duration", "3s", "--sample-hz", "99", "--out"])
+        .arg(&trace)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("reloadscope record failed ({status})");
+    }
+    let points = reader.join().expect("reader thread");
+    let _ = pingpong.wait();
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(trace.join("meta.json"))?)?;
+    let (start, end) = (meta["started_ns"].as_u64().unwrap_or(0), meta["ended_ns"].as_u64().unwrap_or(0));
+    let first = points.first().map_or(0, |p| p.0);
+    let last = points.last().map_or(0, |p| p.0);
+    let before = rate(&points, first, start);
+    let traced = rate(&points, start, end);
+    let after = rate(&points, end, last);
+    let untraced = (before + after) / 2.0;
+    let lost = 100.0 * (1.0 - traced / untraced);
+    let drops: u64 = meta["drops"].as_object().map_or(0, |d| d.values().filter_map(|v| v.as_u64()).sum());
+    let events = meta["events"].as_u64().unwrap_or(0);
+    println!("unix ping-pong, {bytes}-byte messages, round trips per second:");
+    println!("  untraced before {before:>10.0}");
+    println!("  traced          {traced:>10.0}   ({events} events, {drops} dropped)");
+    println!("  untraced after  {after:>10.0}");
+    println!("  throughput lost under the probe: {lost:.1}%");
+    let json = serde_json::json!({
+        "bytes": bytes, "before": before, "traced": traced, "after": after,
+        "lost_percent": lost, "events": events, "drops": drops,
+    });
+    std::fs::write(out.join("overhead.json"), serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}
