@@ -131,10 +131,10 @@ pub struct ProbeConfig {
     pub off_exec_filename: u32,
     /// Offsets of `sig`, `pid`, `code` and `result` in `signal:signal_generate`.
     pub off_signal: [u32; 4],
-    /// Offsets of `sk`, `family` and `ret` in `sock:sock_{send,recv}_length`.
-    pub off_sock_len: [u32; 3],
     /// Bytes of user stack to copy per CPU sample (at most [`sample::USER_STACK_LEN`]).
     pub sample_stack_bytes: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// Offset value meaning "this field does not exist on this kernel": the probe leaves it zero.
@@ -237,5 +237,5 @@ mod pod {
 // Layout checks: a change of these sizes is a change of the wire format.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);

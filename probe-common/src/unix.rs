@@ -82,12 +82,10 @@ pub struct UnixIo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowKey {
-    /// Socket inode.
-    pub inode: u64,
-    /// Thread id.
-    pub tid: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The kernel's `struct sock *`: unique while the socket lives, and free to read.
+    pub sk: u64,
+    /// Thread id (u64 so the key has no padding).
+    pub tid: u64,
 }
 
 /// One thread's successful sends and receives on one unix socket, aggregated over a bucket;

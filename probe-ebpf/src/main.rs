@@ -50,8 +50,8 @@ static CONFIG: Global<ProbeConfig> = Global::new(ProbeConfig {
     off_syscall_args: 16,
     off_exec_filename: 8,
     off_signal: [8, 36, 16, 44],
-    off_sock_len: [8, 16, 20],
     sample_stack_bytes: 8192,
+    _pad: 0,
 });
 
 /// Kernel struct offsets from BTF, set by user space at load time.

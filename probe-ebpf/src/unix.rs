@@ -5,16 +5,17 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::LruHashMap,
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use probe_common::{
     FlowKey, UnixFlow, UnixIo, UnixSock, kind,
     unix::{PATH_LEN, op},
 };
 
-use crate::kread::{AF_UNIX, identity, read_path, sock_inode, unix_sock_of_fd};
+use crate::KOFFSETS;
+use crate::kread::{AF_UNIX, identity, read, read_path, unix_sock_of_fd};
 use crate::{CONFIG, EVENTS, count_drop, current_ids, header, is_target, send};
 
 /// A connect or bind in progress: the address asked for.
@@ -112,7 +113,7 @@ pub fn unix_addr_exit(ctx: TracePointContext) -> u32 {
 
 /// Sends a lifecycle record for `sk` (path from the socket itself).
 #[inline(always)]
-fn send_sock(ctx: &TracePointContext, op: u32, fd: i64, ret: i64, sk: u64, tgid: u32, tid: u32) {
+fn send_sock<C: EbpfContext>(ctx: &C, op: u32, fd: i64, ret: i64, sk: u64, tgid: u32, tid: u32) {
     let Some(mut entry) = EVENTS.reserve::<UnixSock>(0) else {
         count_drop(kind::UNIX_SOCK);
         return;
@@ -159,32 +160,30 @@ pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// One send or receive. Raw tracepoints (TP_PROTO: sk, ret, flags) skip building the trace
+/// record, which matters at a message per call.
 #[inline(always)]
-fn io(ctx: &TracePointContext, op: u32) {
+fn io(ctx: &RawTracePointContext, op: u32) {
     let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
-        return;
-    }
-    let cfg = CONFIG.load();
-    let [off_sk, off_family, off_ret] = cfg.off_sock_len;
-    if unsafe { ctx.read_at::<u16>(off_family as usize) } != Ok(AF_UNIX) {
-        return;
-    }
-    let sk = unsafe { ctx.read_at::<u64>(off_sk as usize) }.unwrap_or(0);
-    let ret = unsafe { ctx.read_at::<i32>(off_ret as usize) }.unwrap_or(0) as i64;
+    let sk: u64 = ctx.arg(0);
+    let ret = ctx.arg::<u64>(1) as i32 as i64;
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    // Hot path: an existing flow costs one inode read and one lookup.
-    let key = FlowKey { inode: sock_inode(sk), tid, _pad: 0 };
+    // Hot path: an existing flow costs one lookup, which is also the target filter (flows exist
+    // only for targets); the socket pointer is its identity while the flow is open.
+    let key = FlowKey { sk, tid: tid as u64 };
     if let Some(flow) = UNIX_FLOWS.get_ptr_mut(&key) {
         let flow = unsafe { &mut *flow };
         if flow.add(op, ret, now) {
-            if flow.is_due(now, cfg.bucket_ns) {
+            if flow.is_due(now, CONFIG.load().bucket_ns) {
                 flow.hdr.ts_ns = now;
                 send(kind::UNIX_FLOW, flow);
                 flow.reset();
             }
             return;
         }
+    }
+    if !is_target(tgid) || read::<u16>(sk, KOFFSETS.load().sock_family) != Some(AF_UNIX) {
+        return;
     }
     let (id, _) = identity(sk);
     if id.inode != 0 && UNIX_SEEN.get_ptr(&id.inode).is_none() {
@@ -201,14 +200,14 @@ fn io(ctx: &TracePointContext, op: u32) {
     }
 }
 
-#[tracepoint]
-pub fn unix_send(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn unix_send(ctx: RawTracePointContext) -> u32 {
     io(&ctx, op::SEND);
     0
 }
 
-#[tracepoint]
-pub fn unix_recv(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn unix_recv(ctx: RawTracePointContext) -> u32 {
     io(&ctx, op::RECV);
     0
 }

@@ -20,8 +20,6 @@ pub struct Formats {
     pub exec: Format,
     /// `signal:signal_generate`.
     pub signal: Format,
-    /// `sock:sock_send_length` and `sock:sock_recv_length`.
-    pub sock_len: Vec<Format>,
 }
 
 /// Builds the configuration, checking that the three epoll entry layouts agree (one program
@@ -46,8 +44,8 @@ pub fn probe_config(f: &Formats, bucket_ns: u64, follow_forks: bool) -> Result<P
             sized(&f.signal, "code", 4)?,
             sized(&f.signal, "result", 4)?,
         ],
-        off_sock_len: same_layout(&f.sock_len, [("sk", 8), ("family", 2), ("ret", 4)])?,
         sample_stack_bytes: USER_STACK_LEN as u32,
+        _pad: 0,
     };
     for fmt in &f.epoll_enter {
         for (name, off) in
@@ -89,21 +87,6 @@ fn syscall_args(formats: &[Format]) -> Result<u32> {
         }
     }
     Ok(start)
-}
-
-/// Offsets of the named fields, which must be the same in every format given.
-fn same_layout<const N: usize>(formats: &[Format], fields: [(&str, u32); N]) -> Result<[u32; N]> {
-    let Some(first) = formats.first() else { bail!("tracepoint formats missing") };
-    let mut out = [0; N];
-    for (i, (name, size)) in fields.into_iter().enumerate() {
-        out[i] = sized(first, name, size)?;
-        for fmt in &formats[1..] {
-            if sized(fmt, name, size)? != out[i] {
-                bail!("{} and {} disagree on field {name}", first.name, fmt.name);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Kernel struct offsets from BTF through `lookup(struct, member path)`. A member the kernel
@@ -173,7 +156,6 @@ mod tests {
 
     fn formats(pwait2_epfd: u32) -> Formats {
         let enter = |n, e| fmt(n, &[("epfd", e, 8), ("maxevents", 32, 8), ("timeout", 40, 8)]);
-        let sock = |n| fmt(n, &[("sk", 8, 8), ("family", 16, 2), ("protocol", 18, 2), ("ret", 20, 4)]);
         let connect = [("__syscall_nr", 8, 4), ("fd", 16, 8), ("uservaddr", 24, 8), ("addrlen", 32, 8)];
         Formats {
             epoll_enter: vec![
@@ -188,7 +170,6 @@ mod tests {
                 "signal_generate",
                 &[("sig", 8, 4), ("code", 16, 4), ("pid", 36, 4), ("result", 44, 4)],
             ),
-            sock_len: vec![sock("sock_send_length"), sock("sock_recv_length")],
         }
     }
 
@@ -213,12 +194,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_socket_signal_exec_and_io_offsets() {
+    fn reads_socket_signal_and_exec_offsets() {
         let cfg = probe_config(&formats(16), 1, false).unwrap();
         assert_eq!(cfg.off_syscall_args, 16);
         assert_eq!(cfg.off_exec_filename, 8);
         assert_eq!(cfg.off_signal, [8, 36, 16, 44]);
-        assert_eq!(cfg.off_sock_len, [8, 16, 20]);
     }
 
     #[test]

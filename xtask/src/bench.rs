@@ -23,7 +23,7 @@ fn rate(points: &[(u64, u64)], from: u64, to: u64) -> f64 {
 }
 
 /// Runs the ping-pong benchmark with `bytes` per message.
-pub fn overhead(bytes: usize) -> Result<()> {
+pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     require_root("the benchmark loads the probe")?;
     let target = workspace_root().join("target/release");
     let out = workspace_root().join("target/bench");
@@ -48,7 +48,7 @@ pub fn overhead(bytes: usize) -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     let trace = out.join("pingpong-trace");
     let status = Command::new(target.join("reloadscope"))
-        .args(["record", "--pid", &pid, "--duration", "3s", "--sample-hz", "99", "--out"])
+        .args(["record", "--pid", &pid, "--duration", "3s", "--sample-hz", &sample_hz.to_string(), "--out"])
         .arg(&trace)
         .stdout(Stdio::null())
         .status()?;
@@ -68,13 +68,15 @@ pub fn overhead(bytes: usize) -> Result<()> {
     let lost = 100.0 * (1.0 - traced / untraced);
     let drops: u64 = meta["drops"].as_object().map_or(0, |d| d.values().filter_map(|v| v.as_u64()).sum());
     let events = meta["events"].as_u64().unwrap_or(0);
-    println!("unix ping-pong, {bytes}-byte messages, round trips per second:");
+    println!(
+        "unix ping-pong, {bytes}-byte messages, probe sampling at {sample_hz} Hz, round trips per second:"
+    );
     println!("  untraced before {before:>10.0}");
     println!("  traced          {traced:>10.0}   ({events} events, {drops} dropped)");
     println!("  untraced after  {after:>10.0}");
     println!("  throughput lost under the probe: {lost:.1}%");
     let json = serde_json::json!({
-        "bytes": bytes, "before": before, "traced": traced, "after": after,
+        "bytes": bytes, "sample_hz": sample_hz, "before": before, "traced": traced, "after": after,
         "lost_percent": lost, "events": events, "drops": drops,
     });
     std::fs::write(out.join("overhead.json"), serde_json::to_string_pretty(&json)?)?;

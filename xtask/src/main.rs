@@ -40,6 +40,9 @@ enum Cmd {
         /// Bytes per message.
         #[arg(long, default_value_t = 64)]
         bytes: usize,
+        /// CPU sampling frequency of the probe during the traced phase.
+        #[arg(long, default_value_t = 99)]
+        sample_hz: u64,
     },
     /// Bring the system under test up (stand-in gateway or Kong by compose) and wait for health.
     Up(stack::UpOptions),
@@ -58,9 +61,9 @@ fn main() {
         Cmd::Run { reload_at } => {
             setup::ensure().and_then(|()| util::build_release()).and_then(|()| run_not_ready(&reload_at))
         }
-        Cmd::Bench { bytes } => {
-            setup::ensure().and_then(|()| util::build_release()).and_then(|()| bench::overhead(bytes))
-        }
+        Cmd::Bench { bytes, sample_hz } => setup::ensure()
+            .and_then(|()| util::build_release())
+            .and_then(|()| bench::overhead(bytes, sample_hz)),
         Cmd::Up(opts) => stack::up(&opts),
         Cmd::Reload => stack::reload(),
         Cmd::Down => stack::down(),

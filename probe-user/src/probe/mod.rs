@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
-use aya::programs::{PerfEvent, TracePoint};
+use aya::programs::{PerfEvent, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use probe_common::{
     EpollBucket, EpollThread, FlowKey, KernelOffsets, ProbeConfig, Target, UnixFlow, drop_slot, names,
@@ -29,7 +29,7 @@ const EPOLL_ENTER: [(&str, &str); 3] = [
 ];
 
 /// Every other tracepoint program: (program, category, tracepoints). All are required.
-const TRACEPOINTS: [(&str, &str, &[&str]); 10] = [
+const TRACEPOINTS: [(&str, &str, &[&str]); 9] = [
     ("proc_fork", "sched", &["sched_process_fork"]),
     ("proc_exec", "sched", &["sched_process_exec"]),
     ("proc_exit", "sched", &["sched_process_exit"]),
@@ -39,8 +39,11 @@ const TRACEPOINTS: [(&str, &str, &[&str]); 10] = [
     ("unix_addr_exit", "syscalls", &["sys_exit_connect", "sys_exit_bind"]),
     ("unix_accept_exit", "syscalls", &["sys_exit_accept", "sys_exit_accept4"]),
     ("unix_close_enter", "syscalls", &["sys_enter_close"]),
-    ("unix_send", "sock", &["sock_send_length"]),
 ];
+
+/// Raw tracepoints (program, tracepoint): TP_PROTO arguments, no trace record to build.
+const RAW_TRACEPOINTS: [(&str, &str); 2] =
+    [("unix_send", "sock_send_length"), ("unix_recv", "sock_recv_length")];
 
 /// How to load the probe.
 #[derive(Debug, Clone)]
@@ -89,10 +92,6 @@ pub fn read_formats(tracefs: &Path) -> Result<(Formats, Vec<String>)> {
         .into_iter()
         .map(|tp| read_format(tracefs, "syscalls", tp))
         .collect::<Result<_>>()?;
-    let sock_len = ["sock_send_length", "sock_recv_length"]
-        .into_iter()
-        .map(|tp| read_format(tracefs, "sock", tp))
-        .collect::<Result<_>>()?;
     let formats = Formats {
         epoll_enter,
         syscall_exit: read_format(tracefs, "syscalls", "sys_exit_epoll_wait")?,
@@ -100,7 +99,6 @@ pub fn read_formats(tracefs: &Path) -> Result<(Formats, Vec<String>)> {
         socket_enter,
         exec: read_format(tracefs, "sched", "sched_process_exec")?,
         signal: read_format(tracefs, "signal", "signal_generate")?,
-        sock_len,
     };
     Ok((formats, missing))
 }
@@ -137,7 +135,9 @@ impl Probe {
         for (prog, category, tps) in TRACEPOINTS {
             attach(&mut ebpf, prog, category, tps)?;
         }
-        attach(&mut ebpf, "unix_recv", "sock", &["sock_recv_length"])?;
+        for (prog, tp) in RAW_TRACEPOINTS {
+            attach_raw(&mut ebpf, prog, tp)?;
+        }
         if opts.sample_hz > 0 {
             attach_sampler(&mut ebpf, opts.sample_hz)?;
         }
@@ -237,6 +237,17 @@ fn attach(ebpf: &mut Ebpf, prog: &str, category: &str, names: &[&str]) -> Result
             .attach(category, name)
             .with_context(|| format!("cannot attach {prog} to {category}:{name}"))?;
     }
+    Ok(())
+}
+
+/// Attaches raw tracepoint program `prog` to `tp`.
+fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} is missing from the eBPF object"))?
+        .try_into()?;
+    program.load().with_context(|| format!("the kernel refused program {prog}"))?;
+    program.attach(tp).with_context(|| format!("cannot attach {prog} to raw tracepoint {tp}"))?;
     Ok(())
 }
 
