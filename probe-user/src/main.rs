@@ -21,6 +21,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Trace a process tree (following forks) and write a trace directory. Needs root.
+    ///
+    /// SIGUSR1 ends the recording normally before --duration; Ctrl-C ends it early and marks the
+    /// trace interrupted. Either way what was collected is written.
     Record {
         /// Root of a process tree to trace (e.g. the nginx master); repeat for more trees.
         #[arg(long = "pid", required = true)]

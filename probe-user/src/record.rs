@@ -42,16 +42,24 @@ pub struct Recorded {
     pub table: String,
 }
 
+/// Set by SIGINT/SIGTERM: cut short (the trace says "interrupted").
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by SIGUSR1: the driver's window is over; end normally before `--duration`.
+static END: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGUSR1 {
+        END.store(true, Ordering::SeqCst);
+    } else {
+        STOP.store(true, Ordering::SeqCst);
+    }
 }
 
-/// Makes SIGINT and SIGTERM end the recording early (what was collected is still written).
+/// Makes SIGINT and SIGTERM end the recording early, and SIGUSR1 end it normally; what was
+/// collected is written either way.
 fn install_stop_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1] {
+        // SAFETY: the handler only stores to atomics, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
 }
@@ -211,7 +219,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
 
     let deadline = Instant::now() + args.duration;
     let mut io_error = None;
-    while !STOP.load(Ordering::SeqCst) && Instant::now() < deadline {
+    while !STOP.load(Ordering::SeqCst) && !END.load(Ordering::SeqCst) && Instant::now() < deadline {
         let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
         probe.poll(wait, |b| {
             if let Err(e) = c.handle(b) {

@@ -3,8 +3,10 @@
 //! Each subcommand installs what it needs on first use (see [`setup`]) and says what it does.
 
 mod bench;
+mod run;
 mod setup;
 mod stack;
+mod summary;
 mod util;
 
 use anyhow::Result;
@@ -30,11 +32,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Bring the stack up, attach the probe, run the load, reload, analyse, tear down.
-    Run {
-        /// When to reload, from the start of the load (e.g. 10s).
-        #[arg(long)]
-        reload_at: String,
-    },
+    Run(run::RunOptions),
     /// Measure the probe's overhead on a unix-socket ping-pong (traced vs untraced, one run).
     Bench {
         /// Bytes per message.
@@ -53,14 +51,27 @@ enum Cmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line: clap's first, without the usage block.
+            let text = e.to_string();
+            eprintln!(
+                "cargo xtask: {}",
+                text.lines().next().unwrap_or_default().trim_start_matches("error: ")
+            );
+            std::process::exit(2);
+        }
+    };
     let result: Result<()> = match cli.cmd {
         Cmd::Setup => setup::ensure(),
         Cmd::Build => setup::ensure().and_then(|()| util::build_release()),
         Cmd::Test { args } => setup::ensure().and_then(|()| util::test(&args)),
-        Cmd::Run { reload_at } => {
-            setup::ensure().and_then(|()| util::build_release()).and_then(|()| run_not_ready(&reload_at))
-        }
+        Cmd::Run(opts) => run::preflight(&opts)
+            .and_then(|()| setup::ensure())
+            .and_then(|()| util::build_release())
+            .and_then(|()| run::run(&opts)),
         Cmd::Bench { bytes, sample_hz } => setup::ensure()
             .and_then(|()| util::build_release())
             .and_then(|()| bench::overhead(bytes, sample_hz)),
@@ -72,12 +83,4 @@ fn main() {
         eprintln!("cargo xtask: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// The end-to-end run needs the stand-in gateway and the load test, which later issues bring.
-fn run_not_ready(reload_at: &str) -> Result<()> {
-    anyhow::bail!(
-        "the end-to-end run (--reload-at {reload_at}) is not available yet: the gateway stand-in \
-         and the load test are still missing; `reloadscope record --pid N` works today"
-    )
 }

@@ -204,6 +204,38 @@ pub fn down() -> Result<()> {
     Ok(())
 }
 
+/// The gateway's nginx master pid on this host, for the probe to attach to.
+pub fn master_pid() -> Result<u32> {
+    let state = read_state();
+    let pid = match state_target(&state) {
+        Target::Local => local::master_pid(),
+        Target::Compose => compose::master_pid(),
+    };
+    pid.map(|p| p as u32).context("the gateway's nginx master is not running")
+}
+
+/// Whether the gateway serves /go: the stand-in says in its ground truth when it skipped Go.
+pub fn go_available() -> std::result::Result<(), String> {
+    if state_target(&read_state()) == Target::Compose {
+        return Ok(());
+    }
+    let skipped = local::truth_events()
+        .into_iter()
+        .find(|e| e["ev"] == "skipped" && e["plugin"] == "goplugin")
+        .map(|e| e["reason"].as_str().unwrap_or("Go plugin skipped").to_string());
+    skipped.map_or(Ok(()), Err)
+}
+
+/// True when a Docker engine answers.
+pub fn compose_engine_answers() -> bool {
+    compose::engine_answers()
+}
+
+/// The ground-truth log of the local stand-in.
+pub fn truth_log() -> PathBuf {
+    local::truth_log()
+}
+
 fn is_up(opts: &UpOptions) -> bool {
     match opts.target {
         Target::Local => local::is_up(),

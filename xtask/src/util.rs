@@ -71,6 +71,8 @@ pub fn build_release() -> Result<()> {
 pub fn test(extra: &[String]) -> Result<()> {
     require_root("the integration tests load eBPF programs into the running kernel")?;
     run(cargo().args(["build", "--package", "fixtures", "--bins"]))?;
+    // The end-to-end run test drives the release binaries, as `cargo xtask run` does.
+    build_release()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--", "--include-ignored", "--test-threads=1"]);
     cmd.args(extra);

@@ -84,3 +84,17 @@ pub fn wait_healthy(_opts: &UpOptions) -> Result<()> {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// The host pid of Kong's nginx master: the kong container's main process (untested here: no
+/// Docker engine on our machines).
+pub fn master_pid() -> Option<i32> {
+    let id = crate::util::output(compose().ok()?.args(["ps", "-q", "kong"]))?;
+    let pid =
+        crate::util::output(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", id.trim()]))?;
+    pid.trim().parse().ok().filter(|&p| p > 0)
+}
+
+/// True when a Docker engine answers.
+pub fn engine_answers() -> bool {
+    crate::util::succeeds(Command::new("docker").arg("info"))
+}

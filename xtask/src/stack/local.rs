@@ -378,3 +378,8 @@ mod tests {
         assert!(render(&template, &vars[..2]).is_err());
     }
 }
+
+/// The stand-in's nginx master, when it runs.
+pub fn master_pid() -> Option<i32> {
+    procs::read_pid_file(&pid_file()).filter(|&p| procs::alive(p))
+}

@@ -1,0 +1,471 @@
+//! `cargo xtask run`: the main job. Brings the gateway up, attaches the probe to its process
+//! tree, runs the load, reloads at the chosen offset (recording the exact instant), stops,
+//! writes the artifacts and a summary, and tears everything down, on Ctrl-C and errors too.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use crate::stack::{self, Behaviour, JsPdk, UpOptions};
+use crate::summary;
+use crate::util::{require_root, workspace_root};
+
+/// Which gateway the run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RunTarget {
+    /// compose when a Docker engine answers, else the local stand-in.
+    Auto,
+    /// The local stand-in gateway.
+    Local,
+    /// Real Kong 2.7.1 by docker compose.
+    Compose,
+    /// A gateway already running, given by its nginx master's `--pid`.
+    Attach,
+}
+
+/// Options of `cargo xtask run`.
+#[derive(Args, Clone, Debug)]
+pub struct RunOptions {
+    /// When to reload, from the start of the load (e.g. 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub reload_at: Duration,
+    /// How long the load runs.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load-test users, spread evenly over the endpoints.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub users: u32,
+    /// Which gateway to drive.
+    #[arg(long, value_enum, default_value_t = RunTarget::Auto)]
+    pub target: RunTarget,
+    /// The nginx master of an already running gateway (with --target attach).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// With --target attach: a command that reloads the gateway (default: SIGHUP to the master).
+    #[arg(long)]
+    pub reload_cmd: Option<String>,
+    /// Plugin-server lifecycle of the stand-in.
+    #[arg(long, value_enum, default_value_t = Behaviour::Kong27)]
+    pub behaviour: Behaviour,
+    /// nginx worker processes of the stand-in.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// kong-pdk version for the JS plugin server.
+    #[arg(long, value_enum, default_value_t = JsPdk::V050)]
+    pub js_pdk: JsPdk,
+    /// CPU limit of the gateway in CPUs (the reproduction used 0.15).
+    #[arg(long)]
+    pub cpu_limit: Option<f64>,
+    /// Where to write the artifacts (default: out/run-<unix time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The gateway's address: Kong's proxy port.
+const GATEWAY: &str = "127.0.0.1:8000";
+
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}': {e} (write e.g. 10s, 500ms or 1m)"))?;
+    if d.is_zero() { Err(format!("'{s}' must be more than zero")) } else { Ok(d) }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Checks the options that need no system state.
+pub fn validate(opts: &RunOptions) -> Result<()> {
+    if opts.reload_at >= opts.duration {
+        bail!(
+            "--reload-at {} is not inside the load's --duration {}",
+            humantime::format_duration(opts.reload_at),
+            humantime::format_duration(opts.duration)
+        );
+    }
+    match (opts.target, opts.pid) {
+        (RunTarget::Attach, None) => bail!("--target attach needs --pid <nginx master pid>"),
+        (RunTarget::Attach, Some(_)) => {}
+        (_, Some(_)) => bail!("--pid is only for --target attach"),
+        _ => {}
+    }
+    if opts.reload_cmd.is_some() && opts.target != RunTarget::Attach {
+        bail!("--reload-cmd is only for --target attach");
+    }
+    Ok(())
+}
+
+/// Checks against the running system that are cheap, before anything is built or started.
+pub fn preflight(opts: &RunOptions) -> Result<()> {
+    validate(opts)?;
+    require_root("the probe loads eBPF programs and the stand-in runs nginx and plugin servers")?;
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux): reloadscope needs CONFIG_DEBUG_INFO_BTF=y");
+    }
+    if let Some(pid) = opts.pid {
+        check_master(pid)?;
+    }
+    if opts.target == RunTarget::Compose && !stack::compose_engine_answers() {
+        bail!("--target compose needs a running Docker engine, and none answers here");
+    }
+    Ok(())
+}
+
+/// What a run started and must stop, whatever happens.
+struct Teardown {
+    children: Vec<(String, Child)>,
+    stack_started: bool,
+}
+
+impl Teardown {
+    fn stop_children(&mut self) {
+        for (name, child) in &mut self.children {
+            if child.try_wait().ok().flatten().is_none() {
+                // SIGINT first: the load test and the recorder both save what they have.
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if child.try_wait().ok().flatten().is_none() {
+                    eprintln!("run: {name} did not stop on SIGINT; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        self.stop_children();
+        if self.stack_started {
+            println!("run: tearing the stack down");
+            if let Err(e) = stack::down() {
+                eprintln!("run: teardown failed: {e:#}");
+            }
+        }
+    }
+}
+
+fn now_unix_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn resolve_target(t: RunTarget) -> Result<RunTarget> {
+    Ok(match t {
+        RunTarget::Auto if stack::compose_engine_answers() => RunTarget::Compose,
+        RunTarget::Auto => {
+            println!("run: no Docker engine answers: using the local stand-in gateway");
+            RunTarget::Local
+        }
+        RunTarget::Compose if !stack::compose_engine_answers() => {
+            bail!("--target compose needs a running Docker engine, and none answers here")
+        }
+        other => other,
+    })
+}
+
+/// Fails unless `pid` is an nginx master process.
+fn check_master(pid: u32) -> Result<()> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .with_context(|| format!("no process with pid {pid}"))?;
+    let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    if !text.starts_with("nginx: master process") {
+        bail!("pid {pid} is not an nginx master process (its command line is '{}')", text.trim());
+    }
+    Ok(())
+}
+
+/// Starts `program` with stdout and stderr appended to `log`; `watch` sees each line first.
+fn spawn_logged(
+    cmd: &mut Command,
+    log: &Path,
+    mut watch: impl FnMut(&str) + Send + 'static,
+) -> Result<Child> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let file = File::create(log).with_context(|| format!("cannot write {}", log.display()))?;
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    for stream in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    std::thread::spawn(move || {
+        let mut file = std::io::BufWriter::new(file);
+        for line in rx {
+            watch(&line);
+            let _ = writeln!(file, "{line}");
+            let _ = file.flush();
+        }
+    });
+    Ok(child)
+}
+
+/// Requests and failures so far, from the load test's request log.
+fn progress(log: &Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines = text.lines().count();
+    let failed = text.lines().filter(|l| l.contains("\"outcome\":\"failed\"")).count();
+    (lines, failed)
+}
+
+/// Runs the whole job; see the module documentation.
+pub fn run(opts: &RunOptions) -> Result<()> {
+    preflight(opts)?;
+    let target = resolve_target(opts.target)?;
+    let out = opts.out.clone().unwrap_or_else(|| {
+        workspace_root().join("out").join(format!("run-{}", now_unix_ns() / 1_000_000_000))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    let mut teardown = Teardown { children: Vec::new(), stack_started: false };
+    let bin = workspace_root().join("target/release");
+
+    // 1. The gateway.
+    let master = match target {
+        RunTarget::Attach => {
+            let pid = opts.pid.expect("validated");
+            check_master(pid)?;
+            pid
+        }
+        RunTarget::Local | RunTarget::Compose | RunTarget::Auto => {
+            println!("run: [up] bringing the gateway up");
+            stack::down()?;
+            if target == RunTarget::Local && TcpListener::bind(GATEWAY).is_err() {
+                bail!("port {GATEWAY} is already in use by another program; stop it and run again");
+            }
+            teardown.stack_started = true;
+            stack::up(&UpOptions {
+                target: if target == RunTarget::Compose {
+                    stack::Target::Compose
+                } else {
+                    stack::Target::Local
+                },
+                behaviour: opts.behaviour,
+                workers: opts.workers,
+                js_pdk: opts.js_pdk,
+                cpu_limit: opts.cpu_limit,
+                listen: GATEWAY.into(),
+                reflection: "127.0.0.1:9000".into(),
+            })?;
+            stack::master_pid()?
+        }
+    };
+    let go = if target == RunTarget::Attach { Ok(()) } else { stack::go_available() };
+    if let Err(why) = &go {
+        println!("run: {why}");
+    }
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+
+    // 2. The probe, on the master's whole tree (workers, plugin servers, later generations).
+    println!("run: [attach] reloadscope record --pid {master}");
+    let (attached_tx, attached_rx) = std::sync::mpsc::channel();
+    // At most this long: the run ends the recording with SIGUSR1 once the load is over.
+    let record_for = opts.duration + Duration::from_secs(300);
+    let recorder = spawn_logged(
+        Command::new(bin.join("reloadscope"))
+            .args(["record", "--pid", &master.to_string(), "--out"])
+            .arg(out.join("trace"))
+            .args(["--duration", &format!("{}ms", record_for.as_millis())]),
+        &out.join("reloadscope.log"),
+        move |line| {
+            if line.contains("reloadscope: tracing") {
+                let _ = attached_tx.send(());
+            }
+        },
+    )?;
+    teardown.children.push(("reloadscope".into(), recorder));
+    attached_rx
+        .recv_timeout(Duration::from_secs(60))
+        .context("the probe did not attach within 60 s (see reloadscope.log)")?;
+
+    // 3. The load, with the reload at its offset.
+    let endpoints = if go.is_ok() { "go,python,js" } else { "python,js" };
+    println!(
+        "run: [load] {} users on {endpoints} for {}, reload at {}",
+        opts.users,
+        humantime::format_duration(opts.duration),
+        humantime::format_duration(opts.reload_at)
+    );
+    let request_log = out.join("requests.jsonl");
+    let loadtest = spawn_logged(
+        Command::new(bin.join("loadtest"))
+            .args(["--host", &format!("http://{GATEWAY}"), "-u", &opts.users.to_string()])
+            .args(["-t", &format!("{}s", opts.duration.as_secs_f64().ceil() as u64)])
+            // All users at once, so the reload offset means the same as in the reproduction.
+            .args(["--increase-rate", &opts.users.to_string()])
+            .args(["--no-reset-metrics", "--endpoints", endpoints, "--request-log-out"])
+            .arg(&request_log)
+            .arg("--report-file")
+            .arg(out.join("goose-report.json"))
+            .arg("--report-file")
+            .arg(out.join("goose-report.html")),
+        &out.join("loadtest.log"),
+        |_| {},
+    )?;
+    teardown.children.push(("loadtest".into(), loadtest));
+    let load_start = Instant::now();
+    let mut reload: Option<std::thread::JoinHandle<Result<()>>> = None;
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    let load_status = loop {
+        if STOP.load(Ordering::SeqCst) {
+            println!("run: interrupted: stopping the load and the probe, keeping what was collected");
+            teardown.stop_children();
+            drop(teardown);
+            bail!("interrupted; partial artifacts are in {}", out.display());
+        }
+        let elapsed = load_start.elapsed();
+        if reload.is_none() && elapsed >= opts.reload_at {
+            let instant = json!({
+                "offset_ms": elapsed.as_millis() as u64,
+                "monotonic_ns": monotonic_ns(),
+                "realtime_ns": now_unix_ns() as u64,
+                "master": master,
+                "how": match (&opts.reload_cmd, target) {
+                    (Some(cmd), _) => cmd.clone(),
+                    (None, RunTarget::Compose) => "docker compose exec kong kong reload".into(),
+                    (None, _) => format!("SIGHUP to nginx master {master}"),
+                },
+            });
+            std::fs::write(out.join("reload.json"), serde_json::to_string_pretty(&instant)?)?;
+            println!("run: [reload] at {:.2} s", elapsed.as_secs_f64());
+            let cmd = opts.reload_cmd.clone();
+            reload = Some(std::thread::spawn(move || match (cmd, target) {
+                (Some(cmd), _) => crate::util::run(Command::new("sh").args(["-c", &cmd])),
+                (None, RunTarget::Attach) => {
+                    // SAFETY: signalling the gateway the user named.
+                    if unsafe { libc::kill(master as i32, libc::SIGHUP) } != 0 {
+                        bail!("cannot send SIGHUP to {master}: {}", std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                }
+                (None, _) => stack::reload(),
+            }));
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            let (requests, failures) = progress(&request_log);
+            let phase = if reload.is_some() { "after reload" } else { "load" };
+            println!(
+                "run: [{phase}] {:>5.1} s / {:.0} s: {requests} requests logged, {failures} failed",
+                elapsed.as_secs_f64(),
+                opts.duration.as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+        let child = &mut teardown.children[1].1;
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if elapsed > opts.duration + Duration::from_secs(60) {
+            bail!("the load test did not end within a minute of its duration");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !load_status.success() {
+        eprintln!("run: the load test exited with {load_status} (see loadtest.log)");
+    }
+    if let Some(r) = reload {
+        match r.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("run: the reload failed: {e:#}"),
+            Err(_) => eprintln!("run: the reload thread panicked"),
+        }
+    } else {
+        eprintln!("run: the load ended before the reload offset; no reload happened");
+    }
+
+    // 4. Stop the probe, keep the stand-in's own log, summarise, tear down.
+    println!("run: [stop] the load is over: ending the probe's window");
+    let recorder = &mut teardown.children[0].1;
+    // SAFETY: signalling our own child; SIGUSR1 ends its recording normally.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGUSR1) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while recorder.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    teardown.stop_children();
+    if target == RunTarget::Local {
+        let _ = std::fs::copy(stack::truth_log(), out.join("standin-ground-truth.jsonl"));
+    }
+    let text = summary::write(&out)?;
+    drop(teardown);
+    println!("{text}");
+    println!("run: artifacts in {}", out.display());
+    if !load_status.success() {
+        bail!("the load test failed ({load_status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunOptions,
+    }
+
+    fn parse(args: &[&str]) -> Result<RunOptions> {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all)?;
+        validate(&cli.run)?;
+        Ok(cli.run)
+    }
+
+    #[test]
+    fn the_readme_command_parses_with_its_defaults() {
+        let o = parse(&["--reload-at", "10s"]).unwrap();
+        assert_eq!((o.reload_at, o.duration, o.users), (Duration::from_secs(10), Duration::from_secs(20), 8));
+        assert_eq!(o.target, RunTarget::Auto);
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_reason() {
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        assert!(err(&["--reload-at", "30s"]).contains("not inside"));
+        assert!(err(&["--reload-at", "5x"]).contains("5x"));
+        assert!(err(&["--reload-at", "1s", "--target", "bogus"]).contains("bogus"));
+        assert!(err(&["--reload-at", "1s", "--target", "attach"]).contains("--pid"));
+        assert!(err(&["--reload-at", "1s", "--pid", "1"]).contains("only for --target attach"));
+        assert!(err(&["--reload-at", "0s"]).contains("more than zero"));
+    }
+}

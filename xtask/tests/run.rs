@@ -1,0 +1,76 @@
+//! The main job end to end, short: `xtask run --reload-at 3s --duration 8s` on the local
+//! stand-in in kong-2.7 behaviour. It must finish by itself, write every artifact, agree with
+//! goose on the failure counts, and leave no process of the run behind. Needs root.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn alive(pid: u64) -> bool {
+    // A zombie is not alive: it holds no resources and is waiting for its parent.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap()
+}
+
+#[test]
+#[ignore = "root: runs the stand-in, the probe and the load"]
+fn a_short_run_finishes_writes_its_artifacts_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["run", "--reload-at", "3s", "--duration", "8s", "--users", "4", "--out"])
+        .arg(&out)
+        .output()
+        .expect("xtask runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(output.status.success(), "xtask run failed: {}", output.status);
+    println!("the run took {:.1} s", started.elapsed().as_secs_f64());
+
+    for f in ["requests.jsonl", "goose-report.json", "loadtest.log", "reload.json", "summary.md"] {
+        assert!(out.join(f).exists(), "{f} is missing");
+    }
+    for f in ["meta.json", "events.jsonl", "processes.json"] {
+        assert!(out.join("trace").join(f).exists(), "trace/{f} is missing");
+    }
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("in the request log: equal"), "goose and the request log disagree:\n{summary}");
+    let meta = json(&out.join("trace/meta.json"));
+    assert_eq!(meta["interrupted"], false);
+    let reload = json(&out.join("reload.json"));
+    let offset = reload["offset_ms"].as_u64().unwrap();
+    assert!((3000..4000).contains(&offset), "reload at {offset} ms");
+    // The trace covers the reload: the master got the HUP inside the window.
+    let master = reload["master"].as_u64().unwrap();
+    let events = std::fs::read_to_string(out.join("trace/events.jsonl")).unwrap();
+    let hup = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["type"] == "signal" && e["sig"] == 1 && e["target"].as_u64() == Some(master));
+    assert!(hup.is_some(), "no SIGHUP to the master {master} in the trace");
+
+    // Nothing of the run is left: every process the probe saw, and the stand-in's own pids.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut pids: Vec<u64> = json(&out.join("trace/processes.json"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["pid"].as_u64())
+        .collect();
+    pids.push(master);
+    let truth = std::fs::read_to_string(out.join("standin-ground-truth.jsonl")).unwrap_or_default();
+    pids.extend(
+        truth.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter_map(|e| e["pid"].as_u64()),
+    );
+    let left: Vec<u64> = pids.into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "still running after the run: {left:?}");
+}
