@@ -107,7 +107,7 @@ pub fn render(dir: &Path) -> String {
                 let end = match (p["exit_signal"].as_str(), p["exit_status"].as_i64()) {
                     (Some(sig), _) => {
                         let by = p["signals"].as_array().and_then(|v| v.iter().find(|r| r["sig"] == sig));
-                        by.map_or(format!("{sig}"), |r| {
+                        by.map_or(sig.to_string(), |r| {
                             format!("{sig} from {} ({})", r["from"], r["from_comm"].as_str().unwrap_or(""))
                         })
                     }

@@ -358,6 +358,11 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> R
     Ok(())
 }
 
+/// The stand-in's nginx master, when it runs.
+pub fn master_pid() -> Option<i32> {
+    procs::read_pid_file(&pid_file()).filter(|&p| procs::alive(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,9 +382,4 @@ mod tests {
         assert!(conf.contains("listen 127.0.0.1:8000 reuseport"));
         assert!(render(&template, &vars[..2]).is_err());
     }
-}
-
-/// The stand-in's nginx master, when it runs.
-pub fn master_pid() -> Option<i32> {
-    procs::read_pid_file(&pid_file()).filter(|&p| procs::alive(p))
 }
