@@ -45,7 +45,7 @@ pub fn scenario(endpoint: Endpoint, shared: Arc<Shared>) -> Result<Scenario, Goo
         let shared = Arc::clone(&shared);
         Box::pin(async move { hit(user, endpoint, &shared).await })
     });
-    let name = format!("Loadtest{}", endpoint.name());
+    let name = format!("Loadtest {}", endpoint.path());
     Scenario::new(&name)
         .register_transaction(Transaction::new(function).set_name(endpoint.path()))
         .set_weight(1)

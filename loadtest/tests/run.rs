@@ -190,6 +190,8 @@ fn logs_every_request_and_matches_goose() {
     assert_eq!(s["goose"]["/python"], json!({"requests": by_endpoint("/python"), "failures": 0}));
     assert!(stdout.contains("GET /js: plugin header missing"), "goose's error table lacks the tag");
     assert!(dir.join("report.json").exists(), "goose's report file is missing");
+    // Kept on failure for a look; removed once everything passed.
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Starts a long run, sends `signal` after ~2 s, and checks the graceful stop.
@@ -221,6 +223,7 @@ fn stops_on(signal: libc::c_int, name: &str) {
     assert_eq!(s["stopped_early"], true);
     assert_eq!(goose_counts(&stdout, "/python"), (lines.len() as u64, 0));
     assert_eq!(s["goose"]["/python"]["requests"], lines.len() as u64);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
