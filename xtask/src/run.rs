@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::stack::{self, Behaviour, JsPdk, UpOptions};
+use crate::stack::{self, GatewayOptions, UpOptions};
 use crate::summary;
 use crate::util::{require_root, workspace_root};
 
@@ -52,18 +52,9 @@ pub struct RunOptions {
     /// With --target attach: a command that reloads the gateway (default: SIGHUP to the master).
     #[arg(long)]
     pub reload_cmd: Option<String>,
-    /// Plugin-server lifecycle of the stand-in.
-    #[arg(long, value_enum, default_value_t = Behaviour::Kong27)]
-    pub behaviour: Behaviour,
-    /// nginx worker processes of the stand-in.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub workers: u32,
-    /// kong-pdk version for the JS plugin server.
-    #[arg(long, value_enum, default_value_t = JsPdk::V050)]
-    pub js_pdk: JsPdk,
-    /// CPU limit of the gateway in CPUs (the reproduction used 0.15).
-    #[arg(long)]
-    pub cpu_limit: Option<f64>,
+    /// How the gateway runs its plugin servers (stand-in and compose targets).
+    #[command(flatten)]
+    pub gateway: GatewayOptions,
     /// Where to write the artifacts (default: out/run-<unix time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -273,10 +264,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
                 } else {
                     stack::Target::Local
                 },
-                behaviour: opts.behaviour,
-                workers: opts.workers,
-                js_pdk: opts.js_pdk,
-                cpu_limit: opts.cpu_limit,
+                gateway: opts.gateway.clone(),
                 listen: GATEWAY.into(),
                 reflection: "127.0.0.1:9000".into(),
             })?;

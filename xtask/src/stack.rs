@@ -52,12 +52,9 @@ pub enum JsPdk {
     V060,
 }
 
-/// Options of `cargo xtask up`.
+/// How the gateway runs its plugin servers; shared by `cargo xtask up` and `cargo xtask run`.
 #[derive(Args, Clone, Debug)]
-pub struct UpOptions {
-    /// Which gateway to run.
-    #[arg(long, value_enum, default_value_t = Target::Local)]
-    pub target: Target,
+pub struct GatewayOptions {
     /// Plugin-server lifecycle of the stand-in (compose is always Kong 2.7.1).
     #[arg(long, value_enum, default_value_t = Behaviour::Kong27)]
     pub behaviour: Behaviour,
@@ -70,6 +67,17 @@ pub struct UpOptions {
     /// CPU limit of the gateway in CPUs (cgroup quota; compose defaults to 0.15 as in #8531).
     #[arg(long)]
     pub cpu_limit: Option<f64>,
+}
+
+/// Options of `cargo xtask up`.
+#[derive(Args, Clone, Debug)]
+pub struct UpOptions {
+    /// Which gateway to run.
+    #[arg(long, value_enum, default_value_t = Target::Local)]
+    pub target: Target,
+    /// How it runs its plugin servers.
+    #[command(flatten)]
+    pub gateway: GatewayOptions,
     /// Gateway listen address (Kong's proxy port).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub listen: String,
@@ -103,10 +111,10 @@ impl UpOptions {
     fn to_json(&self) -> Value {
         json!({
             "target": match self.target { Target::Local => "local", Target::Compose => "compose" },
-            "behaviour": self.behaviour.name(),
-            "workers": self.workers,
-            "js_pdk": self.js_pdk.version(),
-            "cpu_limit": self.cpu_limit,
+            "behaviour": self.gateway.behaviour.name(),
+            "workers": self.gateway.workers,
+            "js_pdk": self.gateway.js_pdk.version(),
+            "cpu_limit": self.gateway.cpu_limit,
             "listen": self.listen,
             "reflection": self.reflection,
         })
@@ -251,14 +259,14 @@ fn wait_healthy(opts: &UpOptions) -> Result<()> {
 }
 
 fn describe(opts: &UpOptions) -> String {
-    let cpu = opts.cpu_limit.map_or_else(|| "no CPU limit".to_string(), |c| format!("{c} CPU"));
+    let cpu = opts.gateway.cpu_limit.map_or_else(|| "no CPU limit".to_string(), |c| format!("{c} CPU"));
     match opts.target {
         Target::Local => format!(
             "stand-in on http://{}, behaviour {}, workers {}, js kong-pdk {}, {cpu}, prefix {}",
             opts.listen,
-            opts.behaviour.name(),
-            opts.workers,
-            opts.js_pdk.version(),
+            opts.gateway.behaviour.name(),
+            opts.gateway.workers,
+            opts.gateway.js_pdk.version(),
             prefix().display()
         ),
         Target::Compose => format!("Kong 2.7.1 by docker compose on http://127.0.0.1:8000, {cpu}"),
@@ -280,13 +288,13 @@ mod tests {
     #[test]
     fn options_parse_with_the_documented_names() {
         let cli = Cli::parse_from(["up", "--behaviour", "fixed", "--js-pdk", "0.6.0", "--workers", "2"]);
-        assert_eq!(cli.up.behaviour, Behaviour::Fixed);
-        assert_eq!(cli.up.js_pdk, JsPdk::V060);
-        assert_eq!(cli.up.workers, 2);
+        assert_eq!(cli.up.gateway.behaviour, Behaviour::Fixed);
+        assert_eq!(cli.up.gateway.js_pdk, JsPdk::V060);
+        assert_eq!(cli.up.gateway.workers, 2);
         let cli = Cli::parse_from(["up", "--target", "compose", "--cpu-limit", "0.5"]);
         assert_eq!(cli.up.target, Target::Compose);
-        assert_eq!(cli.up.behaviour, Behaviour::Kong27);
-        assert_eq!(cli.up.cpu_limit, Some(0.5));
+        assert_eq!(cli.up.gateway.behaviour, Behaviour::Kong27);
+        assert_eq!(cli.up.gateway.cpu_limit, Some(0.5));
         assert!(Cli::try_parse_from(["up", "--behaviour", "kong-2.8"]).is_err());
         assert!(Cli::try_parse_from(["up", "--workers", "0"]).is_err());
     }

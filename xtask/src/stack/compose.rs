@@ -37,15 +37,15 @@ fn compose() -> Result<Command> {
 
 /// `compose up -d --build` with the options as the compose file's variables.
 pub fn up(opts: &UpOptions) -> Result<()> {
-    if opts.behaviour == Behaviour::Fixed {
+    if opts.gateway.behaviour == Behaviour::Fixed {
         bail!("--behaviour fixed exists only in the stand-in: the compose target is Kong 2.7.1 itself");
     }
-    let cpus = opts.cpu_limit.unwrap_or(0.15);
+    let cpus = opts.gateway.cpu_limit.unwrap_or(0.15);
     run(compose()?
         .args(["up", "-d", "--build"])
         .env("KONG_CPUS", cpus.to_string())
-        .env("KONG_WORKERS", opts.workers.to_string())
-        .env("JS_PDK_VERSION", opts.js_pdk.version()))?;
+        .env("KONG_WORKERS", opts.gateway.workers.to_string())
+        .env("JS_PDK_VERSION", opts.gateway.js_pdk.version()))?;
     wait_healthy(opts)
 }
 

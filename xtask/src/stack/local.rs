@@ -56,7 +56,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     }
     let nginx = plugins::which("nginx").unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
     let prefix = prefix();
-    let mut servers = plugins::server_defs(&prefix, opts.js_pdk)?;
+    let mut servers = plugins::server_defs(&prefix, opts.gateway.js_pdk)?;
     run(cargo().args(["build", "--release", "-p", "reflection"]))?;
     let skipped = match plugins::go_plugin() {
         Ok(bin) => {
@@ -77,8 +77,8 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     let config = json!({
         "prefix": prefix.display().to_string(),
         "truth_log": truth_log().display().to_string(),
-        "behaviour": opts.behaviour.name(),
-        "workers": opts.workers,
+        "behaviour": opts.gateway.behaviour.name(),
+        "workers": opts.gateway.workers,
         "servers": servers,
         "skipped": skipped,
     });
@@ -88,7 +88,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
         &template,
         &[
             ("PREFIX", prefix.display().to_string()),
-            ("WORKERS", opts.workers.to_string()),
+            ("WORKERS", opts.gateway.workers.to_string()),
             ("LUA_DIR", standin_dir().join("lua").display().to_string()),
             ("REFLECTION", opts.reflection.clone()),
             ("LISTEN", opts.listen.clone()),
@@ -162,7 +162,7 @@ fn start_reflection(opts: &UpOptions, prefix: &Path) -> Result<()> {
 }
 
 fn start_nginx(opts: &UpOptions, nginx: &Path, prefix: &Path, conf: &Path) -> Result<()> {
-    let mut cmd = match opts.cpu_limit {
+    let mut cmd = match opts.gateway.cpu_limit {
         // The shell joins the cgroup, then becomes nginx: every worker and server inherits it.
         Some(cpus) => {
             let procs_file = cgroup::create(cpus)?;
