@@ -25,6 +25,9 @@ const APT_PACKAGES: &[&str] = &[
     "lua-messagepack",
     "lua-cjson",
     "python3-venv",
+    // Validating docker-compose.yml and kong/kong.yml with real parsers (no engine needed).
+    "docker-compose",
+    "python3-yaml",
 ];
 
 /// The bpf-linker release that matches the nightly's LLVM 22.
