@@ -156,6 +156,17 @@ pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
     let fd = arg(&ctx, 0) as i64;
     if let Some(sk) = unix_sock_of_fd(fd) {
         send_sock(&ctx, op::CLOSE, fd, 0, sk, tgid, tid);
+        // The socket's memory may soon hold another socket: its flow must end here, or the next
+        // socket's traffic would be counted under this one's identity.
+        let key = FlowKey { sk, tid: tid as u64 };
+        if let Some(flow) = UNIX_FLOWS.get_ptr_mut(key) {
+            let flow = unsafe { &mut *flow };
+            if flow.start_ns != 0 {
+                flow.hdr.ts_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+                send(kind::UNIX_FLOW, flow);
+            }
+            let _ = UNIX_FLOWS.remove(key);
+        }
     }
     0
 }
@@ -171,7 +182,7 @@ fn io(ctx: &RawTracePointContext, op: u32) {
     // Hot path: an existing flow costs one lookup, which is also the target filter (flows exist
     // only for targets); the socket pointer is its identity while the flow is open.
     let key = FlowKey { sk, tid: tid as u64 };
-    if let Some(flow) = UNIX_FLOWS.get_ptr_mut(&key) {
+    if let Some(flow) = UNIX_FLOWS.get_ptr_mut(key) {
         let flow = unsafe { &mut *flow };
         if flow.add(op, ret, now) {
             if flow.is_due(now, CONFIG.load().bucket_ns) {
@@ -186,13 +197,13 @@ fn io(ctx: &RawTracePointContext, op: u32) {
         return;
     }
     let (id, _) = identity(sk);
-    if id.inode != 0 && UNIX_SEEN.get_ptr(&id.inode).is_none() {
-        let _ = UNIX_SEEN.insert(&id.inode, &1, 0);
+    if id.inode != 0 && UNIX_SEEN.get_ptr(id.inode).is_none() {
+        let _ = UNIX_SEEN.insert(id.inode, 1, 0);
         send_sock(ctx, op::SEEN, -1, 0, sk, tgid, tid);
     }
     let mut flow = UnixFlow { hdr: header(kind::UNIX_FLOW, tgid, tid), id, ..UnixFlow::default() };
     if flow.add(op, ret, now) {
-        let _ = UNIX_FLOWS.insert(&key, &flow, 0);
+        let _ = UNIX_FLOWS.insert(key, flow, 0);
     } else {
         // A failure (EPIPE, ECONNRESET, ...) or a receive of 0 (the peer closed): worth reading alone.
         let record = UnixIo { hdr: header(kind::UNIX_IO, tgid, tid), op, _pad: 0, ret, id };
