@@ -7,7 +7,9 @@
 //! - [`btf`]: kernel struct member offsets and sizes from the running kernel's BTF.
 //! - [`probe`]: loads and attaches the eBPF programs with aya and reads their maps (thin).
 //! - [`preflight`] and [`record`]: the `reloadscope record` command.
+//! - [`analyze`]: detectors, failure attribution and the report of a run directory (no root).
 
+pub mod analyze;
 pub mod btf;
 pub mod clock;
 pub mod duration;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use reloadscope::record::{RecordArgs, footer, record};
-use reloadscope::{duration, summary, trace};
+use reloadscope::{analyze as analysis, duration, summary, trace};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,12 @@ enum Cmd {
         #[arg(long, default_value_t = 99)]
         sample_hz: u64,
     },
+    /// Analyse a run directory: link failed requests to their causes and write report.md,
+    /// report.json and timeline.json into it (no root needed).
+    Analyze {
+        /// A run directory (requests.jsonl, reload.json, trace/), or a bare trace directory.
+        dir: PathBuf,
+    },
     /// Print the per-thread summary of a trace directory (no root needed).
     Show {
         /// A directory written by `reloadscope record`.
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
                 if r.meta.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS }
             })
         }
+        Cmd::Analyze { dir } => analyze(&dir),
         Cmd::Show { dir } => trace::read(&dir).map(|t| {
             let threads = summary::by_thread(&t.events);
             print!("{}", summary::table(&threads, t.meta.window_ns()));
@@ -86,4 +93,30 @@ fn main() -> ExitCode {
         eprintln!("reloadscope: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// `reloadscope analyze DIR`: a short summary on stdout, where the files are on stderr.
+fn analyze(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let run = analysis::load(dir)?;
+    let a = analysis::analyze(&run);
+    let written = analysis::report::write(&run, &a)?;
+    let att = &a.attribution;
+    println!(
+        "{} of {} requests failed; explained {:.1}% exactly, {:.1}% by time window, {:.1}% unexplained",
+        att.failed,
+        att.requests,
+        100.0 * att.exact_share,
+        100.0 * att.window_share,
+        100.0 * att.unexplained_share
+    );
+    for line in analysis::report::headlines(&a) {
+        println!("- {line}");
+    }
+    eprintln!(
+        "reloadscope: wrote {} in {:.2} s",
+        analysis::report::location(dir, &written),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -271,10 +271,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             stack::master_pid()?
         }
     };
+    // `up` already said "Go plugin skipped: ..." where Go is missing.
     let go = if target == RunTarget::Attach { Ok(()) } else { stack::go_available() };
-    if let Err(why) = &go {
-        println!("run: {why}");
-    }
     if STOP.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
