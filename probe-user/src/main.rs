@@ -102,14 +102,21 @@ fn analyze(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let a = analysis::analyze(&run);
     let written = analysis::report::write(&run, &a)?;
     let att = &a.attribution;
-    println!(
-        "{} of {} requests failed; explained {:.1}% exactly, {:.1}% by time window, {:.1}% unexplained",
-        att.failed,
-        att.requests,
-        100.0 * att.exact_share,
-        100.0 * att.window_share,
-        100.0 * att.unexplained_share
-    );
+    if att.failed == 0 {
+        println!("{} requests in the log, none failed: nothing to attribute", att.requests);
+    } else {
+        println!(
+            "{} of {} requests failed; explained {:.1}% exactly ({}), {:.1}% by time window ({}), {:.1}% unexplained ({})",
+            att.failed,
+            att.requests,
+            100.0 * att.exact_share,
+            att.exact,
+            100.0 * att.window_share,
+            att.window,
+            100.0 * att.unexplained_share,
+            att.unexplained
+        );
+    }
     for line in analysis::report::headlines(&a) {
         println!("- {line}");
     }

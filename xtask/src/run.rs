@@ -410,7 +410,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let text = summary::write(&out)?;
     drop(teardown);
     println!("{text}");
-    println!("run: artifacts in {}", out.display());
+    println!("run: [analyse] reloadscope analyze {}", out.display());
+    crate::util::run(Command::new(bin.join("reloadscope")).arg("analyze").arg(&out))?;
+    println!(
+        "run: artifacts in {}; the report to attach is {}",
+        out.display(),
+        out.join("report.md").display()
+    );
     if !load_status.success() {
         bail!("the load test failed ({load_status})");
     }

@@ -1,6 +1,6 @@
-//! The run's `summary.md`: what the load test saw per endpoint, the reload instant, and what the
-//! probe recorded (processes and generations, unix-socket failures, the busiest epoll threads,
-//! drops). A first look until the analysis issue links failures to their causes.
+//! The run's `summary.md`: what the load test saw per endpoint, whether goose's own counts agree
+//! with the request log, and the reload instant. The analysis of the trace, linking each failure
+//! to its cause, is `reloadscope analyze`'s `report.md`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -81,95 +81,8 @@ pub fn render(dir: &Path) -> String {
         let _ = writeln!(s, "\nFailure counts in goose's metrics and in the request log: {verdict}.");
     }
 
-    let meta = json(dir, "trace/meta.json");
-    s.push_str("\n## Probe\n\n");
-    let _ = writeln!(
-        s,
-        "{} events over {:.2} s, {} dropped, {} undecodable; kernel {}.",
-        meta["events"],
-        (meta["ended_ns"].as_f64().unwrap_or(0.0) - meta["started_ns"].as_f64().unwrap_or(0.0)) / 1e9,
-        meta["drops"].as_object().map_or(0, |d| d.values().filter_map(Value::as_u64).sum::<u64>()),
-        meta["decode_errors"],
-        meta["kernel"].as_str().unwrap_or("?")
-    );
-
-    let procs = json(dir, "trace/processes.json");
-    let servers: Vec<&Value> = procs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["server_generations"].as_array().is_some_and(|g| !g.is_empty()))
-        .collect();
-    if !servers.is_empty() {
-        s.push_str("\n### Plugin-server generations (by bind of their socket path)\n\n| path | generation | pid | parent | end |\n|---|---:|---:|---:|---|\n");
-        for p in servers {
-            for g in p["server_generations"].as_array().into_iter().flatten() {
-                let end = match (p["exit_signal"].as_str(), p["exit_status"].as_i64()) {
-                    (Some(sig), _) => {
-                        let by = p["signals"].as_array().and_then(|v| v.iter().find(|r| r["sig"] == sig));
-                        by.map_or(sig.to_string(), |r| {
-                            format!("{sig} from {} ({})", r["from"], r["from_comm"].as_str().unwrap_or(""))
-                        })
-                    }
-                    (None, Some(code)) => format!("exit {code}"),
-                    _ => "still running".into(),
-                };
-                let orphan = if p["orphaned"] == true { ", orphaned" } else { "" };
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {end}{orphan} |",
-                    g[0].as_str().unwrap_or("?"),
-                    g[1],
-                    p["pid"],
-                    p["parent"]
-                );
-            }
-        }
-    }
-
-    let mut connect_errors: BTreeMap<(String, i64), u64> = BTreeMap::new();
-    let mut io_errors: BTreeMap<(String, i64, u64), u64> = BTreeMap::new();
-    for line in read(dir, "trace/events.jsonl").lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-        match v["type"].as_str() {
-            Some("unix_sock") if v["op"] == "connect" && v["ret"].as_i64().unwrap_or(0) < 0 => {
-                *connect_errors
-                    .entry((v["path"].as_str().unwrap_or("").into(), v["ret"].as_i64().unwrap_or(0)))
-                    .or_default() += 1;
-            }
-            Some("unix_io") => {
-                let key = (
-                    v["op"].as_str().unwrap_or("").into(),
-                    v["ret"].as_i64().unwrap_or(0),
-                    v["peer_pid"].as_u64().unwrap_or(0),
-                );
-                *io_errors.entry(key).or_default() += 1;
-            }
-            _ => {}
-        }
-    }
-    if !connect_errors.is_empty() {
-        s.push_str("\n### Failed connects to unix sockets\n\n| path | result | count |\n|---|---|---:|\n");
-        for ((path, ret), n) in &connect_errors {
-            let _ = writeln!(s, "| {path} | {} | {n} |", errno_name(*ret));
-        }
-    }
-    if !io_errors.is_empty() {
-        s.push_str("\n### Unix sends and receives that failed or hit a closed peer\n\n| op | result | peer pid | count |\n|---|---|---:|---:|\n");
-        for ((op, ret, peer), n) in &io_errors {
-            let _ = writeln!(s, "| {op} | {} | {peer} | {n} |", errno_name(*ret));
-        }
-    }
-    let table = read(dir, "trace/summary.txt");
-    if !table.is_empty() {
-        s.push_str("\n### Busiest epoll threads\n\n```\n");
-        for line in table.lines().take(9) {
-            s.push_str(line);
-            s.push('\n');
-        }
-        s.push_str("```\n");
-    }
-    s.push_str("\nArtifacts: `requests.jsonl` (every request), `goose-report.{json,html}`, `loadtest.log`, `reload.json`, `trace/` (see trace/meta.json), `standin-ground-truth.jsonl` (local stand-in only), `reloadscope.log`.\n");
+    s.push_str("\nThe analysis (failures linked to workers, stale sockets, spins, plugin-server generations) is in `report.md`.\n");
+    s.push_str("\nArtifacts: `report.md`, `report.json`, `timeline.json` (open in ui.perfetto.dev), `requests.jsonl` (every request), `goose-report.{json,html}`, `loadtest.log`, `reload.json`, `trace/` (see trace/meta.json), `standin-ground-truth.jsonl` (local stand-in only), `reloadscope.log`.\n");
     s
 }
 
@@ -179,19 +92,6 @@ pub fn write(dir: &Path) -> Result<String> {
     std::fs::write(dir.join("summary.md"), &text)
         .with_context(|| format!("cannot write {}/summary.md", dir.display()))?;
     Ok(text)
-}
-
-/// `-111` -> `ECONNREFUSED`, `0` -> `0 (peer closed)`.
-fn errno_name(ret: i64) -> String {
-    match -ret {
-        0 => "0 (peer closed)".into(),
-        2 => "ENOENT".into(),
-        11 => "EAGAIN".into(),
-        32 => "EPIPE".into(),
-        104 => "ECONNRESET".into(),
-        111 => "ECONNREFUSED".into(),
-        n => format!("errno {n}"),
-    }
 }
 
 #[cfg(test)]
@@ -216,6 +116,5 @@ not json"#;
         let g = goose_failures(log).unwrap();
         assert_eq!(g["/js"]["plugin header missing"], 1);
         assert!(goose_failures("nothing").is_none());
-        assert_eq!(errno_name(-111), "ECONNREFUSED");
     }
 }

@@ -1,6 +1,7 @@
 //! The main job end to end, short: `xtask run --reload-at 3s --duration 8s` on the local
-//! stand-in in kong-2.7 behaviour. It must finish by itself, write every artifact, agree with
-//! goose on the failure counts, and leave no process of the run behind. Needs root.
+//! stand-in. It must finish by itself, write every artifact, agree with goose on the failure
+//! counts, leave no process of the run behind, and its analysis must match the stand-in's own
+//! log in kong-2.7 behaviour and find no spin or stale connection in fixed behaviour. Needs root.
 
 use std::path::Path;
 use std::process::Command;
@@ -19,15 +20,13 @@ fn json(path: &Path) -> Value {
         .unwrap()
 }
 
-#[test]
-#[ignore = "root: runs the stand-in, the probe and the load"]
-fn a_short_run_finishes_writes_its_artifacts_and_leaves_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
+/// Runs `xtask run` short with `extra` options into `out`; returns the analysis report.
+fn short_run(out: &Path, extra: &[&str]) -> Value {
     let started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["run", "--reload-at", "3s", "--duration", "8s", "--users", "4", "--out"])
-        .arg(&out)
+        .arg(out)
+        .args(extra)
         .output()
         .expect("xtask runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -35,6 +34,34 @@ fn a_short_run_finishes_writes_its_artifacts_and_leaves_nothing_behind() {
     println!("{stdout}\n{stderr}");
     assert!(output.status.success(), "xtask run failed: {}", output.status);
     println!("the run took {:.1} s", started.elapsed().as_secs_f64());
+    for f in ["report.md", "report.json", "timeline.json"] {
+        assert!(out.join(f).exists(), "{f} is missing");
+    }
+    let timeline = json(&out.join("timeline.json"));
+    assert!(
+        timeline.is_array() || timeline["traceEvents"].is_array(),
+        "timeline.json is not trace-event JSON"
+    );
+    json(&out.join("report.json"))
+}
+
+#[test]
+#[ignore = "root: runs the stand-in, the probe and the load"]
+fn a_short_run_finishes_writes_its_artifacts_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let report = short_run(&out, &[]);
+
+    // In kong-2.7 behaviour the analysis names the servers, the SIGKILLed old generation and the
+    // crashed ones exactly as the stand-in's own log does.
+    let checks = report["ground_truth_check"].as_array().expect("a ground-truth check");
+    assert!(!checks.is_empty());
+    for c in checks {
+        assert_eq!(c["agrees"], true, "disagrees with the stand-in's log: {c}");
+    }
+    let killed = checks.iter().find(|c| c["what"] == "servers SIGKILLed").expect("SIGKILL check");
+    assert!(!killed["found"].as_str().unwrap_or("").is_empty(), "kong-2.7 SIGKILLs the old generation");
+    assert!(report["attribution"]["failed"].as_u64().unwrap() > 0, "a kong-2.7 reload fails requests");
 
     for f in ["requests.jsonl", "goose-report.json", "loadtest.log", "reload.json", "summary.md"] {
         assert!(out.join(f).exists(), "{f} is missing");
@@ -73,4 +100,18 @@ fn a_short_run_finishes_writes_its_artifacts_and_leaves_nothing_behind() {
     );
     let left: Vec<u64> = pids.into_iter().filter(|&p| alive(p)).collect();
     assert!(left.is_empty(), "still running after the run: {left:?}");
+}
+
+#[test]
+#[ignore = "root: runs the stand-in, the probe and the load"]
+fn fixed_behaviour_has_no_spin_and_no_stale_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = short_run(&dir.path().join("run"), &["--behaviour", "fixed", "--js-pdk", "0.6.0"]);
+    assert_eq!(report["spins"].as_array().map(Vec::len), Some(0), "spins: {}", report["spins"]);
+    let stale = &report["stale"]["stale_flows"];
+    assert_eq!(stale.as_array().map(Vec::len), Some(0), "stale flows: {stale}");
+    let checks = report["ground_truth_check"].as_array().expect("a ground-truth check");
+    for c in checks {
+        assert_eq!(c["agrees"], true, "disagrees with the stand-in's log: {c}");
+    }
 }

@@ -1,0 +1,532 @@
+//! Links each failed request of the load test to the worker that served it and to the kernel
+//! events that explain it.
+//!
+//! Exact linking: the response's `x-standin-worker` header (`worker_pid` in `requests.jsonl`)
+//! names the worker, and only that worker's events within the request's time window (± a small
+//! slack) count. Requests without a response (timeouts, closed connections) have no worker, so
+//! they fall back to a time window across all workers, and say so.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::spin::Spin;
+use super::stale::{ConnectFailure, IoFailure, Stale};
+use super::timeline::Timeline;
+use super::{Request, rel_s, short_path};
+
+/// Slack around a request's window for its own worker's events: clocks are the same
+/// (CLOCK_MONOTONIC), the slack covers the client's and the kernel's sides of the same call.
+pub const EXACT_SLACK_NS: u64 = 10_000_000;
+/// Slack for the time-window fallback (e.g. a keep-alive connection closed by an exiting worker).
+pub const WINDOW_SLACK_NS: u64 = 50_000_000;
+
+/// One failed request and what explains it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Link {
+    /// The `x-request-id`.
+    pub request_id: String,
+    /// Endpoint.
+    pub endpoint: String,
+    /// Start (s from zero).
+    pub start_s: f64,
+    /// Duration in s.
+    pub duration_s: f64,
+    /// The load test's failure reason.
+    pub reason: String,
+    /// The worker that served it, when known.
+    pub worker_pid: Option<u32>,
+    /// That worker's generation.
+    pub worker_generation: Option<u32>,
+    /// `exact`, `window` or `unexplained`.
+    pub link: String,
+    /// `failed_connect`, `failed_io`, `stale_flow`, `spin`, `old_worker_exit`, or empty.
+    pub kind: String,
+    /// The worker whose event explains it.
+    pub cause_pid: Option<u32>,
+    /// When that event happened (s from zero).
+    pub cause_s: Option<f64>,
+    /// One sentence for humans.
+    pub sentence: String,
+}
+
+/// Failures per (link, kind, endpoint).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Row {
+    /// `exact`, `window` or `unexplained`.
+    pub link: String,
+    /// The explanation kind (empty when unexplained).
+    pub kind: String,
+    /// Endpoint.
+    pub endpoint: String,
+    /// Failed requests.
+    pub count: u64,
+}
+
+/// The attribution of failed requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Attribution {
+    /// Requests in the log.
+    pub requests: u64,
+    /// Failed requests.
+    pub failed: u64,
+    /// Failed requests that named their worker.
+    pub with_worker: u64,
+    /// Failed requests without a worker (timeouts, closed connections).
+    pub without_worker: u64,
+    /// Explained through their own worker's events.
+    pub exact: u64,
+    /// Explained by the time-window fallback.
+    pub window: u64,
+    /// Not explained.
+    pub unexplained: u64,
+    /// `exact / failed`.
+    pub exact_share: f64,
+    /// `window / failed`.
+    pub window_share: f64,
+    /// `unexplained / failed`.
+    pub unexplained_share: f64,
+    /// Counts by link, kind and endpoint.
+    pub table: Vec<Row>,
+    /// Every failed request, in time order.
+    pub links: Vec<Link>,
+}
+
+/// True when `path` is the socket of the plugin behind `endpoint` (`/js` -> `jsplugin.socket`).
+fn serves(endpoint: &str, path: &str) -> bool {
+    let name = endpoint.trim_start_matches('/');
+    !name.is_empty() && short_path(path).starts_with(name)
+}
+
+/// Items of a time-sorted slice with `ts` in `[lo, hi]`.
+fn in_window<T>(v: &[T], ts: impl Fn(&T) -> u64, lo: u64, hi: u64) -> &[T] {
+    let a = v.partition_point(|x| ts(x) < lo);
+    let b = v.partition_point(|x| ts(x) <= hi);
+    &v[a..b.max(a)]
+}
+
+/// Prefers an item on the endpoint's own socket, else takes the first.
+fn pick<'a, T>(items: &'a [T], endpoint: &str, path: impl Fn(&T) -> &str) -> Option<&'a T> {
+    items.iter().find(|x| serves(endpoint, path(x))).or_else(|| items.first())
+}
+
+/// Picks inside the request's own window first; the slack only when nothing is inside, since a
+/// worker's event just before the start belongs to its previous request.
+fn pick_near<'a, T>(
+    v: &'a [T],
+    ts: impl Fn(&T) -> u64 + Copy,
+    r: &Request,
+    slack: u64,
+    path: impl Fn(&T) -> &str + Copy,
+) -> Option<&'a T> {
+    pick(in_window(v, ts, r.start_mono_ns, r.end_mono_ns), &r.endpoint, path).or_else(|| {
+        pick(
+            in_window(v, ts, r.start_mono_ns.saturating_sub(slack), r.end_mono_ns + slack),
+            &r.endpoint,
+            path,
+        )
+    })
+}
+
+struct Index<'a> {
+    connects: BTreeMap<u32, Vec<&'a ConnectFailure>>,
+    ios: BTreeMap<u32, Vec<&'a IoFailure>>,
+    all_connects: Vec<&'a ConnectFailure>,
+    all_ios: Vec<&'a IoFailure>,
+}
+
+/// Links every failed request.
+pub fn correlate(
+    requests: &[Request],
+    timeline: &Timeline,
+    spins: &[Spin],
+    stale: &Stale,
+    zero_ns: u64,
+) -> Attribution {
+    let mut ix = Index {
+        connects: BTreeMap::new(),
+        ios: BTreeMap::new(),
+        all_connects: stale.connect_failures.iter().collect(),
+        all_ios: stale.io_failures.iter().collect(),
+    };
+    for c in &stale.connect_failures {
+        ix.connects.entry(c.pid).or_default().push(c);
+    }
+    for i in &stale.io_failures {
+        ix.ios.entry(i.pid).or_default().push(i);
+    }
+    let mut att = Attribution { requests: requests.len() as u64, ..Attribution::default() };
+    let mut table: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let mut failed: Vec<&Request> = requests.iter().filter(|r| r.outcome == "failed").collect();
+    failed.sort_by_key(|r| r.start_mono_ns);
+    for r in failed {
+        att.failed += 1;
+        let link = match r.worker_pid {
+            Some(w) => {
+                att.with_worker += 1;
+                explain_exact(r, w, timeline, spins, stale, &ix, zero_ns)
+            }
+            None => {
+                att.without_worker += 1;
+                explain_window(r, timeline, spins, stale, &ix, zero_ns)
+            }
+        };
+        match link.link.as_str() {
+            "exact" => att.exact += 1,
+            "window" => att.window += 1,
+            _ => att.unexplained += 1,
+        }
+        *table.entry((link.link.clone(), link.kind.clone(), r.endpoint.clone())).or_default() += 1;
+        att.links.push(link);
+    }
+    let share = |n: u64| if att.failed == 0 { 0.0 } else { n as f64 / att.failed as f64 };
+    att.exact_share = share(att.exact);
+    att.window_share = share(att.window);
+    att.unexplained_share = share(att.unexplained);
+    att.table = table
+        .into_iter()
+        .map(|((link, kind, endpoint), count)| Row { link, kind, endpoint, count })
+        .collect();
+    att
+}
+
+fn base(r: &Request, zero_ns: u64) -> Link {
+    Link {
+        request_id: r.request_id.clone(),
+        endpoint: r.endpoint.clone(),
+        start_s: rel_s(r.start_mono_ns, zero_ns),
+        duration_s: r.end_mono_ns.saturating_sub(r.start_mono_ns) as f64 / 1e9,
+        reason: r.reason.clone().unwrap_or_default(),
+        worker_pid: r.worker_pid,
+        link: "unexplained".into(),
+        ..Link::default()
+    }
+}
+
+fn head(l: &Link) -> String {
+    format!("request {} GET {} at {:.2} s", l.request_id, l.endpoint, l.start_s)
+}
+
+fn connect_text(c: &ConnectFailure, stale: &Stale, zero_ns: u64) -> String {
+    let what = match c.ret {
+        -111 => "was refused (ECONNREFUSED)".to_string(),
+        -2 => "found no socket file (ENOENT)".to_string(),
+        r => format!("failed with {}", super::errno_name(r)),
+    };
+    let clause = stale.connect_episodes.get(c.episode).map(|e| e.state.clause()).unwrap_or_default();
+    format!("connect to {} at {:.2} s {what} {clause}", short_path(&c.path), rel_s(c.ts_ns, zero_ns))
+}
+
+fn io_text(i: &IoFailure) -> String {
+    let peer = match i.peer_generation {
+        Some(g) if !i.peer_end.is_empty() => {
+            format!("server {} (generation {g}, {})", i.peer_pid, i.peer_end)
+        }
+        Some(g) => format!("server {} (generation {g})", i.peer_pid),
+        None => format!("pid {}", i.peer_pid),
+    };
+    let path = if i.path.is_empty() { "a unix socket".to_string() } else { short_path(&i.path).to_string() };
+    format!("{} on {path} to {peer} at {:.2} s got {}", i.op, i.at_s, i.error)
+}
+
+fn spin_text(s: &Spin) -> String {
+    let since = if s.zero_timeout_since_s < s.start_s - 0.05 {
+        format!(" (zero timeouts since {:.2} s)", s.zero_timeout_since_s)
+    } else {
+        String::new()
+    };
+    format!(
+        "spinning in epoll_wait(fd {}, timeout 0) from {:.2} s to {:.2} s at {:.0} calls/s{since}",
+        s.epfd, s.start_s, s.end_s, s.rate_per_s
+    )
+}
+
+fn explain_exact(
+    r: &Request,
+    w: u32,
+    timeline: &Timeline,
+    spins: &[Spin],
+    stale: &Stale,
+    ix: &Index,
+    zero_ns: u64,
+) -> Link {
+    let mut l = base(r, zero_ns);
+    l.worker_generation = timeline.worker_generation(w);
+    let (lo, hi) = (r.start_mono_ns.saturating_sub(EXACT_SLACK_NS), r.end_mono_ns + EXACT_SLACK_NS);
+    let wgen = l.worker_generation.map_or(String::new(), |g| format!(" (generation {g})"));
+    let served = format!("{}: served by worker {w}{wgen}", head(&l));
+    let mut found = None;
+    if let Some(v) = ix.connects.get(&w)
+        && let Some(c) = pick_near(v, |c| c.ts_ns, r, EXACT_SLACK_NS, |c| &c.path)
+    {
+        found =
+            Some(("failed_connect", c.ts_ns, format!("{served}; its {}", connect_text(c, stale, zero_ns))));
+    }
+    if found.is_none()
+        && let Some(v) = ix.ios.get(&w)
+        && let Some(i) = pick_near(v, |i| i.ts_ns, r, EXACT_SLACK_NS, |i| &i.path)
+    {
+        found = Some(("failed_io", i.ts_ns, format!("{served}; its {}", io_text(i))));
+    }
+    if found.is_none()
+        && let Some(s) = stale.stale_flows.iter().find(|s| s.pid == w && s.first_ns <= hi && s.last_ns >= lo)
+    {
+        found = Some((
+            "stale_flow",
+            s.first_ns.max(lo),
+            format!(
+                "{served}; it was still talking to server {} (generation {}) of {} while generation {} \
+                 (pid {}) owned the path",
+                s.peer_pid,
+                s.peer_generation,
+                short_path(&s.path),
+                s.owner_generation,
+                s.owner_pid
+            ),
+        ));
+    }
+    if found.is_none()
+        && let Some(s) = spins.iter().find(|s| s.pid == w && s.start_ns <= hi && s.end_ns >= lo)
+    {
+        found = Some(("spin", s.start_ns, format!("{served}; the worker was {}", spin_text(s))));
+    }
+    match found {
+        Some((kind, ts, sentence)) => {
+            l.link = "exact".into();
+            l.kind = kind.into();
+            l.cause_pid = Some(w);
+            l.cause_s = Some(rel_s(ts, zero_ns));
+            l.sentence = sentence;
+        }
+        None => {
+            l.sentence =
+                format!("{served}; no failed connect, failed I/O, stale flow or spin of it in the window")
+        }
+    }
+    l
+}
+
+fn explain_window(
+    r: &Request,
+    timeline: &Timeline,
+    spins: &[Spin],
+    stale: &Stale,
+    ix: &Index,
+    zero_ns: u64,
+) -> Link {
+    let mut l = base(r, zero_ns);
+    let (lo, hi) = (r.start_mono_ns.saturating_sub(WINDOW_SLACK_NS), r.end_mono_ns + WINDOW_SLACK_NS);
+    let what = if r.reason.as_deref().is_some_and(|x| x.contains("timed out")) {
+        format!("timed out after {:.1} s", l.duration_s)
+    } else {
+        r.reason.clone().unwrap_or_else(|| "failed".into())
+    };
+    let lead = format!("{} ({what}; no worker header, linked by time window)", head(&l));
+    let newest = timeline.generations.last().map_or(0, |g| g.generation);
+    let start_rel = l.start_s;
+    // A long request most likely sat in a busy-waiting worker (its loop began at `since_ns`, before
+    // the rate got high); a short one met a closing worker. Every candidate worker is named.
+    let mut busy: Vec<&Spin> = spins
+        .iter()
+        .filter(|s| s.since_ns <= r.start_mono_ns + WINDOW_SLACK_NS && s.end_ns >= r.start_mono_ns)
+        .collect();
+    if busy.is_empty() {
+        busy = spins.iter().filter(|s| s.since_ns <= hi && s.end_ns >= lo).collect();
+    }
+    busy.sort_by_key(|s| s.since_ns);
+    // The old worker whose exit is nearest the request's end closed its connection.
+    let end_rel = rel_s(r.end_mono_ns, zero_ns);
+    let exit = timeline
+        .workers
+        .iter()
+        .filter(|w| {
+            w.generation < newest
+                && w.exit_s.is_some_and(|x| x >= rel_s(lo, zero_ns) && x <= rel_s(hi, zero_ns))
+        })
+        .min_by(|a, b| {
+            let d = |w: &&super::timeline::Worker| (w.exit_s.unwrap_or_default() - end_rel).abs();
+            d(a).total_cmp(&d(b))
+        });
+    let connect = pick_near(&ix.all_connects, |c| c.ts_ns, r, WINDOW_SLACK_NS, |c| &c.path);
+    let io = pick_near(&ix.all_ios, |i| i.ts_ns, r, WINDOW_SLACK_NS, |i| &i.path);
+    let spin_found = busy.first().map(|first| {
+        let who: Vec<String> = busy
+            .iter()
+            .map(|s| {
+                let g = s.generation.map_or(String::new(), |g| format!(" (generation {g})"));
+                format!("{}{g} was {}", s.pid, spin_text(s))
+            })
+            .collect();
+        let lead_in = if busy.len() == 1 {
+            "worker".to_string()
+        } else {
+            format!(
+                "{} workers were busy-waiting during it, one of them likely holding it: worker",
+                busy.len()
+            )
+        };
+        (
+            "spin",
+            first.pid,
+            rel_s(first.since_ns, zero_ns).max(start_rel),
+            format!("{lead}: {lead_in} {}", who.join("; worker ")),
+        )
+    });
+    let exit_found = exit.map(|w| {
+        let x = w.exit_s.unwrap_or_default();
+        (
+            "old_worker_exit",
+            w.pid,
+            x,
+            format!(
+                "{lead}: old worker {} (generation {}) exited at {x:.2} s during the reload",
+                w.pid, w.generation
+            ),
+        )
+    });
+    let connect_found = connect.map(|c| {
+        (
+            "failed_connect",
+            c.pid,
+            rel_s(c.ts_ns, zero_ns),
+            format!("{lead}: worker {}'s {}", c.pid, connect_text(c, stale, zero_ns)),
+        )
+    });
+    let io_found =
+        io.map(|i| ("failed_io", i.pid, i.at_s, format!("{lead}: worker {}'s {}", i.pid, io_text(i))));
+    let long = l.duration_s >= 1.0;
+    let order = if long {
+        [spin_found, exit_found, connect_found, io_found]
+    } else {
+        [exit_found, connect_found, io_found, spin_found]
+    };
+    match order.into_iter().flatten().next() {
+        Some((kind, pid, at, sentence)) => {
+            l.link = "window".into();
+            l.kind = kind.into();
+            l.cause_pid = Some(pid);
+            l.cause_s = Some(at);
+            l.sentence = sentence;
+        }
+        None => l.sentence = format!("{lead}: nothing in the window explains it"),
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::stale::{ConnectEpisode, PathState};
+    use crate::analyze::testkit::*;
+
+    fn req(id: &str, start: u64, end: u64, worker: Option<u32>, reason: &str) -> Request {
+        Request {
+            start_mono_ns: start,
+            end_mono_ns: end,
+            endpoint: "/js".into(),
+            request_id: id.into(),
+            status: worker.map(|_| 200),
+            outcome: if reason.is_empty() { "ok" } else { "failed" }.into(),
+            reason: (!reason.is_empty()).then(|| reason.into()),
+            worker_pid: worker,
+        }
+    }
+
+    fn timeline() -> Timeline {
+        let procs = vec![worker(11, 1, Some(2)), worker(12, 1, Some(2))];
+        super::super::timeline::detect(&[], &procs, 1, 0)
+    }
+
+    fn stale() -> Stale {
+        let state = PathState {
+            owner: Some((3, 40)),
+            owner_dead: true,
+            owner_end: "exit 1".into(),
+            owner_crashed: true,
+            owner_bound_s: Some(1.0),
+            next: Some((4, 41, 2.5)),
+        };
+        Stale {
+            connect_episodes: vec![ConnectEpisode {
+                pid: 11,
+                path: "/p/jsplugin.socket".into(),
+                error: "ECONNREFUSED".into(),
+                count: 1,
+                state,
+                ..ConnectEpisode::default()
+            }],
+            failed_connects: 2,
+            connect_failures: vec![
+                // Just before request a: its worker's previous request, not a's.
+                ConnectFailure {
+                    ts_ns: ms(2291),
+                    pid: 11,
+                    path: "/p/jsplugin.socket".into(),
+                    ret: -111,
+                    episode: 0,
+                },
+                ConnectFailure {
+                    ts_ns: ms(2300),
+                    pid: 11,
+                    path: "/p/jsplugin.socket".into(),
+                    ret: -111,
+                    episode: 0,
+                },
+            ],
+            ..Stale::default()
+        }
+    }
+
+    fn spin() -> Spin {
+        Spin {
+            pid: 12,
+            tid: 12,
+            generation: Some(2),
+            start_s: 3.0,
+            end_s: 9.0,
+            rate_per_s: 50_000.0,
+            epfd: 20,
+            start_ns: ms(4000),
+            end_ns: ms(10_000),
+            since_ns: ms(4000),
+            ..Spin::default()
+        }
+    }
+
+    #[test]
+    fn exact_and_window_links() {
+        let requests = vec![
+            req("a", ms(2295), ms(2305), Some(11), "plugin header missing"),
+            req("b", ms(5000), ms(25_000), None, "operation timed out"),
+            req("c", ms(2295), ms(2305), Some(12), "plugin header missing"),
+            req("d", ms(2295), ms(2305), Some(11), ""),
+        ];
+        let a = correlate(&requests, &timeline(), &[spin()], &stale(), ms(1000));
+        assert_eq!((a.requests, a.failed, a.with_worker, a.without_worker), (4, 3, 2, 1));
+        assert_eq!((a.exact, a.window, a.unexplained), (1, 1, 1));
+        let l = &a.links[0];
+        assert_eq!((l.link.as_str(), l.kind.as_str(), l.cause_pid), ("exact", "failed_connect", Some(11)));
+        assert!((l.cause_s.unwrap() - 1.3).abs() < 1e-9);
+        assert!(
+            l.sentence.starts_with(
+                "request a GET /js at 1.29 s: served by worker 11 (generation 2); its connect to \
+                 jsplugin.socket at 1.30 s was refused (ECONNREFUSED) while server generation 4 \
+                 restarted after a crash"
+            ),
+            "{}",
+            l.sentence
+        );
+        let c = a.links.iter().find(|l| l.request_id == "c").unwrap();
+        assert_eq!(c.link, "unexplained", "worker 12 did nothing wrong then");
+        let b = a.links.iter().find(|l| l.request_id == "b").unwrap();
+        assert_eq!((b.link.as_str(), b.kind.as_str(), b.cause_pid), ("window", "spin", Some(12)));
+        assert!(b.sentence.contains("no worker header, linked by time window"), "{}", b.sentence);
+        assert!((a.exact_share - 1.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn no_failures_no_links() {
+        let a = correlate(&[req("d", 1, 2, Some(11), "")], &timeline(), &[], &Stale::default(), 0);
+        assert_eq!((a.failed, a.links.len(), a.exact_share), (0, 0, 0.0));
+    }
+}

@@ -1,0 +1,410 @@
+//! Plugin-server lifecycle: the generations of servers per socket path, each SIGKILL and its
+//! sender, crash/respawn loops, and orphans (reparented processes, and whether they outlive the
+//! run).
+//!
+//! A generation is a process that served a path: the n-th to bind it. Servers that bound before
+//! the trace started have no `bind` event, so they are found from the stand-in's ground truth
+//! (`spawn` lines) or from the trace itself (they accept on the path, or connects to the path
+//! reach them as peer), and are numbered before every traced bind.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::rel_s;
+use crate::event::Event;
+use crate::model::Process;
+
+/// One plugin-server generation on one socket path.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ServerGen {
+    /// The socket path.
+    pub path: String,
+    /// 1 for the first server seen on the path, then one more per bind.
+    pub generation: u32,
+    /// Process id.
+    pub pid: u32,
+    /// Parent at creation (the worker that spawned it).
+    pub parent: u32,
+    /// comm.
+    pub comm: String,
+    /// Bind time (s from zero); `None` when it bound before the trace.
+    pub bound_s: Option<f64>,
+    /// Bind time in CLOCK_MONOTONIC ns.
+    #[serde(skip)]
+    pub bound_ns: Option<u64>,
+    /// Exit time (s from zero).
+    pub exit_s: Option<f64>,
+    /// Exit time in CLOCK_MONOTONIC ns.
+    #[serde(skip)]
+    pub exit_ns: Option<u64>,
+    /// How it ended: `exit 1`, `SIGKILL from 4711 (nginx)`, or `running`.
+    pub end: String,
+    /// True when it ended abnormally on its own (non-zero status, or a signal nobody traced sent).
+    pub crashed: bool,
+    /// True when it was reparented before exiting, or is alive with its parent gone.
+    pub orphaned: bool,
+    /// How it was found: `bind`, `ground truth` or `peer`.
+    pub found_by: String,
+}
+
+/// A SIGKILL seen in the trace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Kill {
+    /// Seconds from zero.
+    pub at_s: f64,
+    /// Sender's pid.
+    pub from_pid: u32,
+    /// Sender's comm.
+    pub from_comm: String,
+    /// Receiving pid.
+    pub target: u32,
+    /// The receiver's server role, e.g. `jsplugin.socket generation 1`, when it is a server.
+    pub target_role: String,
+}
+
+/// Servers on one path that crashed and were respawned in a row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CrashLoop {
+    /// The socket path.
+    pub path: String,
+    /// Crashes followed by a respawn.
+    pub crashes: usize,
+    /// First crash (s from zero).
+    pub first_s: f64,
+    /// Last crash (s from zero).
+    pub last_s: f64,
+    /// Mean time between successive crashes, in s (0 with one crash).
+    pub period_s: f64,
+    /// The crashed pids, in order.
+    pub pids: Vec<u32>,
+    /// True when the last generation of the path was still running when the trace ended.
+    pub last_alive: bool,
+}
+
+/// A process that lost its parent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Orphan {
+    /// Process id.
+    pub pid: u32,
+    /// comm.
+    pub comm: String,
+    /// Parent at creation.
+    pub parent: u32,
+    /// Parent at exit (1 or a subreaper), when it exited.
+    pub parent_at_exit: Option<u32>,
+    /// Exit time (s from zero).
+    pub exit_s: Option<f64>,
+    /// True when it was still alive when the trace ended.
+    pub outlives_run: bool,
+}
+
+/// The lifecycle findings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Lifecycle {
+    /// Every generation, by path then generation.
+    pub servers: Vec<ServerGen>,
+    /// Every SIGKILL.
+    pub kills: Vec<Kill>,
+    /// Crash/respawn loops.
+    pub loops: Vec<CrashLoop>,
+    /// Orphans.
+    pub orphans: Vec<Orphan>,
+}
+
+impl Lifecycle {
+    /// The generation that owns `path` at `ts_ns`: the last to bind it by then.
+    pub fn owner_at(&self, path: &str, ts_ns: u64) -> Option<&ServerGen> {
+        let mut owner = None;
+        for s in self.servers.iter().filter(|s| s.path == path) {
+            match s.bound_ns {
+                // Bound before the trace: owns the path until the first traced bind.
+                None => owner = Some(s),
+                Some(b) if b <= ts_ns => owner = Some(s),
+                Some(_) => break,
+            }
+        }
+        owner
+    }
+
+    /// The generation `pid` is, on `path` when given, else on any path.
+    pub fn server(&self, pid: u32, path: Option<&str>) -> Option<&ServerGen> {
+        self.servers.iter().find(|s| s.pid == pid && path.is_none_or(|p| p == s.path))
+    }
+
+    /// The generation after `g` on its path.
+    pub fn next(&self, g: &ServerGen) -> Option<&ServerGen> {
+        self.servers.iter().find(|s| s.path == g.path && s.generation == g.generation + 1)
+    }
+}
+
+/// Finds the server generations, kills, crash loops and orphans.
+pub fn detect(
+    events: &[Event],
+    processes: &[Process],
+    ground_truth: &[serde_json::Value],
+    zero_ns: u64,
+) -> Lifecycle {
+    let procs: BTreeMap<u32, &Process> = processes.iter().map(|p| (p.pid, p)).collect();
+    // path -> binds in time order; path -> pid -> (first evidence, how) for pre-trace servers.
+    let mut binds: BTreeMap<String, Vec<(u64, u32)>> = BTreeMap::new();
+    let mut earlier: BTreeMap<String, BTreeMap<u32, (u64, &str)>> = BTreeMap::new();
+    for line in ground_truth.iter().filter(|v| v["ev"] == "spawn") {
+        if let (Some(path), Some(pid)) = (line["socket"].as_str(), line["server_pid"].as_u64()) {
+            let ts = line["mono_ns"].as_u64().unwrap_or(0);
+            earlier.entry(path.to_string()).or_default().entry(pid as u32).or_insert((ts, "ground truth"));
+        }
+    }
+    for ev in events {
+        let Event::UnixSock(u) = ev else { continue };
+        if u.path.is_empty() || u.ret < 0 {
+            continue;
+        }
+        match u.op.as_str() {
+            "bind" => binds.entry(u.path.clone()).or_default().push((u.task.ts_ns, u.task.tgid)),
+            // Whoever accepts on the path serves it; a connect's peer pid is the listener's owner.
+            "accept" => {
+                earlier
+                    .entry(u.path.clone())
+                    .or_default()
+                    .entry(u.task.tgid)
+                    .or_insert((u.task.ts_ns, "peer"));
+            }
+            "connect" if u.id.peer_pid != 0 => {
+                earlier
+                    .entry(u.path.clone())
+                    .or_default()
+                    .entry(u.id.peer_pid)
+                    .or_insert((u.task.ts_ns, "peer"));
+            }
+            _ => {}
+        }
+    }
+    let mut servers = Vec::new();
+    let paths: std::collections::BTreeSet<String> = binds.keys().chain(earlier.keys()).cloned().collect();
+    for path in paths {
+        let bound = binds.get(&path).cloned().unwrap_or_default();
+        let mut pre: Vec<(u64, u32, &str)> = earlier
+            .get(&path)
+            .into_iter()
+            .flatten()
+            .filter(|(pid, _)| !bound.iter().any(|(_, b)| b == *pid))
+            .map(|(&pid, &(ts, how))| (ts, pid, how))
+            .collect();
+        pre.sort();
+        let mut seen = std::collections::BTreeSet::new();
+        let all = pre
+            .into_iter()
+            .map(|(_, pid, how)| (None, pid, how))
+            .chain(bound.iter().map(|&(ts, pid)| (Some(ts), pid, "bind")));
+        for (bound_ns, pid, how) in all {
+            if !seen.insert(pid) {
+                continue;
+            }
+            servers.push(server_gen(
+                &path,
+                seen.len() as u32,
+                pid,
+                bound_ns,
+                how,
+                procs.get(&pid),
+                &procs,
+                zero_ns,
+            ));
+        }
+    }
+
+    let kills = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Signal(s) if s.sig == 9 => Some(Kill {
+                at_s: rel_s(s.task.ts_ns, zero_ns),
+                from_pid: s.task.tgid,
+                from_comm: s.task.comm.clone(),
+                target: s.target,
+                target_role: servers
+                    .iter()
+                    .find(|g| g.pid == s.target)
+                    .map(|g| format!("{} generation {}", super::short_path(&g.path), g.generation))
+                    .unwrap_or_default(),
+            }),
+            _ => None,
+        })
+        .collect();
+
+    let mut loops = Vec::new();
+    let mut by_path: BTreeMap<&str, Vec<&ServerGen>> = BTreeMap::new();
+    for s in &servers {
+        by_path.entry(&s.path).or_default().push(s);
+    }
+    for (path, gens) in by_path {
+        // A crash counts when another generation of the path came after it: a respawn.
+        let crashed: Vec<&ServerGen> =
+            gens.windows(2).filter(|w| w[0].crashed && w[0].exit_s.is_some()).map(|w| w[0]).collect();
+        if crashed.len() >= 2 {
+            let times: Vec<f64> = crashed.iter().filter_map(|g| g.exit_s).collect();
+            let (first, last) = (times[0], times[times.len() - 1]);
+            loops.push(CrashLoop {
+                path: path.to_string(),
+                crashes: crashed.len(),
+                first_s: first,
+                last_s: last,
+                period_s: (last - first) / (times.len() - 1) as f64,
+                pids: crashed.iter().map(|g| g.pid).collect(),
+                last_alive: gens.last().is_some_and(|g| g.exit_s.is_none()),
+            });
+        }
+    }
+
+    let mut orphans = Vec::new();
+    for p in processes {
+        let parent_gone = p.exit_ns.is_none()
+            && p.parent > 1
+            && procs.get(&p.parent).is_some_and(|pp| pp.exit_ns.is_some());
+        if p.orphaned || p.parent_at_exit == Some(1) && p.parent != 1 || parent_gone {
+            orphans.push(Orphan {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                parent: p.parent,
+                parent_at_exit: p.parent_at_exit,
+                exit_s: p.exit_ns.map(|t| rel_s(t, zero_ns)),
+                outlives_run: p.exit_ns.is_none(),
+            });
+        }
+    }
+    Lifecycle { servers, kills, loops, orphans }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn server_gen(
+    path: &str,
+    generation: u32,
+    pid: u32,
+    bound_ns: Option<u64>,
+    how: &str,
+    p: Option<&&Process>,
+    procs: &BTreeMap<u32, &Process>,
+    zero_ns: u64,
+) -> ServerGen {
+    let p = p.copied();
+    let exit_ns = p.and_then(|p| p.exit_ns);
+    let (end, crashed) = match p {
+        Some(p) => match (&p.exit_signal, p.exit_status, p.exit_ns) {
+            (Some(sig), _, _) => match p.signals.iter().rev().find(|r| &r.sig == sig) {
+                Some(r) => (format!("{sig} from {} ({})", r.from, r.from_comm), false),
+                None => (sig.clone(), true),
+            },
+            (None, Some(code), _) => (format!("exit {code}"), code != 0),
+            (None, None, Some(_)) => ("exited".into(), false),
+            _ => ("running".into(), false),
+        },
+        None => ("unknown".into(), false),
+    };
+    let orphaned = p.is_some_and(|p| {
+        p.orphaned || (p.exit_ns.is_none() && procs.get(&p.parent).is_some_and(|pp| pp.exit_ns.is_some()))
+    });
+    ServerGen {
+        path: path.to_string(),
+        generation,
+        pid,
+        parent: p.map_or(0, |p| p.parent),
+        comm: p.map(|p| p.comm.clone()).unwrap_or_default(),
+        bound_s: bound_ns.map(|t| rel_s(t, zero_ns)),
+        bound_ns,
+        exit_s: exit_ns.map(|t| rel_s(t, zero_ns)),
+        exit_ns,
+        end,
+        crashed,
+        orphaned,
+        found_by: how.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::testkit::*;
+    use crate::model::{ProcInfo, processes};
+
+    const JS: &str = "/p/js.sock";
+
+    /// Worker 10 spawned server 20 before the trace; after the reload worker 11's servers 30,
+    /// 31, 32 crash-loop (exit 1), and worker 10 SIGKILLs 20 on its way out.
+    fn crash_loop() -> (Vec<Event>, Vec<Process>) {
+        let known = BTreeMap::from([
+            (1, ProcInfo { ppid: 0, comm: "nginx".into(), argv: vec![] }),
+            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![] }),
+            (20, ProcInfo { ppid: 10, comm: "node".into(), argv: vec![] }),
+        ]);
+        let events = vec![
+            sock(ms(100), 10, "connect", 0, 500, 20, JS),
+            fork(ms(900), 1, 11),
+            fork(ms(950), 11, 30),
+            signal(ms(1000), 10, 20, 9),
+            exit(ms(1001), 20, 9, 10),
+            sock(ms(1100), 30, "bind", 0, 600, 0, JS),
+            exit(ms(1500), 30, 1 << 8, 11),
+            fork(ms(1600), 11, 31),
+            sock(ms(1700), 31, "bind", 0, 601, 0, JS),
+            exit(ms(2500), 31, 1 << 8, 11),
+            fork(ms(2600), 11, 32),
+            sock(ms(2700), 32, "bind", 0, 602, 0, JS),
+            exit(ms(3500), 32, 1 << 8, 11),
+            fork(ms(3600), 11, 33),
+            sock(ms(3700), 33, "bind", 0, 603, 0, JS),
+        ];
+        let procs = processes(&events, 1, &known);
+        (events, procs)
+    }
+
+    #[test]
+    fn generations_kills_and_a_crash_loop() {
+        let (events, procs) = crash_loop();
+        let l = detect(&events, &procs, &[], ms(1000));
+        let gens: Vec<(u32, u32, &str)> =
+            l.servers.iter().map(|s| (s.generation, s.pid, s.found_by.as_str())).collect();
+        assert_eq!(
+            gens,
+            vec![(1, 20, "peer"), (2, 30, "bind"), (3, 31, "bind"), (4, 32, "bind"), (5, 33, "bind")]
+        );
+        assert_eq!(l.servers[0].end, "SIGKILL from 10 (nginx)");
+        assert!(!l.servers[0].crashed && l.servers[1].crashed);
+        assert_eq!(l.kills.len(), 1);
+        assert_eq!((l.kills[0].from_pid, l.kills[0].target, l.kills[0].at_s), (10, 20, 0.0));
+        assert_eq!(l.kills[0].target_role, "js.sock generation 1");
+        assert_eq!(l.loops.len(), 1);
+        let lp = &l.loops[0];
+        assert_eq!((lp.path.as_str(), lp.crashes, lp.pids.clone()), (JS, 3, vec![30, 31, 32]));
+        assert!((lp.period_s - 1.0).abs() < 1e-9 && lp.last_alive);
+        assert_eq!(l.owner_at(JS, ms(1050)).map(|s| s.pid), Some(20));
+        assert_eq!(l.owner_at(JS, ms(1800)).map(|s| s.pid), Some(31));
+        assert!(l.orphans.is_empty());
+    }
+
+    #[test]
+    fn ground_truth_names_pre_trace_servers_and_orphans_are_found() {
+        let gt: Vec<serde_json::Value> =
+            vec![serde_json::json!({"ev":"spawn","socket":JS,"server_pid":20,"mono_ns":5})];
+        let known = BTreeMap::from([
+            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![] }),
+            (20, ProcInfo { ppid: 10, comm: "go".into(), argv: vec![] }),
+        ]);
+        let events = [exit(ms(10), 10, 0, 1)];
+        let procs = processes(&events, 1, &known);
+        let l = detect(&events, &procs, &gt, 0);
+        assert_eq!((l.servers[0].pid, l.servers[0].found_by.as_str()), (20, "ground truth"));
+        assert!(l.servers[0].orphaned);
+        assert_eq!(l.orphans.len(), 1);
+        assert!(l.orphans[0].pid == 20 && l.orphans[0].outlives_run);
+    }
+
+    #[test]
+    fn a_clean_run_has_no_kill_loop_or_orphan() {
+        let known = BTreeMap::from([(20, ProcInfo { ppid: 10, comm: "py".into(), argv: vec![] })]);
+        let events = [sock(ms(1), 20, "bind", 0, 1, 0, JS), sock(ms(2), 10, "connect", 0, 2, 20, JS)];
+        let procs = processes(&events, 1, &known);
+        let l = detect(&events, &procs, &[], 0);
+        assert_eq!(l.servers.len(), 1);
+        assert!(l.kills.is_empty() && l.loops.is_empty() && l.orphans.is_empty());
+    }
+}

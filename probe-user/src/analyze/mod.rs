@@ -1,0 +1,405 @@
+//! The analysis of a run directory: detectors over the recorded trace, the link from each failed
+//! request to the kernel events behind it, and the report files.
+//!
+//! Everything here is pure logic over recorded artifacts (no root, no kernel): [`load`] reads a
+//! run directory, [`analyze`] runs the detectors and the correlation, [`report::write`] writes
+//! `report.md`, `report.json` and `timeline.json`.
+
+pub mod correlate;
+pub mod lifecycle;
+pub mod report;
+pub mod spin;
+pub mod stale;
+pub mod timeline;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::model::{ProcInfo, Process};
+use crate::trace::Meta;
+
+/// Version of `report.json`'s layout.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+/// One line of the load test's `requests.jsonl` (the fields the analysis uses).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// CLOCK_MONOTONIC at the start.
+    pub start_mono_ns: u64,
+    /// CLOCK_MONOTONIC at the end.
+    pub end_mono_ns: u64,
+    /// Endpoint path, e.g. `/js`.
+    pub endpoint: String,
+    /// The `x-request-id` sent.
+    pub request_id: String,
+    /// HTTP status, when a response arrived.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// `ok` or `failed`.
+    pub outcome: String,
+    /// Failure reason.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The worker that answered (`x-standin-worker`), when a response arrived.
+    #[serde(default)]
+    pub worker_pid: Option<u32>,
+}
+
+/// `reload.json`: when the reload was sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reload {
+    /// CLOCK_MONOTONIC ns when it was sent.
+    pub monotonic_ns: u64,
+    /// How it was sent.
+    #[serde(default)]
+    pub how: String,
+    /// Offset into the load in ms.
+    #[serde(default)]
+    pub offset_ms: f64,
+}
+
+/// Everything recorded in a run directory.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// `trace/meta.json`.
+    pub meta: Meta,
+    /// `trace/events.jsonl`.
+    pub events: Vec<Event>,
+    /// `trace/processes.json`, or the model rebuilt from the events.
+    pub processes: Vec<Process>,
+    /// `requests.jsonl` (empty when absent).
+    pub requests: Vec<Request>,
+    /// `reload.json`, when present.
+    pub reload: Option<Reload>,
+    /// `standin-ground-truth.jsonl` (empty when absent).
+    pub ground_truth: Vec<serde_json::Value>,
+}
+
+impl Run {
+    /// Time zero of the analysis: the reload, else the first HUP of the root, else the trace start.
+    pub fn zero_ns(&self) -> u64 {
+        if let Some(r) = &self.reload {
+            return r.monotonic_ns;
+        }
+        let root = self.meta.options.root_pid;
+        self.events
+            .iter()
+            .find_map(|e| match e {
+                Event::Signal(s) if s.sig == 1 && s.target == root => Some(s.task.ts_ns),
+                _ => None,
+            })
+            .unwrap_or(self.meta.started_ns)
+    }
+}
+
+/// Reads a run directory (a trace directory under `trace/`, or the directory itself).
+pub fn load(dir: &Path) -> Result<Run> {
+    let trace_dir = if dir.join("trace/meta.json").exists() { dir.join("trace") } else { dir.to_path_buf() };
+    let trace = crate::trace::read(&trace_dir)?;
+    let processes = match std::fs::read_to_string(trace_dir.join("processes.json")) {
+        Ok(text) => serde_json::from_str(&text).context("cannot parse processes.json")?,
+        // Older traces: rebuild the model from the events alone.
+        Err(_) => crate::model::processes(
+            &trace.events,
+            trace.meta.options.root_pid,
+            &BTreeMap::<u32, ProcInfo>::new(),
+        ),
+    };
+    let requests = json_lines(&dir.join("requests.jsonl"))?;
+    let reload =
+        std::fs::read_to_string(dir.join("reload.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let ground_truth = json_lines(&dir.join("standin-ground-truth.jsonl"))?;
+    Ok(Run {
+        dir: dir.to_path_buf(),
+        meta: trace.meta,
+        events: trace.events,
+        processes,
+        requests,
+        reload,
+        ground_truth,
+    })
+}
+
+/// Parses a JSON-lines file, skipping lines that do not parse; a missing file is empty.
+fn json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let Ok(file) = std::fs::File::open(path) else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        // A line cut by an abrupt stop must not sink the whole analysis.
+        if let Ok(v) = serde_json::from_str(&line) {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// The whole analysis of a run, as written to `report.json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Analysis {
+    /// [`REPORT_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// CLOCK_MONOTONIC ns of time zero (the reload); every `*_s` field is relative to it.
+    pub zero_ns: u64,
+    /// The reload timeline.
+    pub timeline: timeline::Timeline,
+    /// Plugin-server generations, kills, crash loops and orphans.
+    pub lifecycle: lifecycle::Lifecycle,
+    /// Spinning workers.
+    pub spins: Vec<spin::Spin>,
+    /// Stale sockets and failed unix traffic.
+    pub stale: stale::Stale,
+    /// Failed requests linked to their causes.
+    pub attribution: correlate::Attribution,
+    /// The findings checked against the stand-in's own log (empty without one).
+    pub ground_truth_check: Vec<Check>,
+}
+
+/// One finding compared with the stand-in's own log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// What is compared.
+    pub what: String,
+    /// What the stand-in logged.
+    pub standin: String,
+    /// What the analysis found.
+    pub found: String,
+    /// True when they agree.
+    pub agrees: bool,
+}
+
+fn pid_list(set: &std::collections::BTreeSet<(String, u32)>) -> String {
+    let v: Vec<String> = set
+        .iter()
+        .map(|(p, pid)| if p.is_empty() { pid.to_string() } else { format!("{}:{pid}", short_path(p)) })
+        .collect();
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
+/// Compares servers, kills, crashes and spinning workers with the stand-in's ground truth.
+pub fn ground_truth_check(
+    gt: &[serde_json::Value],
+    l: &lifecycle::Lifecycle,
+    spins: &[spin::Spin],
+) -> Vec<Check> {
+    use std::collections::BTreeSet;
+    if gt.is_empty() {
+        return Vec::new();
+    }
+    let gt_set =
+        |ev: &str, keep: &dyn Fn(&serde_json::Value) -> bool, pid_key: &str| -> BTreeSet<(String, u32)> {
+            gt.iter()
+                .filter(|v| v["ev"] == ev && keep(v))
+                .filter_map(|v| {
+                    Some((v["socket"].as_str().unwrap_or("").to_string(), v[pid_key].as_u64()? as u32))
+                })
+                .collect()
+        };
+    // The stand-in names a server's socket in `spawn` only: key the other sets by pid alone.
+    let strip = |s: BTreeSet<(String, u32)>| -> BTreeSet<(String, u32)> {
+        s.into_iter().map(|(_, p)| (String::new(), p)).collect()
+    };
+    let servers_gt = gt_set("spawn", &|_| true, "server_pid");
+    let servers: BTreeSet<(String, u32)> = l.servers.iter().map(|s| (s.path.clone(), s.pid)).collect();
+    let kills_gt = strip(gt_set("kill", &|v| v["signal"] == "SIGKILL", "server_pid"));
+    let server_pids: BTreeSet<u32> = l.servers.iter().map(|s| s.pid).collect();
+    let kills: BTreeSet<(String, u32)> = l
+        .kills
+        .iter()
+        .filter(|k| server_pids.contains(&k.target))
+        .map(|k| (String::new(), k.target))
+        .collect();
+    let crashes_gt =
+        strip(gt_set("server_exit", &|v| v["code"].as_i64().is_some_and(|c| c != 0), "server_pid"));
+    let crashes: BTreeSet<(String, u32)> =
+        l.servers.iter().filter(|s| s.crashed).map(|s| (String::new(), s.pid)).collect();
+    let leaks_gt = strip(gt_set("claim_leaked", &|_| true, "pid"));
+    let spinning: BTreeSet<(String, u32)> = spins.iter().map(|s| (String::new(), s.pid)).collect();
+    [
+        ("plugin servers (socket:pid)", servers_gt.is_subset(&servers), servers_gt, servers),
+        ("servers SIGKILLed", kills_gt == kills, kills_gt, kills),
+        ("servers that exited non-zero", crashes_gt == crashes, crashes_gt, crashes),
+        (
+            "workers with a leaked instance claim vs. spinning workers",
+            leaks_gt == spinning,
+            leaks_gt,
+            spinning,
+        ),
+    ]
+    .into_iter()
+    .map(|(what, agrees, a, b)| Check {
+        what: what.into(),
+        standin: pid_list(&a),
+        found: pid_list(&b),
+        agrees,
+    })
+    .collect()
+}
+
+/// Runs every detector and the correlation over a loaded run.
+pub fn analyze(run: &Run) -> Analysis {
+    let zero = run.zero_ns();
+    let root = run.meta.options.root_pid;
+    let timeline = timeline::detect(&run.events, &run.processes, root, zero);
+    let lifecycle = lifecycle::detect(&run.events, &run.processes, &run.ground_truth, zero);
+    let bucket_ns = run.meta.options.bucket_ms.max(1) * 1_000_000;
+    let spins =
+        spin::detect(&run.events, &timeline, spin::Params::new(run.meta.options.sample_hz, bucket_ns), zero);
+    let stale = stale::detect(&run.events, &timeline, &lifecycle, zero);
+    let attribution = correlate::correlate(&run.requests, &timeline, &spins, &stale, zero);
+    let ground_truth_check = ground_truth_check(&run.ground_truth, &lifecycle, &spins);
+    Analysis {
+        schema_version: REPORT_SCHEMA_VERSION,
+        zero_ns: zero,
+        timeline,
+        lifecycle,
+        spins,
+        stale,
+        attribution,
+        ground_truth_check,
+    }
+}
+
+/// Seconds of `ts_ns` relative to `zero_ns` (negative before it).
+pub fn rel_s(ts_ns: u64, zero_ns: u64) -> f64 {
+    (ts_ns as i128 - zero_ns as i128) as f64 / 1e9
+}
+
+/// `-111` -> `ECONNREFUSED`, `0` -> `0 (peer closed)`.
+pub fn errno_name(ret: i64) -> String {
+    match -ret {
+        0 => "0 (peer closed)".into(),
+        2 => "ENOENT".into(),
+        11 => "EAGAIN".into(),
+        32 => "EPIPE".into(),
+        104 => "ECONNRESET".into(),
+        111 => "ECONNREFUSED".into(),
+        n => format!("errno {n}"),
+    }
+}
+
+/// The file name of a socket path, for short sentences.
+pub fn short_path(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::TraceWriter;
+
+    #[test]
+    fn loads_a_run_directory_in_the_recorded_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = TraceWriter::create(&dir.path().join("trace")).unwrap();
+        w.write(&testkit::signal(5_000, 9, 1, 1)).unwrap();
+        let mut meta = Meta { started_ns: 1_000, ended_ns: 9_000, ..Meta::default() };
+        meta.options.root_pid = 1;
+        w.finish(&mut meta, &[], "").unwrap();
+        // A line exactly as loadtest/src/reqlog.rs writes it, and a cut-off last line.
+        let line = r#"{"start_unix_ns":1,"end_unix_ns":2,"start_mono_ns":6000,"end_mono_ns":7000,"endpoint":"/js","request_id":"r-1","user":0,"status":200,"outcome":"failed","reason":"plugin header missing","worker_pid":42,"echoed_request_id":"r-1"}"#;
+        std::fs::write(dir.path().join("requests.jsonl"), format!("{line}\n{{\"start_mo")).unwrap();
+        let run = load(dir.path()).unwrap();
+        assert_eq!(run.requests.len(), 1);
+        assert_eq!((run.requests[0].worker_pid, run.requests[0].status), (Some(42), Some(200)));
+        assert!(run.reload.is_none() && run.ground_truth.is_empty());
+        assert_eq!(run.zero_ns(), 5_000, "no reload.json: the HUP to the root is time zero");
+        std::fs::write(
+            dir.path().join("reload.json"),
+            r#"{"how":"SIGHUP","monotonic_ns":4000,"offset_ms":3}"#,
+        )
+        .unwrap();
+        let run = load(dir.path()).unwrap();
+        assert_eq!(run.zero_ns(), 4_000);
+        let a = analyze(&run);
+        assert_eq!((a.attribution.failed, a.attribution.unexplained), (1, 1));
+        assert_eq!(a.timeline.hups.len(), 1);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testkit {
+    //! Hand-built events for the detectors' tests.
+
+    use crate::event::*;
+    use crate::model::Process;
+
+    pub fn task(ts: u64, pid: u32, comm: &str) -> Task {
+        Task { ts_ns: ts, cpu: 0, tgid: pid, tid: pid, comm: comm.into() }
+    }
+
+    pub fn sock(ts: u64, pid: u32, op: &str, ret: i64, inode: u64, peer_pid: u32, path: &str) -> Event {
+        Event::UnixSock(UnixSockEvent {
+            task: task(ts, pid, "x"),
+            op: op.into(),
+            fd: 5,
+            ret,
+            id: SockId { inode, peer_inode: 0, peer_pid },
+            path: path.into(),
+        })
+    }
+
+    pub fn io(ts: u64, pid: u32, op: &str, ret: i64, inode: u64, peer_pid: u32) -> Event {
+        Event::UnixIo(UnixIoEvent {
+            task: task(ts, pid, ""),
+            op: op.into(),
+            ret,
+            id: SockId { inode, peer_inode: 0, peer_pid },
+        })
+    }
+
+    pub fn flow(start: u64, end: u64, pid: u32, inode: u64, peer_pid: u32) -> Event {
+        Event::UnixFlow(UnixFlowEvent {
+            task: task(end, pid, ""),
+            id: SockId { inode, peer_inode: 0, peer_pid },
+            start_ns: start,
+            end_ns: end,
+            sends: 3,
+            send_bytes: 30,
+            recvs: 3,
+            recv_bytes: 30,
+            eagain: 0,
+        })
+    }
+
+    pub fn signal(ts: u64, from: u32, to: u32, sig: u32) -> Event {
+        Event::Signal(SignalEvent {
+            task: task(ts, from, "nginx"),
+            sig,
+            name: signal_name(sig),
+            target: to,
+            result: 0,
+            code: 0,
+        })
+    }
+
+    pub fn fork(ts: u64, parent: u32, child: u32) -> Event {
+        Event::ProcFork(ProcForkEvent { task: task(ts, parent, "nginx"), child })
+    }
+
+    pub fn exit(ts: u64, pid: u32, code: i32, parent: u32) -> Event {
+        Event::ProcExit(ProcExitEvent { task: task(ts, pid, "x"), exit_code: code, parent })
+    }
+
+    pub fn worker(pid: u32, root: u32, generation: Option<u32>) -> Process {
+        Process {
+            pid,
+            parent: root,
+            comm: "nginx".into(),
+            worker_generation: generation,
+            ..Process::default()
+        }
+    }
+
+    /// Milliseconds to ns, for readable test times.
+    pub fn ms(v: u64) -> u64 {
+        v * 1_000_000
+    }
+}
