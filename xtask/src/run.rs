@@ -332,7 +332,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             println!("run: interrupted: stopping the load and the probe, keeping what was collected");
             teardown.stop_children();
             drop(teardown);
-            bail!("interrupted; partial artifacts are in {}", out.display());
+            bail!("interrupted; partial artifacts are in {0} (`reloadscope analyze {0}` reads them)", out.display());
         }
         let elapsed = load_start.elapsed();
         if reload.is_none() && elapsed >= opts.reload_at {
