@@ -14,6 +14,7 @@ pub mod btf;
 pub mod clock;
 pub mod duration;
 pub mod event;
+pub mod flame;
 pub mod model;
 pub mod offsets;
 pub mod preflight;

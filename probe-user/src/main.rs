@@ -50,6 +50,15 @@ enum Cmd {
         /// A run directory (requests.jsonl, reload.json, trace/), or a bare trace directory.
         dir: PathBuf,
     },
+    /// Unwind (from the copied stacks and .eh_frame, no frame pointers needed), symbolize and draw
+    /// flamegraphs of a trace directory's CPU samples (no root needed; kernel names need root).
+    Flamegraph {
+        /// A directory written by `reloadscope record`.
+        dir: PathBuf,
+        /// Where to write the SVGs and folded stacks (default: DIR/flamegraphs).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print the per-thread summary of a trace directory (no root needed).
     Show {
         /// A directory written by `reloadscope record`.
@@ -82,6 +91,22 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Analyze { dir } => analyze(&dir),
+        Cmd::Flamegraph { dir, out } => reloadscope::flame::run(&dir, out.as_deref()).map(|r| {
+            for (pid, stack, n) in &r.heaviest {
+                println!("heaviest pid {pid} ({n} samples): {stack}");
+            }
+            println!(
+                "samples {}, unwound {}, with >=3 user frames {} ({:.1}%), unwind cost {:.1} us/sample",
+                r.samples,
+                r.unwound,
+                r.deep,
+                100.0 * r.success_rate(),
+                r.cost_per_sample().as_secs_f64() * 1e6
+            );
+            let dir_out = out.unwrap_or_else(|| dir.join("flamegraphs"));
+            eprintln!("reloadscope: {} files in {}", r.files.len(), dir_out.display());
+            ExitCode::SUCCESS
+        }),
         Cmd::Show { dir } => trace::read(&dir).map(|t| {
             let threads = summary::by_thread(&t.events);
             print!("{}", summary::table(&threads, t.meta.window_ns()));

@@ -332,7 +332,10 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             println!("run: interrupted: stopping the load and the probe, keeping what was collected");
             teardown.stop_children();
             drop(teardown);
-            bail!("interrupted; partial artifacts are in {0} (`reloadscope analyze {0}` reads them)", out.display());
+            bail!(
+                "interrupted; partial artifacts are in {0} (`reloadscope analyze {0}` reads them)",
+                out.display()
+            );
         }
         let elapsed = load_start.elapsed();
         if reload.is_none() && elapsed >= opts.reload_at {
@@ -412,6 +415,10 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     println!("{text}");
     println!("run: [analyse] reloadscope analyze {}", out.display());
     crate::util::run(Command::new(bin.join("reloadscope")).arg("analyze").arg(&out))?;
+    // Flamegraphs after the analysis: it names the spinning workers, who get theirs first; the
+    // report links the directory, which exists by the time anyone opens it.
+    println!("run: [flamegraphs] reloadscope flamegraph {}", out.join("trace").display());
+    crate::util::run(Command::new(bin.join("reloadscope")).arg("flamegraph").arg(out.join("trace")))?;
     println!(
         "run: artifacts in {}; the report to attach is {}",
         out.display(),

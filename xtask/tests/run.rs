@@ -34,7 +34,7 @@ fn short_run(out: &Path, extra: &[&str]) -> Value {
     println!("{stdout}\n{stderr}");
     assert!(output.status.success(), "xtask run failed: {}", output.status);
     println!("the run took {:.1} s", started.elapsed().as_secs_f64());
-    for f in ["report.md", "report.json", "timeline.json"] {
+    for f in ["report.md", "report.json", "timeline.json", "trace/flamegraphs/after-reload.folded"] {
         assert!(out.join(f).exists(), "{f} is missing");
     }
     let timeline = json(&out.join("timeline.json"));

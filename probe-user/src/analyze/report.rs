@@ -175,6 +175,10 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
         ("trace/meta.json", "the trace's metadata"),
         ("trace/events.jsonl", "every kernel event"),
         ("trace/processes.json", "the process table"),
+        (
+            "trace/flamegraphs",
+            "flamegraphs (SVG and folded stacks): spinning workers first, per worker generation, before/after the reload",
+        ),
         ("standin-ground-truth.jsonl", "the stand-in's own log"),
         ("loadtest.log", "goose's output"),
     ] {

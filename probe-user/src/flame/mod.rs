@@ -1,0 +1,275 @@
+//! Flamegraphs from a trace directory: user stacks unwound from the copied stacks with the binaries'
+//! `.eh_frame` (no frame pointers needed), kernel stacks from the stack map, symbolized with blazesym
+//! and drawn with inferno.
+//!
+//! - [`unwind`]: maps parsing and framehop unwinding;
+//! - [`symbolize`]: blazesym names for user (ELF) and kernel (kallsyms) addresses;
+//! - [`fold`]: frames → folded stacks (pure).
+
+pub mod fold;
+pub mod symbolize;
+pub mod unwind;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+use crate::event::CpuSampleEvent;
+use fold::{Folded, Frame, fold_stack};
+use symbolize::Names;
+use unwind::{ElfCache, ProcessUnwinder, parse_maps};
+
+/// Most frames unwound per sample.
+const MAX_FRAMES: usize = 128;
+/// Most per-process graphs.
+const MAX_PROCESSES: usize = 8;
+
+/// What `reloadscope flamegraph` produced.
+#[derive(Debug, Default)]
+pub struct FlameReport {
+    /// CPU samples read.
+    pub samples: u64,
+    /// Samples with a user stack copy that were unwound.
+    pub unwound: u64,
+    /// Samples with at least 3 user frames.
+    pub deep: u64,
+    /// Time spent in the unwinder alone.
+    pub unwind_time: Duration,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+    /// The heaviest folded stack of each per-process graph, by pid.
+    pub heaviest: Vec<(u32, String, u64)>,
+}
+
+impl FlameReport {
+    /// Share of samples with at least 3 user frames.
+    pub fn success_rate(&self) -> f64 {
+        if self.samples == 0 { 0.0 } else { self.deep as f64 / self.samples as f64 }
+    }
+
+    /// Mean unwinding time per unwound sample.
+    pub fn cost_per_sample(&self) -> Duration {
+        if self.unwound == 0 { Duration::ZERO } else { self.unwind_time / self.unwound as u32 }
+    }
+}
+
+fn read_samples(trace: &Path) -> Result<Vec<CpuSampleEvent>> {
+    let f = fs::File::open(trace.join("events.jsonl")).context("events.jsonl")?;
+    let mut out = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        if line.contains("\"type\":\"cpu_sample\"") {
+            out.push(serde_json::from_str(&line).context("cpu_sample line")?);
+        }
+    }
+    Ok(out)
+}
+
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
+}
+
+/// Writes `<stem>.folded` and `<stem>.svg` (the SVG only when there are samples).
+fn write_graph(out: &Path, stem: &str, title: &str, folded: &Folded, files: &mut Vec<PathBuf>) -> Result<()> {
+    let lines = folded.lines();
+    let fpath = out.join(format!("{stem}.folded"));
+    fs::write(&fpath, lines.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    files.push(fpath);
+    if folded.is_empty() {
+        return Ok(());
+    }
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.to_owned();
+    opts.count_name = "samples".to_owned();
+    opts.deterministic = true;
+    let svg = out.join(format!("{stem}.svg"));
+    let w = std::io::BufWriter::new(fs::File::create(&svg)?);
+    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
+        .with_context(|| format!("drawing {stem}"))?;
+    files.push(svg);
+    Ok(())
+}
+
+fn write_diff(out: &Path, before: &Folded, after: &Folded, files: &mut Vec<PathBuf>) -> Result<()> {
+    let b = before.lines().join("\n");
+    let a = after.lines().join("\n");
+    let mut merged = Vec::new();
+    inferno::differential::from_readers(
+        inferno::differential::Options { normalize: true, ..Default::default() },
+        b.as_bytes(),
+        a.as_bytes(),
+        &mut merged,
+    )?;
+    let merged = String::from_utf8_lossy(&merged).into_owned();
+    let dpath = out.join("diff-before-after.folded");
+    fs::write(&dpath, &merged)?;
+    files.push(dpath);
+    let lines: Vec<&str> = merged.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = "before → after the reload (red grew, blue shrank; normalized)".to_owned();
+    opts.count_name = "samples".to_owned();
+    opts.deterministic = true;
+    let svg = out.join("diff-before-after.svg");
+    inferno::flamegraph::from_lines(&mut opts, lines, std::io::BufWriter::new(fs::File::create(&svg)?))?;
+    files.push(svg);
+    Ok(())
+}
+
+/// Unwinds, symbolizes and draws the samples of `trace`, writing into `out`
+/// (default `<trace>/flamegraphs`).
+pub fn run(trace: &Path, out: Option<&Path>) -> Result<FlameReport> {
+    let out = out.map(Path::to_owned).unwrap_or_else(|| trace.join("flamegraphs"));
+    fs::create_dir_all(&out)?;
+    let samples = read_samples(trace)?;
+    let stack_bytes = fs::read(trace.join("samples.bin")).unwrap_or_default();
+    let kstacks: HashMap<String, Vec<u64>> = fs::read_to_string(trace.join("stacks.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let run_dir = trace.parent().unwrap_or(trace);
+    let reload_ns = read_json(&run_dir.join("reload.json")).and_then(|v| v["monotonic_ns"].as_u64());
+    let spinning: Vec<u32> = read_json(&run_dir.join("report.json"))
+        .and_then(|v| v["spins"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| s["pid"].as_u64().map(|p| p as u32))
+        .collect();
+    let generations: HashMap<u32, u64> = read_json(&trace.join("processes.json"))
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| Some((p["pid"].as_u64()? as u32, p["worker_generation"].as_u64()?)))
+        .collect();
+
+    let mut report = FlameReport { samples: samples.len() as u64, ..Default::default() };
+    let mut elfs = ElfCache::default();
+    let mut unwinders: HashMap<u32, Option<ProcessUnwinder>> = HashMap::new();
+    let mut names = Names::new();
+    let mut per_pid: HashMap<u32, (String, Folded)> = HashMap::new();
+    let mut per_gen: BTreeMap<u64, Folded> = BTreeMap::new();
+    let (mut before, mut after) = (Folded::default(), Folded::default());
+
+    for s in &samples {
+        let pid = s.task.tgid;
+        let unwinder = unwinders.entry(pid).or_insert_with(|| {
+            let text = fs::read_to_string(trace.join("maps").join(format!("{pid}.maps"))).ok()?;
+            Some(ProcessUnwinder::new(&parse_maps(&text), &mut elfs))
+        });
+        let mut user: Vec<Frame> = Vec::new();
+        if let Some(u) = unwinder.as_mut()
+            && s.stack_len > 0
+            && s.ip != 0
+        {
+            let off = s.stack_offset as usize;
+            let stack = stack_bytes.get(off..off + s.stack_len as usize).unwrap_or(&[]);
+            let t = Instant::now();
+            let addrs = u.unwind(s.ip, s.sp, s.bp, stack, MAX_FRAMES);
+            report.unwind_time += t.elapsed();
+            report.unwound += 1;
+            for a in addrs {
+                user.push(match u.module_of(a) {
+                    Some(m) => names.user_frame(Path::new(&m.path), a.wrapping_sub(m.bias)),
+                    None => {
+                        Frame { kind: fold::FrameKind::User, func: format!("{a:#x}"), module: String::new() }
+                    }
+                });
+            }
+        }
+        if user.len() >= 3 {
+            report.deep += 1;
+        }
+        let kernel: Vec<Frame> = if s.kstack_id >= 0 {
+            let ips = kstacks.get(&s.kstack_id.to_string()).cloned().unwrap_or_default();
+            names.prefetch_kernel(&ips);
+            ips.iter().map(|&a| names.kernel_frame(a)).collect()
+        } else {
+            Vec::new()
+        };
+        let stack = fold_stack(&s.task.comm, &user, &kernel);
+        per_pid.entry(pid).or_insert_with(|| (s.task.comm.clone(), Folded::default())).1.add(&stack);
+        if let Some(g) = generations.get(&pid) {
+            per_gen.entry(*g).or_default().add(&stack);
+        }
+        if let Some(r) = reload_ns {
+            if s.task.ts_ns < r { before.add(&stack) } else { after.add(&stack) }
+        }
+    }
+
+    // Processes of interest: spinning ones first, then by samples.
+    let mut by_samples: Vec<(u32, u64)> = per_pid.iter().map(|(p, (_, f))| (*p, f.total())).collect();
+    by_samples.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut chosen: Vec<u32> = spinning.iter().copied().filter(|p| per_pid.contains_key(p)).collect();
+    chosen.dedup();
+    for (p, _) in by_samples {
+        if chosen.len() >= MAX_PROCESSES {
+            break;
+        }
+        if !chosen.contains(&p) {
+            chosen.push(p);
+        }
+    }
+    for (rank, pid) in chosen.iter().enumerate() {
+        let (comm, folded) = &per_pid[pid];
+        let spin = if spinning.contains(pid) { " (spinning)" } else { "" };
+        let stem = format!("{:02}-pid{pid}-{}", rank + 1, comm.replace(['/', ' '], "_"));
+        write_graph(&out, &stem, &format!("{comm} pid {pid}{spin}"), folded, &mut report.files)?;
+        if let Some((s, c)) = folded.heaviest() {
+            report.heaviest.push((*pid, s.to_owned(), c));
+        }
+    }
+    for (g, folded) in &per_gen {
+        write_graph(
+            &out,
+            &format!("generation-{g}"),
+            &format!("worker generation {g}"),
+            folded,
+            &mut report.files,
+        )?;
+    }
+    if reload_ns.is_some() {
+        write_graph(&out, "before-reload", "before the reload", &before, &mut report.files)?;
+        write_graph(&out, "after-reload", "after the reload", &after, &mut report.files)?;
+        if !before.is_empty() || !after.is_empty() {
+            write_diff(&out, &before, &after, &mut report.files)?;
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_profile_writes_folded_but_no_svg() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        write_graph(dir.path(), "x", "x", &Folded::default(), &mut files).unwrap();
+        assert_eq!(files, vec![dir.path().join("x.folded")]);
+        assert!(!dir.path().join("x.svg").exists());
+        let mut f = Folded::default();
+        f.add("p;a;b");
+        write_graph(dir.path(), "y", "y", &f, &mut files).unwrap();
+        assert!(dir.path().join("y.svg").exists());
+        write_diff(dir.path(), &Folded::default(), &f, &mut files).unwrap();
+        assert!(dir.path().join("diff-before-after.svg").exists());
+    }
+
+    #[test]
+    fn trace_without_samples_gives_an_empty_report() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("events.jsonl"), "").unwrap();
+        let r = run(dir.path(), None).unwrap();
+        assert_eq!((r.samples, r.deep, r.success_rate(), r.cost_per_sample()), (0, 0, 0.0, Duration::ZERO));
+        assert!(r.files.is_empty());
+    }
+}

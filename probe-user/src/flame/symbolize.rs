@@ -1,0 +1,101 @@
+//! Names for unwound addresses: blazesym on the ELF files (symtab, dynsym, DWARF) and kallsyms.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Elf, Kernel, Source},
+};
+
+use super::fold::{Frame, FrameKind};
+
+/// Caching symbolizer for user addresses (per file and virtual offset) and kernel addresses.
+pub struct Names {
+    symbolizer: Symbolizer,
+    user: HashMap<(PathBuf, u64), String>,
+    kernel: HashMap<u64, String>,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Names {
+    /// A symbolizer with demangling on.
+    pub fn new() -> Self {
+        Names { symbolizer: Symbolizer::new(), user: HashMap::new(), kernel: HashMap::new() }
+    }
+
+    /// Symbolizes `svmas` (addresses as they appear in the file, i.e. address − load bias) of one file
+    /// in one batch, filling the cache.
+    pub fn prefetch_user(&mut self, path: &Path, svmas: &[u64]) {
+        let missing: Vec<u64> = {
+            let mut v: Vec<u64> =
+                svmas.iter().copied().filter(|a| !self.user.contains_key(&(path.to_owned(), *a))).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let src = Source::Elf(Elf::new(path));
+        let names: Vec<Option<String>> = match self.symbolizer.symbolize(&src, Input::VirtOffset(&missing)) {
+            Ok(syms) => syms
+                .into_iter()
+                .map(|s| match s {
+                    Symbolized::Sym(sym) => Some(sym.name.into_owned()),
+                    Symbolized::Unknown(_) => None,
+                })
+                .collect(),
+            Err(_) => vec![None; missing.len()],
+        };
+        for (a, n) in missing.into_iter().zip(names) {
+            self.user.insert((path.to_owned(), a), n.unwrap_or_else(|| format!("{a:#x}")));
+        }
+    }
+
+    /// The frame of a user address in file `path` at virtual offset `svma`.
+    pub fn user_frame(&mut self, path: &Path, svma: u64) -> Frame {
+        self.prefetch_user(path, &[svma]);
+        let func = self.user[&(path.to_owned(), svma)].clone();
+        let module = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Frame { kind: FrameKind::User, func, module }
+    }
+
+    /// Symbolizes kernel addresses through kallsyms in one batch (hex when that fails, e.g. without
+    /// root, where kallsyms shows zeros).
+    pub fn prefetch_kernel(&mut self, addrs: &[u64]) {
+        let mut missing: Vec<u64> = addrs.iter().copied().filter(|a| !self.kernel.contains_key(a)).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return;
+        }
+        let src = Source::Kernel(Kernel::default());
+        let names: Vec<Option<String>> = match self.symbolizer.symbolize(&src, Input::AbsAddr(&missing)) {
+            Ok(syms) => syms
+                .into_iter()
+                .map(|s| match s {
+                    Symbolized::Sym(sym) => Some(sym.name.into_owned()),
+                    Symbolized::Unknown(_) => None,
+                })
+                .collect(),
+            Err(_) => vec![None; missing.len()],
+        };
+        for (a, n) in missing.into_iter().zip(names) {
+            self.kernel.insert(a, n.unwrap_or_else(|| format!("{a:#x}")));
+        }
+    }
+
+    /// The frame of a kernel address.
+    pub fn kernel_frame(&mut self, addr: u64) -> Frame {
+        self.prefetch_kernel(&[addr]);
+        Frame { kind: FrameKind::Kernel, func: self.kernel[&addr].clone(), module: String::new() }
+    }
+}

@@ -1,0 +1,264 @@
+//! DWARF (`.eh_frame`) unwinding of the copied user stacks with framehop, from a process's saved maps.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use framehop::{
+    ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
+    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
+};
+use object::{Object, ObjectSection, ObjectSegment};
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Permissions, e.g. `r-xp`.
+    pub perms: String,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// Path or pseudo name (`[stack]`); empty for anonymous memory.
+    pub path: String,
+}
+
+/// Parses the text of a `/proc/PID/maps` file; malformed lines are skipped.
+pub fn parse_maps(text: &str) -> Vec<MapEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut it = line.split_whitespace();
+            let range = it.next()?;
+            let perms = it.next()?.to_owned();
+            let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+            let _dev = it.next()?;
+            let _inode = it.next()?;
+            let path = it.collect::<Vec<_>>().join(" ");
+            let (s, e) = range.split_once('-')?;
+            let start = u64::from_str_radix(s, 16).ok()?;
+            let end = u64::from_str_radix(e, 16).ok()?;
+            Some(MapEntry { start, end, perms, offset, path })
+        })
+        .collect()
+}
+
+/// What we keep of one ELF file.
+#[derive(Debug)]
+pub struct ElfInfo {
+    /// LOAD segments: (file offset, vaddr, file size).
+    pub loads: Vec<(u64, u64, u64)>,
+    text: Option<(std::ops::Range<u64>, Arc<[u8]>)>,
+    eh_frame: Option<(std::ops::Range<u64>, Arc<[u8]>)>,
+    eh_frame_hdr: Option<(std::ops::Range<u64>, Arc<[u8]>)>,
+    got: Option<std::ops::Range<u64>>,
+}
+
+impl ElfInfo {
+    /// Reads the sections and segments we need.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let data = std::fs::read(path)?;
+        let obj = object::File::parse(&*data)?;
+        let section = |name: &str| {
+            obj.section_by_name(name).and_then(|s| {
+                let d = s.data().ok()?;
+                Some((s.address()..s.address() + s.size(), Arc::<[u8]>::from(d)))
+            })
+        };
+        let loads = obj
+            .segments()
+            .map(|s| {
+                let (off, size) = s.file_range();
+                (off, s.address(), size)
+            })
+            .collect();
+        Ok(ElfInfo {
+            loads,
+            text: section(".text"),
+            eh_frame: section(".eh_frame"),
+            eh_frame_hdr: section(".eh_frame_hdr"),
+            got: obj.section_by_name(".got").map(|s| s.address()..s.address() + s.size()),
+        })
+    }
+
+    /// Load bias (avma − svma) of the file given one of its mappings, from the LOAD segment that
+    /// contains the mapping's file offset.
+    pub fn bias_for(&self, map: &MapEntry) -> Option<u64> {
+        let page = |x: u64| x & !0xfff;
+        // The segment that starts on the mapping's page; else the last one containing its offset
+        // (segments can share a page, as lld lays them out).
+        self.loads
+            .iter()
+            .find(|&&(off, _, _)| page(off) == map.offset)
+            .or_else(|| {
+                self.loads
+                    .iter()
+                    .rfind(|&&(off, _, size)| page(off) <= map.offset && map.offset < off + size.max(1))
+            })
+            .map(|&(off, vaddr, _)| map.start.wrapping_sub(map.offset).wrapping_add(off).wrapping_sub(vaddr))
+    }
+}
+
+/// ELF files loaded once per path.
+#[derive(Default)]
+pub struct ElfCache {
+    files: HashMap<PathBuf, Option<Arc<ElfInfo>>>,
+}
+
+impl ElfCache {
+    /// The file's info, or None when it cannot be read or parsed.
+    pub fn get(&mut self, path: &Path) -> Option<Arc<ElfInfo>> {
+        self.files.entry(path.to_owned()).or_insert_with(|| ElfInfo::load(path).ok().map(Arc::new)).clone()
+    }
+}
+
+/// A mapped module of a process: its path, address range and load bias.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    /// File path.
+    pub path: String,
+    /// Lowest to highest mapped address of the file.
+    pub range: std::ops::Range<u64>,
+    /// avma − svma.
+    pub bias: u64,
+}
+
+/// The unwinder of one process.
+pub struct ProcessUnwinder {
+    unwinder: UnwinderX86_64<Arc<[u8]>>,
+    cache: CacheX86_64,
+    /// The modules, sorted by address.
+    pub modules: Vec<Mapped>,
+}
+
+impl ProcessUnwinder {
+    /// Builds the modules of every ELF file in `maps`.
+    pub fn new(maps: &[MapEntry], elfs: &mut ElfCache) -> Self {
+        let mut by_path: Vec<(String, Vec<&MapEntry>)> = Vec::new();
+        for m in maps.iter().filter(|m| m.path.starts_with('/')) {
+            match by_path.iter_mut().find(|(p, _)| *p == m.path) {
+                Some((_, v)) => v.push(m),
+                None => by_path.push((m.path.clone(), vec![m])),
+            }
+        }
+        let mut unwinder = UnwinderX86_64::new();
+        let mut modules = Vec::new();
+        for (path, entries) in by_path {
+            let Some(elf) = elfs.get(Path::new(&path)) else { continue };
+            let exec = entries.iter().find(|m| m.perms.contains('x')).copied().unwrap_or(entries[0]);
+            let Some(bias) = elf.bias_for(exec) else { continue };
+            let start = entries.iter().map(|m| m.start).min().unwrap_or(0);
+            let end = entries.iter().map(|m| m.end).max().unwrap_or(0);
+            let info = ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: elf.text.as_ref().map(|(r, _)| r.clone()),
+                text: elf.text.as_ref().map(|(_, d)| d.clone()),
+                got_svma: elf.got.clone(),
+                eh_frame_svma: elf.eh_frame.as_ref().map(|(r, _)| r.clone()),
+                eh_frame: elf.eh_frame.as_ref().map(|(_, d)| d.clone()),
+                eh_frame_hdr_svma: elf.eh_frame_hdr.as_ref().map(|(r, _)| r.clone()),
+                eh_frame_hdr: elf.eh_frame_hdr.as_ref().map(|(_, d)| d.clone()),
+                ..Default::default()
+            };
+            unwinder.add_module(Module::new(path.clone(), start..end, bias, info));
+            modules.push(Mapped { path, range: start..end, bias });
+        }
+        modules.sort_by_key(|m| m.range.start);
+        ProcessUnwinder { unwinder, cache: CacheX86_64::new(), modules }
+    }
+
+    /// The module containing `addr`.
+    pub fn module_of(&self, addr: u64) -> Option<&Mapped> {
+        let i = self.modules.partition_point(|m| m.range.start <= addr);
+        self.modules[..i].last().filter(|m| addr < m.range.end)
+    }
+
+    /// Unwinds one sample: returns lookup addresses (return addresses minus one), leaf first.
+    /// `stack` is the copy of the user stack starting at `sp`; reads outside it fail.
+    pub fn unwind(&mut self, ip: u64, sp: u64, bp: u64, stack: &[u8], max_frames: usize) -> Vec<u64> {
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            let off = addr.checked_sub(sp).ok_or(())? as usize;
+            let b = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
+            Ok(u64::from_le_bytes(b.try_into().map_err(|_| ())?))
+        };
+        let regs = UnwindRegsX86_64::new(ip, sp, bp);
+        let mut it = self.unwinder.iter_frames(ip, regs, &mut self.cache, &mut read_stack);
+        let mut out = Vec::new();
+        while out.len() < max_frames {
+            match it.next() {
+                Ok(Some(f)) => out.push(lookup(f)),
+                _ => break,
+            }
+        }
+        out
+    }
+}
+
+fn lookup(f: FrameAddress) -> u64 {
+    f.address_for_lookup()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a2a000 r--p 00000000 fe:00 1234                       /usr/sbin/nginx
+55d0c0a2a000-55d0c0b1f000 r-xp 0002a000 fe:00 1234                       /usr/sbin/nginx
+7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0                          [stack]
+7f0000000000-7f0000001000 rw-p 00000000 00:00 0 
+7f0000001000-7f0000002000 r-xp 00001000 fe:00 99                         /tmp/with space/lib.so
+garbage line
+";
+
+    #[test]
+    fn parses_maps_lines() {
+        let m = parse_maps(MAPS);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[1].start, 0x55d0c0a2a000);
+        assert_eq!(m[1].end, 0x55d0c0b1f000);
+        assert_eq!(m[1].perms, "r-xp");
+        assert_eq!(m[1].offset, 0x2a000);
+        assert_eq!(m[1].path, "/usr/sbin/nginx");
+        assert_eq!(m[2].path, "[stack]");
+        assert_eq!(m[3].path, "");
+        assert_eq!(m[4].path, "/tmp/with space/lib.so");
+    }
+
+    #[test]
+    fn bias_from_load_segment() {
+        // A PIE whose text LOAD segment is at file offset 0x2a000, vaddr 0x2b000 (gap of one page).
+        let elf = ElfInfo {
+            loads: vec![(0, 0, 0x29000), (0x2a000, 0x2b000, 0xf5000)],
+            text: None,
+            eh_frame: None,
+            eh_frame_hdr: None,
+            got: None,
+        };
+        let m = &parse_maps(MAPS)[1];
+        assert_eq!(elf.bias_for(m), Some(0x55d0c0a2a000 - 0x2b000));
+        let m0 = &parse_maps(MAPS)[0];
+        assert_eq!(elf.bias_for(m0), Some(0x55d0c0a00000));
+        // lld: the text segment shares the page of the end of the first one (burn's layout).
+        let lld = ElfInfo { loads: vec![(0, 0, 0x17160), (0x17160, 0x18160, 0x402a0)], ..elf };
+        let m = MapEntry {
+            start: 0x55a096858000,
+            end: 0x55a096899000,
+            perms: "r-xp".into(),
+            offset: 0x17000,
+            path: String::new(),
+        };
+        assert_eq!(lld.bias_for(&m), Some(0x55a096858000 - 0x17000 + 0x17160 - 0x18160));
+    }
+
+    #[test]
+    fn read_outside_copy_fails_and_unknown_ip_gives_one_frame() {
+        let mut u = ProcessUnwinder::new(&[], &mut ElfCache::default());
+        assert!(u.module_of(5).is_none());
+        let frames = u.unwind(0x1000, 0x7000, 0, &[0u8; 16], 64);
+        assert_eq!(frames.first(), Some(&0x1000));
+    }
+}
