@@ -44,19 +44,10 @@ impl Names {
         if missing.is_empty() {
             return;
         }
-        let src = Source::Elf(Elf::new(path));
-        let names: Vec<Option<String>> = match self.symbolizer.symbolize(&src, Input::VirtOffset(&missing)) {
-            Ok(syms) => syms
-                .into_iter()
-                .map(|s| match s {
-                    Symbolized::Sym(sym) => Some(sym.name.into_owned()),
-                    Symbolized::Unknown(_) => None,
-                })
-                .collect(),
-            Err(_) => vec![None; missing.len()],
-        };
+        let names =
+            names(&self.symbolizer, &Source::Elf(Elf::new(path)), Input::VirtOffset(&missing), &missing);
         for (a, n) in missing.into_iter().zip(names) {
-            self.user.insert((path.to_owned(), a), n.unwrap_or_else(|| format!("{a:#x}")));
+            self.user.insert((path.to_owned(), a), n);
         }
     }
 
@@ -77,19 +68,10 @@ impl Names {
         if missing.is_empty() {
             return;
         }
-        let src = Source::Kernel(Kernel::default());
-        let names: Vec<Option<String>> = match self.symbolizer.symbolize(&src, Input::AbsAddr(&missing)) {
-            Ok(syms) => syms
-                .into_iter()
-                .map(|s| match s {
-                    Symbolized::Sym(sym) => Some(sym.name.into_owned()),
-                    Symbolized::Unknown(_) => None,
-                })
-                .collect(),
-            Err(_) => vec![None; missing.len()],
-        };
+        let names =
+            names(&self.symbolizer, &Source::Kernel(Kernel::default()), Input::AbsAddr(&missing), &missing);
         for (a, n) in missing.into_iter().zip(names) {
-            self.kernel.insert(a, n.unwrap_or_else(|| format!("{a:#x}")));
+            self.kernel.insert(a, n);
         }
     }
 
@@ -98,4 +80,19 @@ impl Names {
         self.prefetch_kernel(&[addr]);
         Frame { kind: FrameKind::Kernel, func: self.kernel[&addr].clone(), module: String::new() }
     }
+}
+
+/// One name per address of a batch; the address in hex where it has none or the batch fails.
+fn names(symbolizer: &Symbolizer, src: &Source<'_>, input: Input<&[u64]>, addrs: &[u64]) -> Vec<String> {
+    let found: Vec<Option<String>> = match symbolizer.symbolize(src, input) {
+        Ok(syms) => syms
+            .into_iter()
+            .map(|s| match s {
+                Symbolized::Sym(sym) => Some(sym.name.into_owned()),
+                Symbolized::Unknown(_) => None,
+            })
+            .collect(),
+        Err(_) => vec![None; addrs.len()],
+    };
+    addrs.iter().zip(found).map(|(a, n)| n.unwrap_or_else(|| format!("{a:#x}"))).collect()
 }
