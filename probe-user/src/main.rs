@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Analyze { dir } => analyze(&dir),
-        Cmd::Flamegraph { dir, out } => reloadscope::flame::run(&dir, out.as_deref()).map(|r| {
+        Cmd::Flamegraph { dir, out } => reloadscope::flame::run(&dir, out.as_deref(), None).map(|r| {
             for (pid, stack, n) in &r.heaviest {
                 println!("heaviest pid {pid} ({n} samples): {stack}");
             }
@@ -124,7 +124,19 @@ fn main() -> ExitCode {
 fn analyze(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let run = analysis::load(dir)?;
-    let a = analysis::analyze(&run);
+    let mut a = analysis::analyze(&run);
+    let analysed = started.elapsed();
+    // Flamegraphs after the detectors, which name the spinning workers that get theirs first.
+    let spinning: Vec<u32> = a.spins.iter().map(|s| s.pid).collect();
+    match reloadscope::flame::run(&run.trace_dir, None, Some(&spinning)) {
+        Ok(r) if r.samples > 0 => {
+            let rel = run.trace_dir.join("flamegraphs");
+            let rel = rel.strip_prefix(&run.dir).unwrap_or(&rel).display().to_string();
+            a.flamegraphs = Some(r.summary(&rel));
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("reloadscope: no flamegraphs: {e:#}"),
+    }
     let written = analysis::report::write(&run, &a)?;
     let att = &a.attribution;
     if att.failed == 0 {
@@ -146,9 +158,11 @@ fn analyze(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         println!("- {line}");
     }
     eprintln!(
-        "reloadscope: wrote {} in {:.2} s",
+        "reloadscope: wrote {} in {:.2} s (analysis {:.2} s, flamegraphs {:.2} s)",
         analysis::report::location(dir, &written),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        analysed.as_secs_f64(),
+        (started.elapsed() - analysed).as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
 }

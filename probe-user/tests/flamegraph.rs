@@ -3,12 +3,26 @@
 
 mod common;
 
+use reloadscope::flame::stripped::LUAJIT_VM;
+
 use common::*;
 
 /// The function name of a folded frame `func [module]`, without the module and any crate path.
 fn short(frame: &str) -> &str {
     let func = frame.split(" [").next().unwrap_or(frame);
     func.rsplit("::").next().unwrap_or(func)
+}
+
+/// The per-process folded file that `reloadscope flamegraph` wrote for `pid` under `trace`.
+fn folded_of(trace: &std::path::Path, pid: u32) -> std::path::PathBuf {
+    std::fs::read_dir(trace.join("flamegraphs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.to_string_lossy().contains(&format!("pid{pid}-"))
+                && p.extension().is_some_and(|e| e == "folded")
+        })
+        .unwrap_or_else(|| panic!("no folded file for pid {pid}"))
 }
 
 #[test]
@@ -25,14 +39,7 @@ fn burn_heaviest_stack_is_a_b_c() {
     let stdout = String::from_utf8_lossy(&res.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&res.stderr));
     assert!(res.status.success());
-    let folded_path = std::fs::read_dir(out.join("flamegraphs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.to_string_lossy().contains(&format!("pid{pid}-"))
-                && p.extension().is_some_and(|e| e == "folded")
-        })
-        .expect("a folded file for the burner");
+    let folded_path = folded_of(&out, pid);
     assert!(folded_path.with_extension("svg").exists());
     let text = std::fs::read_to_string(&folded_path).unwrap();
     let (stack, count) = text
@@ -46,4 +53,96 @@ fn burn_heaviest_stack_is_a_b_c() {
     // a → b → c sits under main: unwinding went past the leaf without frame pointers.
     let ia = names.iter().position(|n| *n == "a").unwrap();
     assert!(names[..ia].contains(&"main"), "{stack}");
+}
+
+/// nginx's configuration for [`nginx_event_loop_and_luajit_vm_are_named`]: one process whose Lua
+/// thread goes around the event loop through a 0-delay timer, the way the stand-in's stuck claim
+/// keeps a worker in `epoll_wait(…, 0)`, and burns interpreted Lua on each turn.
+const NGINX_CONF: &str = r#"
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+daemon off;
+master_process off;
+pid DIR/nginx.pid;
+error_log DIR/error.log notice;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path DIR/body;
+    proxy_temp_path DIR/proxy;
+    fastcgi_temp_path DIR/fastcgi;
+    uwsgi_temp_path DIR/uwsgi;
+    scgi_temp_path DIR/scgi;
+    init_worker_by_lua_block {
+        jit.off()
+        local semaphore = require "ngx.semaphore"
+        ngx.timer.at(0, function()
+            while not ngx.worker.exiting() do
+                local x = 0
+                for i = 1, 500 do x = x + i % 7 end
+                -- Once around the event loop: a 0-delay timer posts, the wait resumes after epoll.
+                local sema = semaphore.new()
+                ngx.timer.at(0, function() sema:post(1) end)
+                sema:wait(60)
+            end
+        end)
+    }
+}
+"#;
+
+/// Debian's nginx is stripped: its event loop is named from nginx's module tables
+/// (`ngx_epoll_module.process_events` is the static `ngx_epoll_process_events`), and the Lua
+/// handler's frames go down into LuaJIT's interpreter.
+#[test]
+#[ignore = "root: loads eBPF programs; needs Debian's nginx with the Lua module (cargo xtask test installs it)"]
+fn nginx_event_loop_and_luajit_vm_are_named() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    std::fs::write(dir.path().join("nginx.conf"), NGINX_CONF.replace("DIR", &d)).unwrap();
+    let nginx = Running::start(
+        std::process::Command::new("/usr/sbin/nginx")
+            .args(["-p", &d, "-e", &format!("{d}/error.log"), "-c"])
+            .arg(dir.path().join("nginx.conf")),
+    );
+    let pid = nginx.child.id();
+    let started = std::time::Instant::now();
+    while !dir.path().join("nginx.pid").exists() {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "nginx did not start: {:?}",
+            std::fs::read_to_string(dir.path().join("error.log"))
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = dir.path().join("trace");
+    Recording::start(&[pid], "2s", &out, &["--sample-hz", "99"]).finish();
+    let res = reloadscope().arg("flamegraph").arg(&out).output().unwrap();
+    eprintln!("{}{}", String::from_utf8_lossy(&res.stdout), String::from_utf8_lossy(&res.stderr));
+    assert!(res.status.success());
+    let folded = folded_of(&out, pid);
+    let stacks: Vec<(String, u64)> = std::fs::read_to_string(&folded)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, c)| (s.to_owned(), c.parse().unwrap())))
+        .collect();
+    let total: u64 = stacks.iter().map(|(_, c)| c).sum();
+    let with = |needle: &str| stacks.iter().filter(|(s, _)| s.contains(needle)).map(|(_, c)| c).sum::<u64>();
+    for (s, c) in stacks.iter().filter(|(_, c)| *c * 50 >= total) {
+        eprintln!("{c:5} {s}");
+    }
+    // The event loop down to the syscall, in the kernel.
+    let event_loop = "ngx_process_events_and_timers [nginx];ngx_epoll_module.process_events [nginx];epoll_wait [libc.so.6];";
+    let in_kernel =
+        stacks.iter().any(|(s, _)| s.split_once(event_loop).is_some_and(|(_, k)| k.contains("_[k]")));
+    assert!(in_kernel, "no {event_loop}…_[k] stack in {total} samples");
+    // The Lua handler, down into LuaJIT's interpreter (lua_resume jumps there: no frame of its
+    // own), including the VM's leaf helpers (`i % 7` calls lj_vm_modi).
+    let vm = format!("ngx_http_lua_run_thread [ngx_http_lua_module.so];{LUAJIT_VM} [libluajit-5.1.so.2");
+    let (in_luajit, in_vm) = (with("[libluajit-5.1.so.2"), with(&vm));
+    assert!(
+        in_luajit * 10 >= total,
+        "the Lua timer burns CPU, yet only {in_luajit} of {total} samples run it"
+    );
+    assert!(in_vm * 10 >= in_luajit * 9, "{in_vm} of {in_luajit} LuaJIT samples unwind to the Lua handler");
 }

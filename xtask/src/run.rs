@@ -413,12 +413,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let text = summary::write(&out)?;
     drop(teardown);
     println!("{text}");
-    println!("run: [analyse] reloadscope analyze {}", out.display());
+    // The analysis also draws the flamegraphs (spinning workers first) and links them.
+    println!("run: [analyse] reloadscope analyze {} (report and flamegraphs)", out.display());
     crate::util::run(Command::new(bin.join("reloadscope")).arg("analyze").arg(&out))?;
-    // Flamegraphs after the analysis: it names the spinning workers, who get theirs first; the
-    // report links the directory, which exists by the time anyone opens it.
-    println!("run: [flamegraphs] reloadscope flamegraph {}", out.join("trace").display());
-    crate::util::run(Command::new(bin.join("reloadscope")).arg("flamegraph").arg(out.join("trace")))?;
     println!(
         "run: artifacts in {}; the report to attach is {}",
         out.display(),

@@ -63,6 +63,42 @@ fn a_short_run_finishes_writes_its_artifacts_and_leaves_nothing_behind() {
     assert!(!killed["found"].as_str().unwrap_or("").is_empty(), "kong-2.7 SIGKILLs the old generation");
     assert!(report["attribution"]["failed"].as_u64().unwrap() > 0, "a kong-2.7 reload fails requests");
 
+    // Flamegraphs: nginx's event loop down to the syscall and the Lua handler down into LuaJIT's
+    // interpreter (Debian's nginx is stripped: the static ngx_epoll_process_events is named by its
+    // slot in the epoll module's table). A spinning worker, when the reload left one (a race),
+    // comes first and must show both; else the nginx processes' graphs together must.
+    let graphs = report["flamegraphs"]["graphs"].as_array().expect("flamegraphs in report.json");
+    let folded_of = |g: &Value| {
+        let stem = g["stem"].as_str().unwrap();
+        std::fs::read_to_string(out.join(format!("trace/flamegraphs/{stem}.folded"))).unwrap()
+    };
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let folded = match report["spins"][0]["pid"].as_u64() {
+        Some(spin) => {
+            let first = &graphs[0];
+            assert!(
+                first["spinning"] == true
+                    && first["title"].as_str().unwrap().contains(&format!("pid {spin}")),
+                "the spinning worker's graph comes first: {first}"
+            );
+            let svg = format!("trace/flamegraphs/{}.svg", first["stem"].as_str().unwrap());
+            assert!(md.contains(&svg), "report.md links the spinning worker's graph {svg}");
+            folded_of(first)
+        }
+        None => graphs
+            .iter()
+            .filter(|g| g["title"].as_str().unwrap_or("").starts_with("nginx pid"))
+            .map(folded_of)
+            .collect(),
+    };
+    let event_loop = "ngx_process_events_and_timers [nginx];ngx_epoll_module.process_events [nginx];epoll_wait [libc.so.6];";
+    assert!(
+        folded.lines().any(|l| l.split_once(event_loop).is_some_and(|(_, k)| k.contains("epoll_wait_[k]"))),
+        "no event loop down to the kernel's epoll_wait"
+    );
+    let lua = "ngx_http_lua_run_thread [ngx_http_lua_module.so];lj_vm(interpreter) [libluajit-5.1.so.2";
+    assert!(folded.contains(lua), "no Lua handler down into LuaJIT");
+
     for f in ["requests.jsonl", "goose-report.json", "loadtest.log", "reload.json", "summary.md"] {
         assert!(out.join(f).exists(), "{f} is missing");
     }

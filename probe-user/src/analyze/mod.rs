@@ -68,6 +68,8 @@ pub struct Reload {
 pub struct Run {
     /// The run directory.
     pub dir: PathBuf,
+    /// The trace directory (`trace/`, or the run directory itself).
+    pub trace_dir: PathBuf,
     /// `trace/meta.json`.
     pub meta: Meta,
     /// `trace/events.jsonl`.
@@ -118,6 +120,7 @@ pub fn load(dir: &Path) -> Result<Run> {
     let ground_truth = json_lines(&dir.join("standin-ground-truth.jsonl"))?;
     Ok(Run {
         dir: dir.to_path_buf(),
+        trace_dir,
         meta: trace.meta,
         events: trace.events,
         processes,
@@ -160,6 +163,9 @@ pub struct Analysis {
     pub attribution: correlate::Attribution,
     /// The findings checked against the stand-in's own log (empty without one).
     pub ground_truth_check: Vec<Check>,
+    /// The flamegraphs drawn from the CPU samples (filled by the caller that draws them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flamegraphs: Option<crate::flame::FlameSummary>,
 }
 
 /// One finding compared with the stand-in's own log.
@@ -264,6 +270,7 @@ pub fn analyze(run: &Run) -> Analysis {
         stale,
         attribution,
         ground_truth_check,
+        flamegraphs: None,
     }
 }
 

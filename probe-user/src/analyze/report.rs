@@ -162,6 +162,7 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
     timeline_md(&mut s, a);
     findings_md(&mut s, a);
     attribution_md(&mut s, a);
+    flamegraphs_md(&mut s, a);
 
     s.push_str("\n## Artifacts\n\n");
     for (file, what) in [
@@ -176,7 +177,7 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
         ("trace/events.jsonl", "every kernel event"),
         ("trace/processes.json", "the process table"),
         (
-            "trace/flamegraphs",
+            "trace/flamegraphs/index.md",
             "flamegraphs (SVG and folded stacks): spinning workers first, per worker generation, before/after the reload",
         ),
         ("standin-ground-truth.jsonl", "the stand-in's own log"),
@@ -188,6 +189,43 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
         }
     }
     s
+}
+
+/// Most frames of a spinning worker's heaviest stack shown in the report (leaf end).
+const STACK_FRAMES: usize = 16;
+
+fn flamegraphs_md(s: &mut String, a: &Analysis) {
+    let Some(f) = &a.flamegraphs else { return };
+    let _ = writeln!(
+        s,
+        "\n## Flamegraphs\n\n{} CPU samples, {} unwound to at least 3 user frames ({:.1} µs each); \
+         every graph is listed in [`{dir}/index.md`]({dir}/index.md).\n",
+        f.samples,
+        pct(f.unwound_share),
+        f.unwind_us_per_sample,
+        dir = f.dir
+    );
+    for g in f.graphs.iter().take(TOP) {
+        let _ = writeln!(s, "- [{}]({}/{}.svg): {} samples", g.title, f.dir, g.stem, g.samples);
+    }
+    for g in f.graphs.iter().filter(|g| g.spinning) {
+        let Some((stack, n)) = &g.heaviest else { continue };
+        // The first element is the command name, not a frame.
+        let frames: Vec<&str> = stack.split(';').skip(1).collect();
+        let shown = &frames[frames.len().saturating_sub(STACK_FRAMES)..];
+        let _ = writeln!(
+            s,
+            "\nHeaviest stack of {} ({n} of {} samples; root at the top{}):\n\n```",
+            g.title,
+            g.samples,
+            if shown.len() < frames.len() { ", outer frames cut" } else { "" }
+        );
+        for fr in shown {
+            let _ = writeln!(s, "{fr}");
+        }
+        s.push_str("```\n");
+    }
+    let _ = writeln!(s, "\n{}", crate::flame::LEGEND);
 }
 
 fn headline_findings(s: &mut String, a: &Analysis) {

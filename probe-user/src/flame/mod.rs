@@ -4,9 +4,12 @@
 //!
 //! - [`unwind`]: maps parsing and framehop unwinding;
 //! - [`symbolize`]: blazesym names for user (ELF) and kernel (kallsyms) addresses;
+//! - [`stripped`]: names where a stripped file has no symbol (nginx module tables, LuaJIT's VM,
+//!   function starts from `.eh_frame`);
 //! - [`fold`]: frames → folded stacks (pure).
 
 pub mod fold;
+pub mod stripped;
 pub mod symbolize;
 pub mod unwind;
 
@@ -19,6 +22,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 use crate::event::CpuSampleEvent;
 use fold::{Folded, Frame, fold_stack};
@@ -45,6 +49,38 @@ pub struct FlameReport {
     pub files: Vec<PathBuf>,
     /// The heaviest folded stack of each per-process graph, by pid.
     pub heaviest: Vec<(u32, String, u64)>,
+    /// The graphs drawn, in the order written.
+    pub graphs: Vec<Graph>,
+}
+
+/// One flamegraph written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Graph {
+    /// File stem in the output directory (`<stem>.svg`, `<stem>.folded`).
+    pub stem: String,
+    /// Its title.
+    pub title: String,
+    /// Samples in it.
+    pub samples: u64,
+    /// Whether it is a spinning worker's.
+    pub spinning: bool,
+    /// Its heaviest folded stack and that stack's samples.
+    pub heaviest: Option<(String, u64)>,
+}
+
+/// What the report keeps of the flamegraphs (`report.json`'s `flamegraphs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FlameSummary {
+    /// The directory, relative to the run directory.
+    pub dir: String,
+    /// CPU samples read.
+    pub samples: u64,
+    /// Share of samples with at least 3 user frames.
+    pub unwound_share: f64,
+    /// Mean unwinding cost per sample, µs.
+    pub unwind_us_per_sample: f64,
+    /// The graphs.
+    pub graphs: Vec<Graph>,
 }
 
 impl FlameReport {
@@ -57,6 +93,49 @@ impl FlameReport {
     pub fn cost_per_sample(&self) -> Duration {
         if self.unwound == 0 { Duration::ZERO } else { self.unwind_time / self.unwound as u32 }
     }
+
+    /// The summary for the report; `dir` is where the graphs are, relative to the run directory.
+    pub fn summary(&self, dir: &str) -> FlameSummary {
+        FlameSummary {
+            dir: dir.to_owned(),
+            samples: self.samples,
+            unwound_share: self.success_rate(),
+            unwind_us_per_sample: self.cost_per_sample().as_secs_f64() * 1e6,
+            graphs: self.graphs.clone(),
+        }
+    }
+}
+
+/// How frames are named, for the index and the report.
+pub const LEGEND: &str = "\
+Frame names: `func [module]` for native code, `func_[k]` for the kernel. Where a stripped binary \
+has no symbol: `ngx_epoll_module.process_events` is the function an nginx module table points at \
+(here the static `ngx_epoll_process_events`), `lj_vm(interpreter)` is LuaJIT's interpreter, \
+`fn@0x…` is a function known only by its start in `.eh_frame`, `[vdso]` and `[anonymous code]` \
+(JIT output) are code without a file. Installing the binaries' debug symbols (Debian's \
+`-dbgsym` packages, found through `/usr/lib/debug`) names the rest.";
+
+/// Writes `index.md`: what each graph shows and how the frames are named.
+fn write_index(out: &Path, r: &FlameReport) -> Result<PathBuf> {
+    use std::fmt::Write as _;
+    let mut s = String::from("# Flamegraphs\n\n");
+    let _ = writeln!(
+        s,
+        "{} CPU samples; {:.1}% unwound to at least 3 user frames (from the copied stacks and the \
+         binaries' `.eh_frame`), {:.1} µs per sample.\n",
+        r.samples,
+        100.0 * r.success_rate(),
+        r.cost_per_sample().as_secs_f64() * 1e6
+    );
+    s.push_str("| graph | samples | folded stacks |\n|---|---:|---|\n");
+    for g in &r.graphs {
+        let svg = if g.samples > 0 { format!("[{}]({}.svg)", g.title, g.stem) } else { g.title.clone() };
+        let _ = writeln!(s, "| {svg} | {} | [`{}.folded`]({}.folded) |", g.samples, g.stem, g.stem);
+    }
+    let _ = writeln!(s, "\n{LEGEND}");
+    let path = out.join("index.md");
+    fs::write(&path, s)?;
+    Ok(path)
 }
 
 fn read_samples(trace: &Path) -> Result<Vec<CpuSampleEvent>> {
@@ -76,11 +155,18 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
 }
 
 /// Writes `<stem>.folded` and `<stem>.svg` (the SVG only when there are samples).
-fn write_graph(out: &Path, stem: &str, title: &str, folded: &Folded, files: &mut Vec<PathBuf>) -> Result<()> {
+fn write_graph(out: &Path, stem: &str, title: &str, folded: &Folded, report: &mut FlameReport) -> Result<()> {
     let lines = folded.lines();
     let fpath = out.join(format!("{stem}.folded"));
     fs::write(&fpath, lines.iter().map(|l| format!("{l}\n")).collect::<String>())?;
-    files.push(fpath);
+    report.files.push(fpath);
+    report.graphs.push(Graph {
+        stem: stem.to_owned(),
+        title: title.to_owned(),
+        samples: folded.total(),
+        spinning: title.ends_with("(spinning)"),
+        heaviest: folded.heaviest().map(|(s, c)| (s.to_owned(), c)),
+    });
     if folded.is_empty() {
         return Ok(());
     }
@@ -92,7 +178,7 @@ fn write_graph(out: &Path, stem: &str, title: &str, folded: &Folded, files: &mut
     let w = std::io::BufWriter::new(fs::File::create(&svg)?);
     inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
         .with_context(|| format!("drawing {stem}"))?;
-    files.push(svg);
+    report.files.push(svg);
     Ok(())
 }
 
@@ -125,8 +211,9 @@ fn write_diff(out: &Path, before: &Folded, after: &Folded, files: &mut Vec<PathB
 }
 
 /// Unwinds, symbolizes and draws the samples of `trace`, writing into `out`
-/// (default `<trace>/flamegraphs`).
-pub fn run(trace: &Path, out: Option<&Path>) -> Result<FlameReport> {
+/// (default `<trace>/flamegraphs`). The `spinning` workers get their graphs first; without them
+/// they come from the run directory's `report.json`, when there is one.
+pub fn run(trace: &Path, out: Option<&Path>, spinning: Option<&[u32]>) -> Result<FlameReport> {
     let out = out.map(Path::to_owned).unwrap_or_else(|| trace.join("flamegraphs"));
     fs::create_dir_all(&out)?;
     let samples = read_samples(trace)?;
@@ -137,12 +224,15 @@ pub fn run(trace: &Path, out: Option<&Path>) -> Result<FlameReport> {
         .unwrap_or_default();
     let run_dir = trace.parent().unwrap_or(trace);
     let reload_ns = read_json(&run_dir.join("reload.json")).and_then(|v| v["monotonic_ns"].as_u64());
-    let spinning: Vec<u32> = read_json(&run_dir.join("report.json"))
-        .and_then(|v| v["spins"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|s| s["pid"].as_u64().map(|p| p as u32))
-        .collect();
+    let spinning: Vec<u32> = match spinning {
+        Some(pids) => pids.to_vec(),
+        None => read_json(&run_dir.join("report.json"))
+            .and_then(|v| v["spins"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s["pid"].as_u64().map(|p| p as u32))
+            .collect(),
+    };
     let generations: HashMap<u32, u64> = read_json(&trace.join("processes.json"))
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default()
@@ -178,9 +268,12 @@ pub fn run(trace: &Path, out: Option<&Path>) -> Result<FlameReport> {
             for a in addrs {
                 user.push(match u.module_of(a) {
                     Some(m) => names.user_frame(Path::new(&m.path), a.wrapping_sub(m.bias)),
-                    None => {
-                        Frame { kind: fold::FrameKind::User, func: format!("{a:#x}"), module: String::new() }
-                    }
+                    // Code without a file (vDSO, JIT output) folds by its mapping's name.
+                    None => Frame {
+                        kind: fold::FrameKind::User,
+                        func: u.pseudo_of(a).map_or_else(|| format!("{a:#x}"), str::to_owned),
+                        module: String::new(),
+                    },
                 });
             }
         }
@@ -221,7 +314,7 @@ pub fn run(trace: &Path, out: Option<&Path>) -> Result<FlameReport> {
         let (comm, folded) = &per_pid[pid];
         let spin = if spinning.contains(pid) { " (spinning)" } else { "" };
         let stem = format!("{:02}-pid{pid}-{}", rank + 1, comm.replace(['/', ' '], "_"));
-        write_graph(&out, &stem, &format!("{comm} pid {pid}{spin}"), folded, &mut report.files)?;
+        write_graph(&out, &stem, &format!("{comm} pid {pid}{spin}"), folded, &mut report)?;
         if let Some((s, c)) = folded.heaviest() {
             report.heaviest.push((*pid, s.to_owned(), c));
         }
@@ -232,15 +325,25 @@ pub fn run(trace: &Path, out: Option<&Path>) -> Result<FlameReport> {
             &format!("generation-{g}"),
             &format!("worker generation {g}"),
             folded,
-            &mut report.files,
+            &mut report,
         )?;
     }
     if reload_ns.is_some() {
-        write_graph(&out, "before-reload", "before the reload", &before, &mut report.files)?;
-        write_graph(&out, "after-reload", "after the reload", &after, &mut report.files)?;
+        write_graph(&out, "before-reload", "before the reload", &before, &mut report)?;
+        write_graph(&out, "after-reload", "after the reload", &after, &mut report)?;
         if !before.is_empty() || !after.is_empty() {
             write_diff(&out, &before, &after, &mut report.files)?;
+            report.graphs.push(Graph {
+                stem: "diff-before-after".to_owned(),
+                title: "before → after the reload (differential)".to_owned(),
+                samples: before.total() + after.total(),
+                ..Default::default()
+            });
         }
+    }
+    if report.samples > 0 {
+        let index = write_index(&out, &report)?;
+        report.files.push(index);
     }
     Ok(report)
 }
@@ -252,15 +355,17 @@ mod tests {
     #[test]
     fn empty_profile_writes_folded_but_no_svg() {
         let dir = tempfile::tempdir().unwrap();
-        let mut files = Vec::new();
-        write_graph(dir.path(), "x", "x", &Folded::default(), &mut files).unwrap();
-        assert_eq!(files, vec![dir.path().join("x.folded")]);
+        let mut r = FlameReport::default();
+        write_graph(dir.path(), "x", "x", &Folded::default(), &mut r).unwrap();
+        assert_eq!(r.files, vec![dir.path().join("x.folded")]);
         assert!(!dir.path().join("x.svg").exists());
         let mut f = Folded::default();
         f.add("p;a;b");
-        write_graph(dir.path(), "y", "y", &f, &mut files).unwrap();
+        write_graph(dir.path(), "y", "nginx pid 7 (spinning)", &f, &mut r).unwrap();
         assert!(dir.path().join("y.svg").exists());
-        write_diff(dir.path(), &Folded::default(), &f, &mut files).unwrap();
+        assert_eq!(r.graphs[1].heaviest, Some(("p;a;b".to_owned(), 1)));
+        assert!(r.graphs[1].spinning && !r.graphs[0].spinning);
+        write_diff(dir.path(), &Folded::default(), &f, &mut r.files).unwrap();
         assert!(dir.path().join("diff-before-after.svg").exists());
     }
 
@@ -268,7 +373,7 @@ mod tests {
     fn trace_without_samples_gives_an_empty_report() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("events.jsonl"), "").unwrap();
-        let r = run(dir.path(), None).unwrap();
+        let r = run(dir.path(), None, None).unwrap();
         assert_eq!((r.samples, r.deep, r.success_rate(), r.cost_per_sample()), (0, 0, 0.0, Duration::ZERO));
         assert!(r.files.is_empty());
     }

@@ -1,4 +1,5 @@
-//! Names for unwound addresses: blazesym on the ELF files (symtab, dynsym, DWARF) and kallsyms.
+//! Names for unwound addresses: blazesym on the ELF files (symtab, dynsym, DWARF, debug links) and
+//! kallsyms; where a stripped file has no symbol, the fallbacks of [`super::stripped`].
 
 use std::{
     collections::HashMap,
@@ -10,13 +11,17 @@ use blazesym::symbolize::{
     source::{Elf, Kernel, Source},
 };
 
-use super::fold::{Frame, FrameKind};
+use super::{
+    fold::{Frame, FrameKind},
+    stripped::Fallback,
+};
 
 /// Caching symbolizer for user addresses (per file and virtual offset) and kernel addresses.
 pub struct Names {
     symbolizer: Symbolizer,
     user: HashMap<(PathBuf, u64), String>,
     kernel: HashMap<u64, String>,
+    fallback: HashMap<PathBuf, Fallback>,
 }
 
 impl Default for Names {
@@ -28,7 +33,12 @@ impl Default for Names {
 impl Names {
     /// A symbolizer with demangling on.
     pub fn new() -> Self {
-        Names { symbolizer: Symbolizer::new(), user: HashMap::new(), kernel: HashMap::new() }
+        Names {
+            symbolizer: Symbolizer::new(),
+            user: HashMap::new(),
+            kernel: HashMap::new(),
+            fallback: HashMap::new(),
+        }
     }
 
     /// Symbolizes `svmas` (addresses as they appear in the file, i.e. address − load bias) of one file
@@ -45,9 +55,13 @@ impl Names {
             return;
         }
         let names =
-            names(&self.symbolizer, &Source::Elf(Elf::new(path)), Input::VirtOffset(&missing), &missing);
+            names(&self.symbolizer, &Source::Elf(Elf::new(path)), Input::VirtOffset(&missing), missing.len());
         for (a, n) in missing.into_iter().zip(names) {
-            self.user.insert((path.to_owned(), a), n);
+            let n = n.or_else(|| {
+                let fallback = self.fallback.entry(path.to_owned()).or_insert_with(|| Fallback::load(path));
+                fallback.name(a)
+            });
+            self.user.insert((path.to_owned(), a), n.unwrap_or_else(|| format!("{a:#x}")));
         }
     }
 
@@ -68,10 +82,14 @@ impl Names {
         if missing.is_empty() {
             return;
         }
-        let names =
-            names(&self.symbolizer, &Source::Kernel(Kernel::default()), Input::AbsAddr(&missing), &missing);
+        let names = names(
+            &self.symbolizer,
+            &Source::Kernel(Kernel::default()),
+            Input::AbsAddr(&missing),
+            missing.len(),
+        );
         for (a, n) in missing.into_iter().zip(names) {
-            self.kernel.insert(a, n);
+            self.kernel.insert(a, n.unwrap_or_else(|| format!("{a:#x}")));
         }
     }
 
@@ -82,9 +100,9 @@ impl Names {
     }
 }
 
-/// One name per address of a batch; the address in hex where it has none or the batch fails.
-fn names(symbolizer: &Symbolizer, src: &Source<'_>, input: Input<&[u64]>, addrs: &[u64]) -> Vec<String> {
-    let found: Vec<Option<String>> = match symbolizer.symbolize(src, input) {
+/// One name per address of a batch of `n`; `None` where it has none or the batch fails.
+fn names(symbolizer: &Symbolizer, src: &Source<'_>, input: Input<&[u64]>, n: usize) -> Vec<Option<String>> {
+    match symbolizer.symbolize(src, input) {
         Ok(syms) => syms
             .into_iter()
             .map(|s| match s {
@@ -92,7 +110,6 @@ fn names(symbolizer: &Symbolizer, src: &Source<'_>, input: Input<&[u64]>, addrs:
                 Symbolized::Unknown(_) => None,
             })
             .collect(),
-        Err(_) => vec![None; addrs.len()],
-    };
-    addrs.iter().zip(found).map(|(a, n)| n.unwrap_or_else(|| format!("{a:#x}"))).collect()
+        Err(_) => vec![None; n],
+    }
 }

@@ -55,6 +55,8 @@ pub struct ElfInfo {
     eh_frame: Option<(std::ops::Range<u64>, Arc<[u8]>)>,
     eh_frame_hdr: Option<(std::ops::Range<u64>, Arc<[u8]>)>,
     got: Option<std::ops::Range<u64>>,
+    /// LuaJIT's interpreter (svma), when the file is a LuaJIT library.
+    vm: Option<std::ops::Range<u64>>,
 }
 
 impl ElfInfo {
@@ -81,6 +83,7 @@ impl ElfInfo {
             eh_frame: section(".eh_frame"),
             eh_frame_hdr: section(".eh_frame_hdr"),
             got: obj.section_by_name(".got").map(|s| s.address()..s.address() + s.size()),
+            vm: super::stripped::luajit_vm(path, &obj),
         })
     }
 
@@ -115,12 +118,12 @@ impl ElfCache {
     }
 }
 
-/// A mapped module of a process: its path, address range and load bias.
+/// An executable mapping of an ELF file in a process: its path, address range and load bias.
 #[derive(Debug, Clone)]
 pub struct Mapped {
     /// File path.
     pub path: String,
-    /// Lowest to highest mapped address of the file.
+    /// The executable mapping's addresses.
     pub range: std::ops::Range<u64>,
     /// avma − svma.
     pub bias: u64,
@@ -132,26 +135,22 @@ pub struct ProcessUnwinder {
     cache: CacheX86_64,
     /// The modules, sorted by address.
     pub modules: Vec<Mapped>,
+    /// LuaJIT interpreters mapped in the process (absolute addresses).
+    vms: Vec<std::ops::Range<u64>>,
+    /// Executable mappings without a file: `[vdso]`, or anonymous code such as JIT output.
+    pseudo: Vec<(std::ops::Range<u64>, String)>,
 }
 
 impl ProcessUnwinder {
-    /// Builds the modules of every ELF file in `maps`.
+    /// Builds one module per executable mapping of an ELF file in `maps`. Each mapping gets its
+    /// own load bias: a file's text can be mapped twice (node remaps part of its text onto huge
+    /// pages, far from the rest), and the gap between two mappings is not the file's.
     pub fn new(maps: &[MapEntry], elfs: &mut ElfCache) -> Self {
-        let mut by_path: Vec<(String, Vec<&MapEntry>)> = Vec::new();
-        for m in maps.iter().filter(|m| m.path.starts_with('/')) {
-            match by_path.iter_mut().find(|(p, _)| *p == m.path) {
-                Some((_, v)) => v.push(m),
-                None => by_path.push((m.path.clone(), vec![m])),
-            }
-        }
         let mut unwinder = UnwinderX86_64::new();
-        let mut modules = Vec::new();
-        for (path, entries) in by_path {
-            let Some(elf) = elfs.get(Path::new(&path)) else { continue };
-            let exec = entries.iter().find(|m| m.perms.contains('x')).copied().unwrap_or(entries[0]);
-            let Some(bias) = elf.bias_for(exec) else { continue };
-            let start = entries.iter().map(|m| m.start).min().unwrap_or(0);
-            let end = entries.iter().map(|m| m.end).max().unwrap_or(0);
+        let (mut modules, mut vms) = (Vec::new(), Vec::new());
+        for m in maps.iter().filter(|m| m.path.starts_with('/') && m.perms.contains('x')) {
+            let Some(elf) = elfs.get(Path::new(&m.path)) else { continue };
+            let Some(bias) = elf.bias_for(m) else { continue };
             let info = ExplicitModuleSectionInfo {
                 base_svma: 0,
                 text_svma: elf.text.as_ref().map(|(r, _)| r.clone()),
@@ -163,17 +162,37 @@ impl ProcessUnwinder {
                 eh_frame_hdr: elf.eh_frame_hdr.as_ref().map(|(_, d)| d.clone()),
                 ..Default::default()
             };
-            unwinder.add_module(Module::new(path.clone(), start..end, bias, info));
-            modules.push(Mapped { path, range: start..end, bias });
+            if let Some(vm) = &elf.vm {
+                let abs = vm.start.wrapping_add(bias)..vm.end.wrapping_add(bias);
+                if abs.start < m.end && m.start < abs.end {
+                    vms.push(abs);
+                }
+            }
+            unwinder.add_module(Module::new(m.path.clone(), m.start..m.end, bias, info));
+            modules.push(Mapped { path: m.path.clone(), range: m.start..m.end, bias });
         }
         modules.sort_by_key(|m| m.range.start);
-        ProcessUnwinder { unwinder, cache: CacheX86_64::new(), modules }
+        let pseudo = maps
+            .iter()
+            .filter(|m| !m.path.starts_with('/') && m.perms.contains('x'))
+            .map(|m| {
+                let name = if m.path.is_empty() { "[anonymous code]".to_owned() } else { m.path.clone() };
+                (m.start..m.end, name)
+            })
+            .collect();
+        ProcessUnwinder { unwinder, cache: CacheX86_64::new(), modules, vms, pseudo }
     }
 
     /// The module containing `addr`.
     pub fn module_of(&self, addr: u64) -> Option<&Mapped> {
         let i = self.modules.partition_point(|m| m.range.start <= addr);
         self.modules[..i].last().filter(|m| addr < m.range.end)
+    }
+
+    /// The name of the file-less executable mapping containing `addr` (`[vdso]`,
+    /// `[anonymous code]`).
+    pub fn pseudo_of(&self, addr: u64) -> Option<&str> {
+        self.pseudo.iter().find(|(r, _)| r.contains(&addr)).map(|(_, n)| n.as_str())
     }
 
     /// Unwinds one sample: returns lookup addresses (return addresses minus one), leaf first.
@@ -184,9 +203,21 @@ impl ProcessUnwinder {
             let b = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
             Ok(u64::from_le_bytes(b.try_into().map_err(|_| ())?))
         };
-        let regs = UnwindRegsX86_64::new(ip, sp, bp);
-        let mut it = self.unwinder.iter_frames(ip, regs, &mut self.cache, &mut read_stack);
         let mut out = Vec::new();
+        let (mut ip, mut sp_now) = (ip, sp);
+        // LuaJIT's VM `call`s leaf helpers inside its own code (lj_vm_modi for `%`, …), which its
+        // one FDE does not describe. In such a helper the top of the stack is a return address
+        // into the VM (in the VM proper it holds interpreter state, never VM code): step over it.
+        let in_vm = |a: u64| self.vms.iter().any(|r| r.contains(&a));
+        if in_vm(ip)
+            && let Ok(ra) = read_stack(sp)
+            && in_vm(ra)
+        {
+            out.push(ip);
+            (ip, sp_now) = (ra, sp + 8);
+        }
+        let regs = UnwindRegsX86_64::new(ip, sp_now, bp);
+        let mut it = self.unwinder.iter_frames(ip, regs, &mut self.cache, &mut read_stack);
         while out.len() < max_frames {
             match it.next() {
                 Ok(Some(f)) => out.push(lookup(f)),
@@ -237,6 +268,7 @@ garbage line
             eh_frame: None,
             eh_frame_hdr: None,
             got: None,
+            vm: None,
         };
         let m = &parse_maps(MAPS)[1];
         assert_eq!(elf.bias_for(m), Some(0x55d0c0a2a000 - 0x2b000));
@@ -260,5 +292,51 @@ garbage line
         assert!(u.module_of(5).is_none());
         let frames = u.unwind(0x1000, 0x7000, 0, &[0u8; 16], 64);
         assert_eq!(frames.first(), Some(&0x1000));
+    }
+
+    #[test]
+    fn luajit_vm_helper_leaf_steps_to_its_return_address() {
+        let mut u = ProcessUnwinder::new(&[], &mut ElfCache::default());
+        u.vms.push(0x1000..0x2000);
+        // In a helper: the top of the stack returns into the VM.
+        let mut stack = [0u8; 16];
+        stack[..8].copy_from_slice(&0x1800u64.to_le_bytes());
+        assert_eq!(u.unwind(0x1100, 0x7000, 0, &stack, 64)[..2], [0x1100, 0x1800]);
+        // In the VM proper: the top of the stack is interpreter state.
+        stack[..8].copy_from_slice(&0x5555u64.to_le_bytes());
+        assert_ne!(u.unwind(0x1100, 0x7000, 0, &stack, 64).get(1), Some(&0x5555));
+    }
+
+    #[test]
+    fn each_executable_mapping_is_a_module_with_its_own_bias() {
+        // This test binary's biggest LOAD segment, mapped twice far apart (as node remaps part of
+        // its text onto huge pages): two modules, and nothing in between.
+        let exe = std::env::current_exe().unwrap();
+        let elf = ElfInfo::load(&exe).unwrap();
+        let &(off, vaddr, _) = elf.loads.iter().max_by_key(|l| l.2).unwrap();
+        let page = off & !0xfff;
+        let line = |start: u64, offset: u64| {
+            format!("{start:x}-{:x} r-xp {offset:08x} fe:00 1 {}\n", start + 0x1000, exe.display())
+        };
+        let maps = parse_maps(&(line(0x1000_0000, page) + &line(0x7f00_0000_0000, page + 0x1000)));
+        let u = ProcessUnwinder::new(&maps, &mut ElfCache::default());
+        assert_eq!(u.modules.len(), 2);
+        let bias = |a: u64| u.module_of(a).map(|m| m.bias);
+        assert_eq!(bias(0x1000_0010), Some(0x1000_0000 - page + off - vaddr));
+        assert_eq!(bias(0x7f00_0000_0010), Some(0x7f00_0000_0000 - (page + 0x1000) + off - vaddr));
+        assert_eq!(bias(0x4000_0000), None, "the gap between two mappings is not the file's");
+    }
+
+    #[test]
+    fn file_less_code_is_named_by_its_mapping() {
+        let maps = parse_maps(
+            "7ffd1c1f0000-7ffd1c1f2000 r-xp 00000000 00:00 0                  [vdso]\n\
+             7f0000000000-7f0000010000 r-xp 00000000 00:00 0 \n\
+             7f1000000000-7f1000010000 rw-p 00000000 00:00 0 \n",
+        );
+        let u = ProcessUnwinder::new(&maps, &mut ElfCache::default());
+        assert_eq!(u.pseudo_of(0x7ffd1c1f0100), Some("[vdso]"));
+        assert_eq!(u.pseudo_of(0x7f0000000100), Some("[anonymous code]"));
+        assert_eq!(u.pseudo_of(0x7f1000000100), None, "data is not code");
     }
 }
