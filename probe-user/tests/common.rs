@@ -78,6 +78,16 @@ impl Running {
         }
     }
 
+    /// Waits for a line starting with `prefix` printed after this call: lines already printed,
+    /// read or not, are set aside first.
+    pub fn wait_for_fresh(&mut self, prefix: &str) -> String {
+        self.seen.append(&mut self.pending);
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.wait_for(prefix)
+    }
+
     /// Reads every line until the process closes stdout.
     pub fn finish(&mut self) -> Vec<String> {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(15)) {
