@@ -92,11 +92,20 @@ fn snapshot(pid: u32, maps_dir: &Path) -> Option<ProcInfo> {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into())
         .collect();
+    save_maps(pid, maps_dir);
+    Some(ProcInfo { ppid, comm, argv })
+}
+
+/// Copies `/proc/PID/maps` into the trace, replacing an older copy.
+fn save_maps(pid: u32, maps_dir: &Path) {
     if let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) {
         let _ = std::fs::write(maps_dir.join(format!("{pid}.maps")), maps);
     }
-    Some(ProcInfo { ppid, comm, argv })
 }
+
+/// How often a sampled process's memory map is copied again: at an exec the map holds only the
+/// binary and the loader; shared libraries, dlopen'ed modules and JIT code come later.
+const MAPS_REFRESH: Duration = Duration::from_millis(500);
 
 /// True when `pid` is a process (a thread's /proc entry reports its process in `Tgid`).
 fn is_process(pid: u32) -> bool {
@@ -114,6 +123,8 @@ struct Collector {
     known: BTreeMap<u32, ProcInfo>,
     seen: BTreeSet<u32>,
     maps_dir: PathBuf,
+    /// When each process's map was last copied.
+    maps_at: BTreeMap<u32, Instant>,
 }
 
 impl Collector {
@@ -143,6 +154,12 @@ impl Collector {
             && let Some(info) = snapshot(pid, &self.maps_dir)
         {
             self.known.insert(pid, info);
+            self.maps_at.insert(pid, Instant::now());
+        } else if matches!(ev, Event::CpuSample(_))
+            && self.maps_at.get(&pid).is_none_or(|t| t.elapsed() >= MAPS_REFRESH)
+        {
+            save_maps(pid, &self.maps_dir);
+            self.maps_at.insert(pid, Instant::now());
         }
         self.writer.write(&ev)?;
         self.events.push(ev);
@@ -187,6 +204,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         known: BTreeMap::new(),
         seen: BTreeSet::new(),
         maps_dir,
+        maps_at: BTreeMap::new(),
     };
 
     let clock = ClockAnchor { monotonic_ns: clock::monotonic_ns(), realtime_ns: clock::realtime_ns() };

@@ -55,6 +55,46 @@ fn burn_heaviest_stack_is_a_b_c() {
     assert!(names[..ia].contains(&"main"), "{stack}");
 }
 
+/// A Python process exec'ed after the probe attached, which loads OpenSSL (through `hashlib`)
+/// only later and then burns CPU in it: the copy of its memory map taken at the exec knows nothing
+/// of libcrypto, so its frames name only if the map was copied again while it ran.
+const PY_BURN: &str = r#"
+import os, time
+time.sleep(0.5)
+import hashlib
+print("ready", os.getpid(), flush=True)
+block = b"x" * (1 << 20)
+end = time.monotonic() + 2
+while time.monotonic() < end:
+    hashlib.sha256(block).digest()
+"#;
+
+#[test]
+#[ignore = "root: loads eBPF programs"]
+fn libraries_loaded_after_an_exec_are_named() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("burn.py");
+    std::fs::write(&script, PY_BURN).unwrap();
+    let out = dir.path().join("trace");
+    let mut root = Spawner::start();
+    let rec = Recording::start(&[root.pid()], "4s", &out, &["--sample-hz", "99"]);
+    let (pid, _) = root.spawn(&format!("/usr/bin/python3 {}", script.display()), "ready");
+    rec.finish();
+    let res = reloadscope().arg("flamegraph").arg(&out).output().unwrap();
+    assert!(res.status.success());
+    let text = std::fs::read_to_string(folded_of(&out, pid)).unwrap();
+    let count = |needle: &str| {
+        text.lines()
+            .filter(|l| l.contains(needle))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    let (all, crypto) = (count(""), count("[libcrypto.so.3]"));
+    eprintln!("{crypto} of {all} samples in libcrypto");
+    assert!(crypto * 2 >= all, "hashing runs in libcrypto, loaded after the exec: {crypto} of {all}");
+}
+
 /// nginx's configuration for [`nginx_event_loop_and_luajit_vm_are_named`]: one process whose Lua
 /// thread goes around the event loop through a 0-delay timer, the way the stand-in's stuck claim
 /// keeps a worker in `epoll_wait(…, 0)`, and burns interpreted Lua on each turn.
