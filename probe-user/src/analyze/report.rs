@@ -249,7 +249,15 @@ pub fn headlines(a: &Analysis) -> Vec<String> {
         ));
     }
     if !a.spins.is_empty() {
-        let pids: Vec<String> = a.spins.iter().map(|s| s.pid.to_string()).collect();
+        // A worker can spin in several spans; name each pid once.
+        let pids: Vec<String> = a
+            .spins
+            .iter()
+            .map(|s| s.pid)
+            .collect::<std::collections::BTreeSet<_>>()
+            .iter()
+            .map(u32::to_string)
+            .collect();
         out.push(format!(
             "{} spinning worker span(s) (pids {}), from {:.2} s (zero-timeout busy-wait since {:.2} s), up to \
              {:.0} calls/s of epoll_wait(…, 0)",

@@ -214,7 +214,20 @@ fn write_diff(out: &Path, before: &Folded, after: &Folded, files: &mut Vec<PathB
 /// (default `<trace>/flamegraphs`). The `spinning` workers get their graphs first; without them
 /// they come from the run directory's `report.json`, when there is one.
 pub fn run(trace: &Path, out: Option<&Path>, spinning: Option<&[u32]>) -> Result<FlameReport> {
-    let out = out.map(Path::to_owned).unwrap_or_else(|| trace.join("flamegraphs"));
+    let out = match out {
+        Some(o) => o.to_owned(),
+        None => {
+            // Our own directory: graphs of an earlier run over this trace would linger.
+            let own = trace.join("flamegraphs");
+            for e in fs::read_dir(&own).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "svg" || x == "folded") || p.ends_with("index.md") {
+                    fs::remove_file(&p)?;
+                }
+            }
+            own
+        }
+    };
     fs::create_dir_all(&out)?;
     let samples = read_samples(trace)?;
     let stack_bytes = fs::read(trace.join("samples.bin")).unwrap_or_default();
@@ -300,13 +313,13 @@ pub fn run(trace: &Path, out: Option<&Path>, spinning: Option<&[u32]>) -> Result
     // Processes of interest: spinning ones first, then by samples.
     let mut by_samples: Vec<(u32, u64)> = per_pid.iter().map(|(p, (_, f))| (*p, f.total())).collect();
     by_samples.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut chosen: Vec<u32> = spinning.iter().copied().filter(|p| per_pid.contains_key(p)).collect();
-    chosen.dedup();
-    for (p, _) in by_samples {
+    let mut chosen: Vec<u32> = Vec::new();
+    for p in spinning.iter().copied().chain(by_samples.into_iter().map(|(p, _)| p)) {
         if chosen.len() >= MAX_PROCESSES {
             break;
         }
-        if !chosen.contains(&p) {
+        // A worker spins in several spans, and appears again among the busiest.
+        if per_pid.contains_key(&p) && !chosen.contains(&p) {
             chosen.push(p);
         }
     }
