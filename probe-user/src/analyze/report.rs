@@ -224,6 +224,12 @@ fn flamegraphs_md(s: &mut String, a: &Analysis) {
             let _ = writeln!(s, "{fr}");
         }
         s.push_str("```\n");
+        let _ = writeln!(
+            s,
+            "\nOf its {} samples, {} are in an epoll wait call (the event loop going round) and \
+             {} in LuaJIT's interpreter (running Lua code).",
+            g.samples, g.in_epoll, g.in_lua_vm
+        );
     }
     let _ = writeln!(s, "\n{}", crate::flame::LEGEND);
 }

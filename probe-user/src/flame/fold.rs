@@ -73,6 +73,11 @@ impl Folded {
         self.0.iter().map(|(s, c)| format!("{s} {c}")).collect()
     }
 
+    /// Samples whose stack has a frame (`func [module]` label) for which `pred` holds.
+    pub fn samples_with(&self, pred: impl Fn(&str) -> bool) -> u64 {
+        self.0.iter().filter(|(s, _)| s.split(';').skip(1).any(&pred)).map(|(_, c)| c).sum()
+    }
+
     /// The stack with the most samples (ties: the first in order).
     pub fn heaviest(&self) -> Option<(&str, u64)> {
         let mut best: Option<(&str, u64)> = None;
@@ -128,5 +133,9 @@ mod tests {
         assert_eq!(f.total(), 3);
         assert_eq!(f.heaviest(), Some(("x;b", 2)));
         assert_eq!(f.lines(), vec!["x;a 1".to_string(), "x;b 2".to_string()]);
+        // The command name is not a frame.
+        f.add("a;c");
+        assert_eq!(f.samples_with(|fr| fr == "b"), 2);
+        assert_eq!(f.samples_with(|fr| fr == "a"), 1);
     }
 }

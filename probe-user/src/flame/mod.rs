@@ -66,6 +66,10 @@ pub struct Graph {
     pub spinning: bool,
     /// Its heaviest folded stack and that stack's samples.
     pub heaviest: Option<(String, u64)>,
+    /// Samples inside an epoll wait call (user or kernel side).
+    pub in_epoll: u64,
+    /// Samples inside LuaJIT's interpreter.
+    pub in_lua_vm: u64,
 }
 
 /// What the report keeps of the flamegraphs (`report.json`'s `flamegraphs`).
@@ -166,6 +170,8 @@ fn write_graph(out: &Path, stem: &str, title: &str, folded: &Folded, report: &mu
         samples: folded.total(),
         spinning: title.ends_with("(spinning)"),
         heaviest: folded.heaviest().map(|(s, c)| (s.to_owned(), c)),
+        in_epoll: folded.samples_with(|f| f.starts_with("epoll_wait") || f.starts_with("epoll_pwait")),
+        in_lua_vm: folded.samples_with(|f| f.starts_with(stripped::LUAJIT_VM)),
     });
     if folded.is_empty() {
         return Ok(());
