@@ -158,8 +158,16 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
     serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
 }
 
-/// Writes `<stem>.folded` and `<stem>.svg` (the SVG only when there are samples).
-fn write_graph(out: &Path, stem: &str, title: &str, folded: &Folded, report: &mut FlameReport) -> Result<()> {
+/// Writes `<stem>.folded` and `<stem>.svg` (the SVG only when there are samples); `spinning`
+/// marks a spinning worker's graph.
+fn write_graph(
+    out: &Path,
+    stem: &str,
+    title: &str,
+    spinning: bool,
+    folded: &Folded,
+    report: &mut FlameReport,
+) -> Result<()> {
     let lines = folded.lines();
     let fpath = out.join(format!("{stem}.folded"));
     fs::write(&fpath, lines.iter().map(|l| format!("{l}\n")).collect::<String>())?;
@@ -168,9 +176,10 @@ fn write_graph(out: &Path, stem: &str, title: &str, folded: &Folded, report: &mu
         stem: stem.to_owned(),
         title: title.to_owned(),
         samples: folded.total(),
-        spinning: title.ends_with("(spinning)"),
+        spinning,
         heaviest: folded.heaviest().map(|(s, c)| (s.to_owned(), c)),
-        in_epoll: folded.samples_with(|f| f.starts_with("epoll_wait") || f.starts_with("epoll_pwait")),
+        // libc's wrapper (`epoll_wait`, `__GI_epoll_pwait`) or the kernel's (`do_epoll_wait_[k]`).
+        in_epoll: folded.samples_with(|f| f.contains("epoll_wait") || f.contains("epoll_pwait")),
         in_lua_vm: folded.samples_with(|f| f.starts_with(stripped::LUAJIT_VM)),
     });
     if folded.is_empty() {
@@ -331,9 +340,10 @@ pub fn run(trace: &Path, out: Option<&Path>, spinning: Option<&[u32]>) -> Result
     }
     for (rank, pid) in chosen.iter().enumerate() {
         let (comm, folded) = &per_pid[pid];
-        let spin = if spinning.contains(pid) { " (spinning)" } else { "" };
+        let spins = spinning.contains(pid);
+        let spin = if spins { " (spinning)" } else { "" };
         let stem = format!("{:02}-pid{pid}-{}", rank + 1, comm.replace(['/', ' '], "_"));
-        write_graph(&out, &stem, &format!("{comm} pid {pid}{spin}"), folded, &mut report)?;
+        write_graph(&out, &stem, &format!("{comm} pid {pid}{spin}"), spins, folded, &mut report)?;
         if let Some((s, c)) = folded.heaviest() {
             report.heaviest.push((*pid, s.to_owned(), c));
         }
@@ -343,13 +353,14 @@ pub fn run(trace: &Path, out: Option<&Path>, spinning: Option<&[u32]>) -> Result
             &out,
             &format!("generation-{g}"),
             &format!("worker generation {g}"),
+            false,
             folded,
             &mut report,
         )?;
     }
     if reload_ns.is_some() {
-        write_graph(&out, "before-reload", "before the reload", &before, &mut report)?;
-        write_graph(&out, "after-reload", "after the reload", &after, &mut report)?;
+        write_graph(&out, "before-reload", "before the reload", false, &before, &mut report)?;
+        write_graph(&out, "after-reload", "after the reload", false, &after, &mut report)?;
         if !before.is_empty() || !after.is_empty() {
             write_diff(&out, &before, &after, &mut report.files)?;
             report.graphs.push(Graph {
@@ -375,12 +386,12 @@ mod tests {
     fn empty_profile_writes_folded_but_no_svg() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = FlameReport::default();
-        write_graph(dir.path(), "x", "x", &Folded::default(), &mut r).unwrap();
+        write_graph(dir.path(), "x", "x", false, &Folded::default(), &mut r).unwrap();
         assert_eq!(r.files, vec![dir.path().join("x.folded")]);
         assert!(!dir.path().join("x.svg").exists());
         let mut f = Folded::default();
         f.add("p;a;b");
-        write_graph(dir.path(), "y", "nginx pid 7 (spinning)", &f, &mut r).unwrap();
+        write_graph(dir.path(), "y", "nginx pid 7 (spinning)", true, &f, &mut r).unwrap();
         assert!(dir.path().join("y.svg").exists());
         assert_eq!(r.graphs[1].heaviest, Some(("p;a;b".to_owned(), 1)));
         assert!(r.graphs[1].spinning && !r.graphs[0].spinning);

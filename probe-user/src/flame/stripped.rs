@@ -5,7 +5,7 @@
 //! - the slot it fills in an nginx module table: `ngx_epoll_module.process_events` names the
 //!   static `ngx_epoll_process_events`. Every nginx module exports its `ngx_module_t`, whose
 //!   context and command tables point at the module's static hooks; the pointers are read from
-//!   the file's `R_*_RELATIVE` relocations (PIE) or its data (non-PIE), and a table only counts
+//!   the file's dynamic relocations (PIE, shared objects) or its data (non-PIE), and a table counts
 //!   when its signature string and version look like nginx's.
 //! - `lj_vm(interpreter)` inside LuaJIT's assembler VM, the one FDE of a LuaJIT library
 //!   whose CIE names a personality routine (LuaJIT's error unwinder);
@@ -53,11 +53,7 @@ impl Fallback {
 
     /// A name for `svma`, or `None` when no FDE covers it.
     pub fn name(&self, svma: u64) -> Option<String> {
-        let i = self.fdes.partition_point(|f| f.start <= svma).checked_sub(1)?;
-        let fde = self.fdes[i];
-        if svma >= fde.end {
-            return None;
-        }
+        let fde = self.fde_at(svma)?;
         if let Some(slots) = self.tables.get(&fde.start) {
             let mut name = slots[..slots.len().min(MAX_SLOTS)].join("/");
             if slots.len() > MAX_SLOTS {
@@ -78,8 +74,12 @@ impl Fallback {
 
     /// The start of the function (FDE) covering `svma`.
     pub fn function_start(&self, svma: u64) -> Option<u64> {
+        self.fde_at(svma).map(|f| f.start)
+    }
+
+    fn fde_at(&self, svma: u64) -> Option<Fde> {
         let i = self.fdes.partition_point(|f| f.start <= svma).checked_sub(1)?;
-        (svma < self.fdes[i].end).then_some(self.fdes[i].start)
+        Some(self.fdes[i]).filter(|f| svma < f.end)
     }
 }
 
