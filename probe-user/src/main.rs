@@ -143,9 +143,12 @@ fn analyze(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         println!("{} requests in the log, none failed: nothing to attribute", att.requests);
     } else {
         println!(
-            "{} of {} requests failed; explained {:.1}% exactly ({}), {:.1}% by time window ({}), {:.1}% unexplained ({})",
+            "{} of {} requests failed, {} of them in ways no reload effect produces; of the other {}: \
+             {:.1}% explained exactly ({}), {:.1}% by time window ({}), {:.1}% unexplained ({})",
             att.failed,
             att.requests,
+            att.not_reload,
+            att.reload_failed,
             100.0 * att.exact_share,
             att.exact,
             100.0 * att.window_share,

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::stack::{self, GatewayOptions, UpOptions};
+use crate::stack::{self, GatewayOptions, UpOptions, phase};
 use crate::summary;
 use crate::util::{require_root, workspace_root};
 
@@ -58,6 +58,12 @@ pub struct RunOptions {
     /// Where to write the artifacts (default: out/run-<unix time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Stand-in only: where in old worker 0's 10 s plugin-server pump window the reload lands,
+    /// i.e. the time since the servers last wrote, modulo 10 s (kong/README.md). 7s lets the
+    /// new servers bind before the old worker 0 exits, as in the reproduction; near 10s it
+    /// exits first.
+    #[arg(long, default_value = "7s", value_parser = parse_phase)]
+    pub reload_phase: Duration,
 }
 
 /// The gateway's address: Kong's proxy port.
@@ -67,6 +73,17 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("'{s}': {e} (write e.g. 10s, 500ms or 1m)"))?;
     if d.is_zero() { Err(format!("'{s}' must be more than zero")) } else { Ok(d) }
 }
+
+fn parse_phase(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}': {e} (write e.g. 7s or 9500ms)"))?;
+    if d >= phase::WINDOW {
+        return Err(format!("'{s}' is not inside the 10 s window"));
+    }
+    Ok(d)
+}
+
+/// How long the probe keeps watching after the load for old workers to finish shutting down.
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -229,6 +246,46 @@ fn progress(log: &Path) -> (usize, usize) {
     (lines, failed)
 }
 
+/// Pids of the master's children still "shutting down" (old workers after a reload).
+fn shutting_down(master: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(master) && String::from_utf8_lossy(&cmdline).contains("is shutting down")
+        })
+        .collect()
+}
+
+/// Waits (at most [`SETTLE_LIMIT`]) until no old worker of `master` is still shutting down.
+fn settle(master: u32) {
+    let started = Instant::now();
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    loop {
+        let left = shutting_down(master);
+        if left.is_empty() || STOP.load(Ordering::SeqCst) {
+            return;
+        }
+        if started.elapsed() >= SETTLE_LIMIT {
+            println!(
+                "run: [settle] workers {left:?} are still shutting down after {} s; ending the trace anyway",
+                SETTLE_LIMIT.as_secs()
+            );
+            return;
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            println!(
+                "run: [settle] {:.1} s: waiting for old workers {left:?} to finish shutting down",
+                started.elapsed().as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Runs the whole job; see the module documentation.
 pub fn run(opts: &RunOptions) -> Result<()> {
     preflight(opts)?;
@@ -299,8 +356,36 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         .recv_timeout(Duration::from_secs(60))
         .context("the probe did not attach within 60 s (see reloadscope.log)")?;
 
-    // 3. The load, with the reload at its offset.
+    // 3. The reload's phase in old worker 0's pump windows (stand-in only: its servers' output
+    // files are ours to read), then the load, with the reload at its offset.
     let endpoints = if go.is_ok() { "go,python,js" } else { "python,js" };
+    let pump_anchor = if target == RunTarget::Local {
+        let plugins: Vec<(&str, &str)> = endpoints
+            .split(',')
+            .map(|e| {
+                (
+                    e,
+                    match e {
+                        "go" => "goplugin",
+                        "python" => "pythonplugin",
+                        _ => "jsplugin",
+                    },
+                )
+            })
+            .collect();
+        Some(stack::align_reload_phase(
+            GATEWAY,
+            &plugins,
+            opts.gateway.workers,
+            opts.reload_at,
+            opts.reload_phase,
+        )?)
+    } else {
+        None
+    };
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
     println!(
         "run: [load] {} users on {endpoints} for {}, reload at {}",
         opts.users,
@@ -339,10 +424,13 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         }
         let elapsed = load_start.elapsed();
         if reload.is_none() && elapsed >= opts.reload_at {
+            let realtime_ns = now_unix_ns() as u64;
             let instant = json!({
                 "offset_ms": elapsed.as_millis() as u64,
                 "monotonic_ns": monotonic_ns(),
-                "realtime_ns": now_unix_ns() as u64,
+                "realtime_ns": realtime_ns,
+                "pump_phase_s": pump_anchor
+                    .map(|a| phase::phase_at(a, realtime_ns as f64 / 1e9, phase::WINDOW.as_secs_f64())),
                 "master": master,
                 "how": match (&opts.reload_cmd, target) {
                     (Some(cmd), _) => cmd.clone(),
@@ -397,7 +485,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         eprintln!("run: the load ended before the reload offset; no reload happened");
     }
 
-    // 4. Stop the probe, keep the stand-in's own log, summarise, tear down.
+    // 4. Let the old workers finish shutting down (their exits, and the kills they cause, are
+    // part of the reload), stop the probe, keep the stand-in's own log, summarise, tear down.
+    settle(master);
     println!("run: [stop] the load is over: ending the probe's window");
     let recorder = &mut teardown.children[0].1;
     // SAFETY: signalling our own child; SIGUSR1 ends its recording normally.
@@ -463,5 +553,7 @@ mod tests {
         assert!(err(&["--reload-at", "1s", "--target", "attach"]).contains("--pid"));
         assert!(err(&["--reload-at", "1s", "--pid", "1"]).contains("only for --target attach"));
         assert!(err(&["--reload-at", "0s"]).contains("more than zero"));
+        assert!(err(&["--reload-at", "1s", "--reload-phase", "10s"]).contains("not inside the 10 s window"));
+        assert_eq!(parse(&["--reload-at", "1s"]).unwrap().reload_phase, Duration::from_secs(7));
     }
 }

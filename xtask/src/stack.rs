@@ -9,6 +9,7 @@ mod cgroup;
 mod compose;
 mod http;
 mod local;
+pub(crate) mod phase;
 pub(crate) mod plugins;
 mod procs;
 
@@ -232,6 +233,28 @@ pub fn go_available() -> std::result::Result<(), String> {
         .find(|e| e["ev"] == "skipped" && e["plugin"] == "goplugin")
         .map(|e| e["reason"].as_str().unwrap_or("Go plugin skipped").to_string());
     skipped.map_or(Ok(()), Err)
+}
+
+/// Stand-in only: starts every worker's plugin instances, then waits until a reload
+/// `reload_at` from now lands `phase` into old worker 0's pump windows ([`phase`]). Returns the
+/// servers' last output (unix seconds), the windows' anchor.
+pub fn align_reload_phase(
+    listen: &str,
+    endpoints: &[(&str, &str)],
+    workers: u32,
+    reload_at: std::time::Duration,
+    phase: std::time::Duration,
+) -> Result<f64> {
+    let paths: Vec<(String, &str)> = endpoints.iter().map(|(e, p)| (format!("/{e}"), *p)).collect();
+    let refs: Vec<(&str, &str)> = paths.iter().map(|(e, p)| (e.as_str(), *p)).collect();
+    phase::align(
+        |path| http::get(listen, path, std::time::Duration::from_secs(2)).is_ok(),
+        local::truth_events,
+        &refs,
+        workers,
+        reload_at,
+        phase,
+    )
 }
 
 /// True when a Docker engine answers.

@@ -1,5 +1,5 @@
-//! The run's `summary.md`: what the load test saw per endpoint, whether goose's own counts agree
-//! with the request log, and the reload instant. The analysis of the trace, linking each failure
+//! The run's `summary.md`: what the load test saw per endpoint, whether goose's own report
+//! (`goose-report.json`, goose's metrics) agrees with our request log, and the reload instant. The analysis of the trace, linking each failure
 //! to its cause, is `reloadscope analyze`'s `report.md`.
 
 use std::collections::BTreeMap;
@@ -28,17 +28,31 @@ pub fn request_counts(text: &str) -> Counts {
     counts
 }
 
-/// The failures per endpoint and reason that the load test printed in its summary line.
-pub fn goose_failures(loadtest_log: &str) -> Option<BTreeMap<String, BTreeMap<String, u64>>> {
-    let line = loadtest_log.lines().rev().find_map(|l| l.strip_prefix("loadtest-summary "))?;
-    let v: Value = serde_json::from_str(line).ok()?;
-    let mut out = BTreeMap::new();
-    for (endpoint, reasons) in v["failures"].as_object()? {
-        let reasons =
-            reasons.as_object()?.iter().filter_map(|(r, n)| Some((r.clone(), n.as_u64()?))).collect();
-        out.insert(endpoint.clone(), reasons);
-    }
-    Some(out)
+/// One row of goose's own per-request metrics in `goose-report.json`.
+#[derive(serde::Deserialize)]
+struct GooseRow {
+    name: String,
+    number_of_requests: u64,
+    number_of_failures: u64,
+}
+
+/// goose's own report, the part compared with the request log.
+#[derive(serde::Deserialize)]
+struct GooseReport {
+    raw_request_metrics: Vec<GooseRow>,
+}
+
+/// Requests and failures per endpoint as goose itself counted them (`goose-report.json`),
+/// without its "Aggregated" row.
+pub fn goose_counts(report: &str) -> Option<BTreeMap<String, (u64, u64)>> {
+    let r: GooseReport = serde_json::from_str(report).ok()?;
+    Some(
+        r.raw_request_metrics
+            .into_iter()
+            .filter(|row| row.name.starts_with('/'))
+            .map(|row| (row.name, (row.number_of_requests, row.number_of_failures)))
+            .collect(),
+    )
 }
 
 fn read(dir: &Path, name: &str) -> String {
@@ -73,12 +87,15 @@ pub fn render(dir: &Path) -> String {
         let why: Vec<String> = reasons.iter().map(|(r, k)| format!("{r}: {k}")).collect();
         let _ = writeln!(s, "| {endpoint} | {n} | {failed} | {} |", why.join(", "));
     }
-    if let Some(goose) = goose_failures(&read(dir, "loadtest.log")) {
-        let ours: BTreeMap<String, BTreeMap<String, u64>> =
-            counts.iter().map(|(e, (_, r))| (e.clone(), r.clone())).filter(|(_, r)| !r.is_empty()).collect();
-        let goose: BTreeMap<_, _> = goose.into_iter().filter(|(_, r)| !r.is_empty()).collect();
-        let verdict = if ours == goose { "equal" } else { "DIFFERENT" };
-        let _ = writeln!(s, "\nFailure counts in goose's metrics and in the request log: {verdict}.");
+    if let Some(goose) = goose_counts(&read(dir, "goose-report.json")) {
+        let ours: BTreeMap<String, (u64, u64)> =
+            counts.iter().map(|(e, (n, r))| (e.clone(), (*n, r.values().sum()))).collect();
+        let verdict =
+            if ours == goose { "equal".to_string() } else { format!("DIFFERENT (goose {goose:?})") };
+        let _ = writeln!(
+            s,
+            "\nRequests and failures per endpoint in goose's own report (`goose-report.json`) and in the request log: {verdict}."
+        );
     }
 
     s.push_str("\nThe analysis (failures linked to workers, stale sockets, spins, plugin-server generations) is in `report.md`.\n");
@@ -111,10 +128,32 @@ not json"#;
     }
 
     #[test]
-    fn reads_the_load_tests_summary_line() {
-        let log = "goose tables...\nloadtest-summary {\"requests\":3,\"failures\":{\"/js\":{\"plugin header missing\":1}}}\n";
-        let g = goose_failures(log).unwrap();
-        assert_eq!(g["/js"]["plugin header missing"], 1);
-        assert!(goose_failures("nothing").is_none());
+    fn reads_gooses_own_report() {
+        let report = r#"{"raw_request_metrics":[
+            {"method":"GET","name":"/js","number_of_requests":19567,"number_of_failures":4734},
+            {"method":"","name":"Aggregated","number_of_requests":19567,"number_of_failures":4734}]}"#;
+        let g = goose_counts(report).unwrap();
+        assert_eq!(g.len(), 1);
+        assert_eq!(g["/js"], (19567, 4734));
+        assert!(goose_counts("nothing").is_none());
+    }
+
+    #[test]
+    fn a_disagreement_with_goose_is_said() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("requests.jsonl"),
+            r#"{"endpoint":"/js","outcome":"failed","reason":"x"}"#,
+        )
+        .unwrap();
+        let goose = |failures: u64| {
+            format!(
+                r#"{{"raw_request_metrics":[{{"name":"/js","number_of_requests":1,"number_of_failures":{failures}}}]}}"#
+            )
+        };
+        std::fs::write(dir.path().join("goose-report.json"), goose(1)).unwrap();
+        assert!(render(dir.path()).contains("in the request log: equal."));
+        std::fs::write(dir.path().join("goose-report.json"), goose(0)).unwrap();
+        assert!(render(dir.path()).contains("in the request log: DIFFERENT"));
     }
 }

@@ -271,7 +271,14 @@ fn fixed_behaviour_loses_no_header_once_the_new_generation_is_up() {
     assert!(burst.after.len() >= 50, "too few requests after the reload to say anything");
     let lost = burst.lost_after();
     assert!(lost.is_empty(), "lost after the new generation was up (status, header): {lost:?}");
-    // fixed stops the old generation gracefully.
+    // fixed stops the old generation gracefully, once old worker 0's pumps let it exit (up to
+    // 10 s after the last output of its servers).
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < deadline
+        && !events(&truth(), "worker_exit").iter().any(|e| e["gen"] == 1 && e["worker"] == 0)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let all = truth();
     let kills: Vec<_> = events(&all, "kill").into_iter().filter(|e| e["gen"] == 1).collect();
     assert!(!kills.is_empty() && kills.iter().all(|e| e["signal"] == "SIGTERM"), "{kills:?}");

@@ -5,11 +5,15 @@
 //! names the worker, and only that worker's events within the request's time window (± a small
 //! slack) count. Requests without a response (timeouts, closed connections) have no worker, so
 //! they fall back to a time window across all workers, and say so.
+//!
+//! Either way a cause is blamed only for failures it can produce ([`fit`]); a failure that no
+//! cause can produce (a foreign body, a 4xx) is "not a reload effect" and counts apart.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::fit::{self, CauseKind, FailureClass};
 use super::spin::Spin;
 use super::stale::{ConnectFailure, IoFailure, Stale};
 use super::timeline::Timeline;
@@ -38,8 +42,10 @@ pub struct Link {
     pub worker_pid: Option<u32>,
     /// That worker's generation.
     pub worker_generation: Option<u32>,
-    /// `exact`, `window` or `unexplained`.
+    /// `exact`, `window`, `unexplained`, or `not_reload` (no cause can produce its reason).
     pub link: String,
+    /// What its reason says went wrong.
+    pub class: Option<FailureClass>,
     /// `failed_connect`, `failed_io`, `stale_flow`, `spin`, `old_worker_exit`, or empty.
     pub kind: String,
     /// The worker whose event explains it.
@@ -53,7 +59,7 @@ pub struct Link {
 /// Failures per (link, kind, endpoint).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Row {
-    /// `exact`, `window` or `unexplained`.
+    /// `exact`, `window`, `unexplained` or `not_reload`.
     pub link: String,
     /// The explanation kind (empty when unexplained).
     pub kind: String,
@@ -70,6 +76,10 @@ pub struct Attribution {
     pub requests: u64,
     /// Failed requests.
     pub failed: u64,
+    /// Failed requests whose reason no reload effect can produce (a foreign body, a 4xx).
+    pub not_reload: u64,
+    /// `failed - not_reload`: the failures a reload could cause, the base of every share.
+    pub reload_failed: u64,
     /// Failed requests that named their worker.
     pub with_worker: u64,
     /// Failed requests without a worker (timeouts, closed connections).
@@ -78,13 +88,13 @@ pub struct Attribution {
     pub exact: u64,
     /// Explained by the time-window fallback.
     pub window: u64,
-    /// Not explained.
+    /// Not explained, among the failures a reload could cause.
     pub unexplained: u64,
-    /// `exact / failed`.
+    /// `exact / reload_failed`.
     pub exact_share: f64,
-    /// `window / failed`.
+    /// `window / reload_failed`.
     pub window_share: f64,
-    /// `unexplained / failed`.
+    /// `unexplained / reload_failed`.
     pub unexplained_share: f64,
     /// Counts by link, kind and endpoint.
     pub table: Vec<Row>,
@@ -105,9 +115,9 @@ fn in_window<T>(v: &[T], ts: impl Fn(&T) -> u64, lo: u64, hi: u64) -> &[T] {
     &v[a..b.max(a)]
 }
 
-/// Prefers an item on the endpoint's own socket, else takes the first.
+/// The first item on the endpoint's own plugin socket: another plugin's trouble cannot fail it.
 fn pick<'a, T>(items: &'a [T], endpoint: &str, path: impl Fn(&T) -> &str) -> Option<&'a T> {
-    items.iter().find(|x| serves(endpoint, path(x))).or_else(|| items.first())
+    items.iter().find(|x| serves(endpoint, path(x)))
 }
 
 /// Picks inside the request's own window first; the slack only when nothing is inside, since a
@@ -161,25 +171,27 @@ pub fn correlate(
     failed.sort_by_key(|r| r.start_mono_ns);
     for r in failed {
         att.failed += 1;
+        let class = fit::classify(r.reason.as_deref().unwrap_or_default());
+        match r.worker_pid {
+            Some(_) => att.with_worker += 1,
+            None => att.without_worker += 1,
+        }
         let link = match r.worker_pid {
-            Some(w) => {
-                att.with_worker += 1;
-                explain_exact(r, w, timeline, spins, stale, &ix, zero_ns)
-            }
-            None => {
-                att.without_worker += 1;
-                explain_window(r, timeline, spins, stale, &ix, zero_ns)
-            }
+            _ if !fit::reload_can_cause(class) => not_reload(r, zero_ns),
+            Some(w) => explain_exact(r, w, class, timeline, spins, stale, &ix, zero_ns),
+            None => explain_window(r, class, timeline, spins, stale, &ix, zero_ns),
         };
         match link.link.as_str() {
             "exact" => att.exact += 1,
             "window" => att.window += 1,
+            NOT_RELOAD => att.not_reload += 1,
             _ => att.unexplained += 1,
         }
         *table.entry((link.link.clone(), link.kind.clone(), r.endpoint.clone())).or_default() += 1;
         att.links.push(link);
     }
-    let share = |n: u64| if att.failed == 0 { 0.0 } else { n as f64 / att.failed as f64 };
+    att.reload_failed = att.failed - att.not_reload;
+    let share = |n: u64| if att.reload_failed == 0 { 0.0 } else { n as f64 / att.reload_failed as f64 };
     att.exact_share = share(att.exact);
     att.window_share = share(att.window);
     att.unexplained_share = share(att.unexplained);
@@ -190,17 +202,30 @@ pub fn correlate(
     att
 }
 
+/// The link of a failure that no reload effect can produce.
+pub const NOT_RELOAD: &str = "not_reload";
+
 fn base(r: &Request, zero_ns: u64) -> Link {
+    let reason = r.reason.clone().unwrap_or_default();
     Link {
         request_id: r.request_id.clone(),
         endpoint: r.endpoint.clone(),
         start_s: rel_s(r.start_mono_ns, zero_ns),
         duration_s: r.end_mono_ns.saturating_sub(r.start_mono_ns) as f64 / 1e9,
-        reason: r.reason.clone().unwrap_or_default(),
+        class: Some(fit::classify(&reason)),
+        reason,
         worker_pid: r.worker_pid,
         link: "unexplained".into(),
         ..Link::default()
     }
+}
+
+fn not_reload(r: &Request, zero_ns: u64) -> Link {
+    let mut l = base(r, zero_ns);
+    l.link = NOT_RELOAD.into();
+    let reason = if l.reason.is_empty() { "no reason given" } else { l.reason.as_str() };
+    l.sentence = format!("{}: {reason}; no reload effect can produce this failure", head(&l));
+    l
 }
 
 fn head(l: &Link) -> String {
@@ -241,9 +266,11 @@ fn spin_text(s: &Spin) -> String {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn explain_exact(
     r: &Request,
     w: u32,
+    class: FailureClass,
     timeline: &Timeline,
     spins: &[Spin],
     stale: &Stale,
@@ -255,24 +282,34 @@ fn explain_exact(
     let (lo, hi) = (r.start_mono_ns.saturating_sub(EXACT_SLACK_NS), r.end_mono_ns + EXACT_SLACK_NS);
     let wgen = l.worker_generation.map_or(String::new(), |g| format!(" (generation {g})"));
     let served = format!("{}: served by worker {w}{wgen}", head(&l));
+    let can = |k: CauseKind| fit::fits(k, class);
     let mut found = None;
-    if let Some(v) = ix.connects.get(&w)
+    if can(CauseKind::FailedConnect)
+        && let Some(v) = ix.connects.get(&w)
         && let Some(c) = pick_near(v, |c| c.ts_ns, r, EXACT_SLACK_NS, |c| &c.path)
     {
-        found =
-            Some(("failed_connect", c.ts_ns, format!("{served}; its {}", connect_text(c, stale, zero_ns))));
+        found = Some((
+            CauseKind::FailedConnect,
+            c.ts_ns,
+            format!("{served}; its {}", connect_text(c, stale, zero_ns)),
+        ));
     }
     if found.is_none()
+        && can(CauseKind::FailedIo)
         && let Some(v) = ix.ios.get(&w)
         && let Some(i) = pick_near(v, |i| i.ts_ns, r, EXACT_SLACK_NS, |i| &i.path)
     {
-        found = Some(("failed_io", i.ts_ns, format!("{served}; its {}", io_text(i))));
+        found = Some((CauseKind::FailedIo, i.ts_ns, format!("{served}; its {}", io_text(i))));
     }
     if found.is_none()
-        && let Some(s) = stale.stale_flows.iter().find(|s| s.pid == w && s.first_ns <= hi && s.last_ns >= lo)
+        && can(CauseKind::StaleFlow)
+        && let Some(s) = stale
+            .stale_flows
+            .iter()
+            .find(|s| s.pid == w && s.first_ns <= hi && s.last_ns >= lo && serves(&r.endpoint, &s.path))
     {
         found = Some((
-            "stale_flow",
+            CauseKind::StaleFlow,
             s.first_ns.max(lo),
             format!(
                 "{served}; it was still talking to server {} (generation {}) of {} while generation {} \
@@ -286,21 +323,22 @@ fn explain_exact(
         ));
     }
     if found.is_none()
+        && can(CauseKind::Spin)
         && let Some(s) = spins.iter().find(|s| s.pid == w && s.start_ns <= hi && s.end_ns >= lo)
     {
-        found = Some(("spin", s.start_ns, format!("{served}; the worker was {}", spin_text(s))));
+        found = Some((CauseKind::Spin, s.start_ns, format!("{served}; the worker was {}", spin_text(s))));
     }
     match found {
         Some((kind, ts, sentence)) => {
             l.link = "exact".into();
-            l.kind = kind.into();
+            l.kind = kind.as_str().into();
             l.cause_pid = Some(w);
             l.cause_s = Some(rel_s(ts, zero_ns));
             l.sentence = sentence;
         }
         None => {
             l.sentence =
-                format!("{served}; no failed connect, failed I/O, stale flow or spin of it in the window")
+                format!("{served} ({}); nothing of it in the window that can produce this failure", l.reason)
         }
     }
     l
@@ -308,6 +346,7 @@ fn explain_exact(
 
 fn explain_window(
     r: &Request,
+    class: FailureClass,
     timeline: &Timeline,
     spins: &[Spin],
     stale: &Stale,
@@ -366,7 +405,7 @@ fn explain_window(
             )
         };
         (
-            "spin",
+            CauseKind::Spin,
             first.pid,
             rel_s(first.since_ns, zero_ns).max(start_rel),
             format!("{lead}: {lead_in} {}", who.join("; worker ")),
@@ -375,7 +414,7 @@ fn explain_window(
     let exit_found = exit.map(|w| {
         let x = w.exit_s.unwrap_or_default();
         (
-            "old_worker_exit",
+            CauseKind::OldWorkerExit,
             w.pid,
             x,
             format!(
@@ -386,29 +425,29 @@ fn explain_window(
     });
     let connect_found = connect.map(|c| {
         (
-            "failed_connect",
+            CauseKind::FailedConnect,
             c.pid,
             rel_s(c.ts_ns, zero_ns),
             format!("{lead}: worker {}'s {}", c.pid, connect_text(c, stale, zero_ns)),
         )
     });
-    let io_found =
-        io.map(|i| ("failed_io", i.pid, i.at_s, format!("{lead}: worker {}'s {}", i.pid, io_text(i))));
+    let io_found = io
+        .map(|i| (CauseKind::FailedIo, i.pid, i.at_s, format!("{lead}: worker {}'s {}", i.pid, io_text(i))));
     let long = l.duration_s >= 1.0;
     let order = if long {
         [spin_found, exit_found, connect_found, io_found]
     } else {
         [exit_found, connect_found, io_found, spin_found]
     };
-    match order.into_iter().flatten().next() {
+    match order.into_iter().flatten().find(|(kind, ..)| fit::fits(*kind, class)) {
         Some((kind, pid, at, sentence)) => {
             l.link = "window".into();
-            l.kind = kind.into();
+            l.kind = kind.as_str().into();
             l.cause_pid = Some(pid);
             l.cause_s = Some(at);
             l.sentence = sentence;
         }
-        None => l.sentence = format!("{lead}: nothing in the window explains it"),
+        None => l.sentence = format!("{lead}: nothing in the window can produce this failure"),
     }
     l
 }
@@ -522,6 +561,55 @@ mod tests {
         assert_eq!((b.link.as_str(), b.kind.as_str(), b.cause_pid), ("window", "spin", Some(12)));
         assert!(b.sentence.contains("no worker header, linked by time window"), "{}", b.sentence);
         assert!((a.exact_share - 1.0 / 3.0).abs() < 1e-9);
+    }
+
+    /// Old worker 13 (generation 1) exits at 3 s; worker 11's connect to the JS socket fails.
+    fn exit_timeline() -> Timeline {
+        let mut procs = vec![worker(11, 1, Some(2)), worker(13, 1, Some(1))];
+        procs[1].exit_ns = Some(ms(3000));
+        super::super::timeline::detect(&[], &procs, 1, 0)
+    }
+
+    fn on(endpoint: &str, mut r: Request) -> Request {
+        r.endpoint = endpoint.into();
+        r
+    }
+
+    #[test]
+    fn a_cause_is_blamed_only_for_failures_it_can_produce() {
+        let t = exit_timeline();
+        let requests = vec![
+            // A content check during the worker's exit: no reload effect produces it.
+            req("body", ms(2990), ms(3010), Some(11), "response body is not reflection JSON"),
+            req("404", ms(2990), ms(3010), None, "status 404"),
+            // A closed connection around the exit: the exit closed it.
+            req("closed", ms(2990), ms(3010), None, "connection closed before message completed"),
+            // A timeout around the exit with no spin: an exit does not make a request time out.
+            req("timeout", ms(2990), ms(3010), None, "operation timed out"),
+            // A /python request with the JS socket refused under it: not its plugin.
+            on("/python", req("py", ms(2295), ms(2305), Some(11), "plugin header missing")),
+            // A 500 with its own plugin's connect refused: the plugin's failure.
+            req("500", ms(2295), ms(2305), Some(11), "status 500"),
+            // A closed connection with a failed plugin connect on its worker: plugins fail open.
+            req("closed2", ms(2295), ms(2305), Some(11), "connection reset by peer"),
+        ];
+        let a = correlate(&requests, &t, &[], &stale(), 0);
+        let by = |id: &str| a.links.iter().find(|l| l.request_id == id).unwrap();
+        let got = |id: &str| (by(id).link.clone(), by(id).kind.clone());
+        let pair = |l: &str, k: &str| (l.to_string(), k.to_string());
+        assert_eq!(got("body"), pair(NOT_RELOAD, ""));
+        assert!(by("body").sentence.contains("no reload effect can produce"), "{}", by("body").sentence);
+        assert_eq!(got("404"), pair(NOT_RELOAD, ""));
+        assert_eq!(got("closed"), pair("window", "old_worker_exit"));
+        assert_eq!(by("closed").cause_pid, Some(13));
+        assert_eq!(got("timeout"), pair("unexplained", ""));
+        assert_eq!(got("py"), pair("unexplained", ""));
+        assert_eq!(got("500"), pair("exact", "failed_connect"));
+        assert_eq!(got("closed2"), pair("unexplained", ""));
+        // The two that no reload can cause are counted apart and out of every share.
+        assert_eq!((a.failed, a.not_reload, a.reload_failed), (7, 2, 5));
+        assert_eq!((a.exact, a.window, a.unexplained), (1, 1, 3));
+        assert!((a.exact_share - 0.2).abs() < 1e-9 && (a.unexplained_share - 0.6).abs() < 1e-9);
     }
 
     #[test]

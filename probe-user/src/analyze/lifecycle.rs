@@ -15,6 +15,9 @@ use super::rel_s;
 use crate::event::Event;
 use crate::model::Process;
 
+/// `found_by` of a server known only from the stand-in's own log.
+pub const FOUND_IN_GROUND_TRUTH: &str = "ground truth";
+
 /// One plugin-server generation on one socket path.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ServerGen {
@@ -46,6 +49,10 @@ pub struct ServerGen {
     pub orphaned: bool,
     /// How it was found: `bind`, `ground truth` or `peer`.
     pub found_by: String,
+    /// Since when it is known to exist (CLOCK_MONOTONIC ns): its bind, its spawn in the
+    /// stand-in's log, or 0 when only its traffic showed it (it bound before the trace).
+    #[serde(skip)]
+    pub since_ns: u64,
 }
 
 /// A SIGKILL seen in the trace.
@@ -99,6 +106,104 @@ pub struct Orphan {
     pub outlives_run: bool,
 }
 
+/// Which came first on a socket path at the reload: the new server's bind or the old one's death.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// The new generation bound before the old one died: new connects never failed, but
+    /// connections to the old one broke when it died (Kong #8531's reproduction).
+    NewBoundFirst,
+    /// The old generation died before the new one bound: connects were refused in between.
+    OldDiedFirst,
+    /// The old generation outlived the trace.
+    OldOutlivedTrace,
+}
+
+/// The hand-over of one socket path from the server that held it at the reload to the next.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Handover {
+    /// The socket path.
+    pub path: String,
+    /// The server that held the path at the reload.
+    pub old_pid: u32,
+    /// Its generation.
+    pub old_generation: u32,
+    /// When it died (s from zero), if it did in the trace.
+    pub old_exit_s: Option<f64>,
+    /// How it ended.
+    pub old_end: String,
+    /// The next server to bind the path.
+    pub new_pid: u32,
+    /// When it bound (s from zero).
+    pub new_bound_s: f64,
+    /// Which came first.
+    pub order: Order,
+}
+
+impl Handover {
+    /// One line for the report.
+    pub fn sentence(&self) -> String {
+        let path = super::short_path(&self.path);
+        match (self.order, self.old_exit_s) {
+            (Order::OldDiedFirst, Some(died)) => format!(
+                "{path}: the old server {} (generation {}) died at {died:.2} s ({}), {:.2} s before the new \
+                 one {} bound at {:.2} s: connects to the path failed in between",
+                self.old_pid,
+                self.old_generation,
+                self.old_end,
+                self.new_bound_s - died,
+                self.new_pid,
+                self.new_bound_s
+            ),
+            (_, Some(died)) => format!(
+                "{path}: the new server {} bound at {:.2} s, {:.2} s before the old one {} (generation {}) \
+                 died at {died:.2} s ({}): connections still open to the old one broke then",
+                self.new_pid,
+                self.new_bound_s,
+                died - self.new_bound_s,
+                self.old_pid,
+                self.old_generation,
+                self.old_end
+            ),
+            (_, None) => format!(
+                "{path}: the new server {} bound at {:.2} s; the old one {} (generation {}) was still \
+                 running when the trace ended",
+                self.new_pid, self.new_bound_s, self.old_pid, self.old_generation
+            ),
+        }
+    }
+}
+
+/// For each path, the server that held it at `zero_ns` against the first to bind it after.
+pub fn handovers(servers: &[ServerGen], zero_ns: u64) -> Vec<Handover> {
+    let mut out = Vec::new();
+    let mut paths: Vec<&str> = servers.iter().map(|s| s.path.as_str()).collect();
+    paths.dedup();
+    for path in paths {
+        let gens: Vec<&ServerGen> = servers.iter().filter(|s| s.path == path).collect();
+        let old = gens.iter().rev().find(|s| s.since_ns <= zero_ns);
+        let new = gens.iter().find(|s| s.bound_ns.is_some_and(|b| b > zero_ns));
+        let (Some(old), Some(new)) = (old, new) else { continue };
+        let bound = new.bound_ns.unwrap_or_default();
+        let order = match old.exit_ns {
+            Some(died) if died < bound => Order::OldDiedFirst,
+            Some(_) => Order::NewBoundFirst,
+            None => Order::OldOutlivedTrace,
+        };
+        out.push(Handover {
+            path: path.to_string(),
+            old_pid: old.pid,
+            old_generation: old.generation,
+            old_exit_s: old.exit_s,
+            old_end: old.end.clone(),
+            new_pid: new.pid,
+            new_bound_s: new.bound_s.unwrap_or_default(),
+            order,
+        });
+    }
+    out
+}
+
 /// The lifecycle findings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Lifecycle {
@@ -110,6 +215,8 @@ pub struct Lifecycle {
     pub loops: Vec<CrashLoop>,
     /// Orphans.
     pub orphans: Vec<Orphan>,
+    /// Per socket path, whether the new server bound before the old one died.
+    pub handovers: Vec<Handover>,
 }
 
 impl Lifecycle {
@@ -152,7 +259,11 @@ pub fn detect(
     for line in ground_truth.iter().filter(|v| v["ev"] == "spawn") {
         if let (Some(path), Some(pid)) = (line["socket"].as_str(), line["server_pid"].as_u64()) {
             let ts = line["mono_ns"].as_u64().unwrap_or(0);
-            earlier.entry(path.to_string()).or_default().entry(pid as u32).or_insert((ts, "ground truth"));
+            earlier
+                .entry(path.to_string())
+                .or_default()
+                .entry(pid as u32)
+                .or_insert((ts, FOUND_IN_GROUND_TRUTH));
         }
     }
     for ev in events {
@@ -163,11 +274,13 @@ pub fn detect(
         match u.op.as_str() {
             "bind" => binds.entry(u.path.clone()).or_default().push((u.task.ts_ns, u.task.tgid)),
             // Whoever accepts on the path serves it; a connect's peer pid is the listener's owner.
+            // Trace evidence outranks the stand-in's log as the way a server was found.
             "accept" => {
                 earlier
                     .entry(u.path.clone())
                     .or_default()
                     .entry(u.task.tgid)
+                    .and_modify(|e| e.1 = "peer")
                     .or_insert((u.task.ts_ns, "peer"));
             }
             "connect" if u.id.peer_pid != 0 => {
@@ -175,6 +288,7 @@ pub fn detect(
                     .entry(u.path.clone())
                     .or_default()
                     .entry(u.id.peer_pid)
+                    .and_modify(|e| e.1 = "peer")
                     .or_insert((u.task.ts_ns, "peer"));
             }
             _ => {}
@@ -184,33 +298,31 @@ pub fn detect(
     let paths: std::collections::BTreeSet<String> = binds.keys().chain(earlier.keys()).cloned().collect();
     for path in paths {
         let bound = binds.get(&path).cloned().unwrap_or_default();
-        let mut pre: Vec<(u64, u32, &str)> = earlier
+        let pre: Vec<(u64, u32, &str)> = earlier
             .get(&path)
             .into_iter()
             .flatten()
             .filter(|(pid, _)| !bound.iter().any(|(_, b)| b == *pid))
             .map(|(&pid, &(ts, how))| (ts, pid, how))
             .collect();
-        pre.sort();
-        let mut seen = std::collections::BTreeSet::new();
-        let all = pre
+        // Generation order: a server found by its traffic alone bound before the trace; one
+        // from the stand-in's log is placed by its spawn (a spawn after the trace began that
+        // never bound comes after the binds before it); the others by their bind.
+        let mut all: Vec<(u64, Option<u64>, u32, &str)> = pre
             .into_iter()
-            .map(|(_, pid, how)| (None, pid, how))
-            .chain(bound.iter().map(|&(ts, pid)| (Some(ts), pid, "bind")));
-        for (bound_ns, pid, how) in all {
+            .map(|(ts, pid, how)| (if how == FOUND_IN_GROUND_TRUTH { ts } else { 0 }, None, pid, how))
+            .chain(bound.iter().map(|&(ts, pid)| (ts, Some(ts), pid, "bind")))
+            .collect();
+        all.sort_by_key(|&(since, ..)| since);
+        let mut seen = std::collections::BTreeSet::new();
+        for (since_ns, bound_ns, pid, how) in all {
             if !seen.insert(pid) {
                 continue;
             }
-            servers.push(server_gen(
-                &path,
-                seen.len() as u32,
-                pid,
-                bound_ns,
-                how,
-                procs.get(&pid),
-                &procs,
-                zero_ns,
-            ));
+            let mut g =
+                server_gen(&path, seen.len() as u32, pid, bound_ns, how, procs.get(&pid), &procs, zero_ns);
+            g.since_ns = since_ns;
+            servers.push(g);
         }
     }
 
@@ -272,7 +384,8 @@ pub fn detect(
             });
         }
     }
-    Lifecycle { servers, kills, loops, orphans }
+    let handovers = handovers(&servers, zero_ns);
+    Lifecycle { servers, kills, loops, orphans, handovers }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -317,6 +430,7 @@ fn server_gen(
         crashed,
         orphaned,
         found_by: how.to_string(),
+        since_ns: 0,
     }
 }
 
@@ -377,6 +491,11 @@ mod tests {
         assert_eq!((lp.path.as_str(), lp.crashes, lp.pids.clone()), (JS, 3, vec![30, 31, 32]));
         assert!((lp.period_s - 1.0).abs() < 1e-9 && lp.last_alive);
         assert_eq!(l.owner_at(JS, ms(1050)).map(|s| s.pid), Some(20));
+        // 20 held the path at the reload and was SIGKILLed at 1.0 s; 30 bound at 1.1 s.
+        assert_eq!(l.handovers.len(), 1);
+        let h = &l.handovers[0];
+        assert_eq!((h.old_pid, h.new_pid, h.order), (20, 30, Order::OldDiedFirst));
+        assert!(h.sentence().contains("0.10 s before the new one 30 bound"), "{}", h.sentence());
         assert_eq!(l.owner_at(JS, ms(1800)).map(|s| s.pid), Some(31));
         assert!(l.orphans.is_empty());
     }
@@ -399,12 +518,47 @@ mod tests {
     }
 
     #[test]
+    fn a_new_server_that_binds_before_the_old_one_dies_is_a_hand_over() {
+        let known = BTreeMap::from([
+            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![] }),
+            (20, ProcInfo { ppid: 10, comm: "py".into(), argv: vec![] }),
+        ]);
+        let events = vec![
+            sock(ms(100), 10, "connect", 0, 500, 20, JS),
+            fork(ms(900), 1, 11),
+            fork(ms(950), 11, 30),
+            sock(ms(1900), 30, "bind", 0, 600, 0, JS),
+            signal(ms(3000), 10, 20, 9),
+            exit(ms(3001), 20, 9, 10),
+        ];
+        let procs = processes(&events, 1, &known);
+        let l = detect(&events, &procs, &[], ms(800));
+        let h = &l.handovers[0];
+        assert_eq!((h.old_pid, h.new_pid, h.order), (20, 30, Order::NewBoundFirst));
+        assert!((h.new_bound_s - 1.1).abs() < 1e-9 && (h.old_exit_s.unwrap() - 2.201).abs() < 1e-9);
+        assert!(h.sentence().contains("1.10 s before the old one 20"), "{}", h.sentence());
+        // A respawn the stand-in logged late that never bound stays after the binds: it is
+        // neither the path's holder at the reload nor generation 1.
+        let gt = vec![
+            serde_json::json!({"ev":"spawn","socket":JS,"server_pid":20,"mono_ns":5}),
+            serde_json::json!({"ev":"spawn","socket":JS,"server_pid":40,"mono_ns":ms(5000)}),
+        ];
+        let l = detect(&events, &procs, &gt, ms(800));
+        let gens: Vec<(u32, u32)> = l.servers.iter().map(|s| (s.pid, s.generation)).collect();
+        assert_eq!(gens, vec![(20, 1), (30, 2), (40, 3)]);
+        assert_eq!((l.handovers[0].old_pid, l.handovers[0].order), (20, Order::NewBoundFirst));
+        // Without the kill in the trace, the old one outlived it.
+        let l = detect(&events[..4], &processes(&events[..4], 1, &known), &[], ms(800));
+        assert_eq!(l.handovers[0].order, Order::OldOutlivedTrace);
+    }
+
+    #[test]
     fn a_clean_run_has_no_kill_loop_or_orphan() {
         let known = BTreeMap::from([(20, ProcInfo { ppid: 10, comm: "py".into(), argv: vec![] })]);
         let events = [sock(ms(1), 20, "bind", 0, 1, 0, JS), sock(ms(2), 10, "connect", 0, 2, 20, JS)];
         let procs = processes(&events, 1, &known);
         let l = detect(&events, &procs, &[], 0);
         assert_eq!(l.servers.len(), 1);
-        assert!(l.kills.is_empty() && l.loops.is_empty() && l.orphans.is_empty());
+        assert!(l.kills.is_empty() && l.loops.is_empty() && l.orphans.is_empty() && l.handovers.is_empty());
     }
 }

@@ -6,6 +6,7 @@
 //! `report.md`, `report.json` and `timeline.json`.
 
 pub mod correlate;
+pub mod fit;
 pub mod lifecycle;
 pub mod report;
 pub mod spin;
@@ -24,7 +25,7 @@ use crate::model::{ProcInfo, Process};
 use crate::trace::Meta;
 
 /// Version of `report.json`'s layout.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// One line of the load test's `requests.jsonl` (the fields the analysis uses).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,15 +191,21 @@ fn pid_list(set: &std::collections::BTreeSet<(String, u32)>) -> String {
 }
 
 /// Compares servers, kills, crashes and spinning workers with the stand-in's ground truth.
+///
+/// Only lines logged inside the trace's window (`until_ns`) count: what the stand-in did after
+/// the probe stopped (teardown kills, say) has no evidence in the trace.
 pub fn ground_truth_check(
     gt: &[serde_json::Value],
     l: &lifecycle::Lifecycle,
     spins: &[spin::Spin],
+    until_ns: u64,
 ) -> Vec<Check> {
     use std::collections::BTreeSet;
     if gt.is_empty() {
         return Vec::new();
     }
+    let gt: Vec<&serde_json::Value> =
+        gt.iter().filter(|v| v["mono_ns"].as_u64().is_none_or(|t| until_ns == 0 || t <= until_ns)).collect();
     let gt_set =
         |ev: &str, keep: &dyn Fn(&serde_json::Value) -> bool, pid_key: &str| -> BTreeSet<(String, u32)> {
             gt.iter()
@@ -208,12 +215,21 @@ pub fn ground_truth_check(
                 })
                 .collect()
         };
-    // The stand-in names a server's socket in `spawn` only: key the other sets by pid alone.
+    // The stand-in names a server's socket in `spawn` and `server_ready` only: key the other sets by pid.
     let strip = |s: BTreeSet<(String, u32)>| -> BTreeSet<(String, u32)> {
         s.into_iter().map(|(_, p)| (String::new(), p)).collect()
     };
-    let servers_gt = gt_set("spawn", &|_| true, "server_pid");
-    let servers: BTreeSet<(String, u32)> = l.servers.iter().map(|s| (s.path.clone(), s.pid)).collect();
+    // The servers the stand-in saw bind their path: a spawn that had not bound when the trace
+    // ended left no socket evidence to compare.
+    let servers_gt = gt_set("server_ready", &|_| true, "server_pid");
+    // Only servers the trace itself shows (a bind, an accept, a connect reaching them): the
+    // lifecycle also lists those it knows from this very log.
+    let servers: BTreeSet<(String, u32)> = l
+        .servers
+        .iter()
+        .filter(|s| s.found_by != lifecycle::FOUND_IN_GROUND_TRUTH)
+        .map(|s| (s.path.clone(), s.pid))
+        .collect();
     let kills_gt = strip(gt_set("kill", &|v| v["signal"] == "SIGKILL", "server_pid"));
     let server_pids: BTreeSet<u32> = l.servers.iter().map(|s| s.pid).collect();
     let kills: BTreeSet<(String, u32)> = l
@@ -226,16 +242,21 @@ pub fn ground_truth_check(
         strip(gt_set("server_exit", &|v| v["code"].as_i64().is_some_and(|c| c != 0), "server_pid"));
     let crashes: BTreeSet<(String, u32)> =
         l.servers.iter().filter(|s| s.crashed).map(|s| (String::new(), s.pid)).collect();
-    let leaks_gt = strip(gt_set("claim_leaked", &|_| true, "pid"));
+    // A request that busy-waited a whole second must show as a spin (the detector needs half a
+    // second); a spin must come from a worker where some request waited at least a quarter.
+    let waited_long = strip(gt_set("claim_spin", &|_| true, "pid"));
+    let waited = strip(gt_set("claim_wait", &|_| true, "pid"));
     let spinning: BTreeSet<(String, u32)> = spins.iter().map(|s| (String::new(), s.pid)).collect();
+    let spins_agree = waited_long.is_subset(&spinning)
+        && spinning.is_subset(&waited.union(&waited_long).cloned().collect());
     [
         ("plugin servers (socket:pid)", servers_gt.is_subset(&servers), servers_gt, servers),
         ("servers SIGKILLed", kills_gt == kills, kills_gt, kills),
         ("servers that exited non-zero", crashes_gt == crashes, crashes_gt, crashes),
         (
-            "workers with a leaked instance claim vs. spinning workers",
-            leaks_gt == spinning,
-            leaks_gt,
+            "workers where a request busy-waited on an instance claim for 1 s vs. spinning workers",
+            spins_agree,
+            waited_long,
             spinning,
         ),
     ]
@@ -260,7 +281,7 @@ pub fn analyze(run: &Run) -> Analysis {
         spin::detect(&run.events, &timeline, spin::Params::new(run.meta.options.sample_hz, bucket_ns), zero);
     let stale = stale::detect(&run.events, &timeline, &lifecycle, zero);
     let attribution = correlate::correlate(&run.requests, &timeline, &spins, &stale, zero);
-    let ground_truth_check = ground_truth_check(&run.ground_truth, &lifecycle, &spins);
+    let ground_truth_check = ground_truth_check(&run.ground_truth, &lifecycle, &spins, run.meta.ended_ns);
     Analysis {
         schema_version: REPORT_SCHEMA_VERSION,
         zero_ns: zero,
@@ -328,6 +349,84 @@ mod tests {
         let a = analyze(&run);
         assert_eq!((a.attribution.failed, a.attribution.unexplained), (1, 1));
         assert_eq!(a.timeline.hups.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod ground_truth_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn spin_of(pid: u32) -> spin::Spin {
+        spin::Spin { pid, tid: pid, ..spin::Spin::default() }
+    }
+
+    fn check<'a>(checks: &'a [Check], what: &str) -> &'a Check {
+        checks.iter().find(|c| c.what.starts_with(what)).unwrap()
+    }
+
+    #[test]
+    fn spinning_workers_are_checked_against_the_requests_that_waited_on_a_claim() {
+        let gt = vec![
+            json!({"ev":"claim_wait","pid":11,"mono_ns":100}),
+            json!({"ev":"claim_spin","pid":11,"mono_ns":200}),
+            // A leaked claim nobody waited on spins nothing: it is not compared.
+            json!({"ev":"claim_leaked","pid":12,"mono_ns":150}),
+            json!({"ev":"claim_wait","pid":13,"mono_ns":300}),
+        ];
+        let l = lifecycle::Lifecycle::default();
+        let what = "workers where a request busy-waited";
+        // 11 waited a second and spun; 13 waited a quarter and may or may not show a spin.
+        assert!(check(&ground_truth_check(&gt, &l, &[spin_of(11)], 0), what).agrees);
+        assert!(check(&ground_truth_check(&gt, &l, &[spin_of(11), spin_of(13)], 0), what).agrees);
+        // The trace disagrees: 11's second-long wait shows no spin, or 12 spins with no wait.
+        assert!(!check(&ground_truth_check(&gt, &l, &[], 0), what).agrees);
+        assert!(!check(&ground_truth_check(&gt, &l, &[spin_of(11), spin_of(12)], 0), what).agrees);
+        // A wait logged after the trace ended has no evidence to be checked against.
+        assert!(check(&ground_truth_check(&gt, &l, &[], 150), what).agrees);
+    }
+
+    #[test]
+    fn a_server_known_only_from_the_stand_ins_log_is_not_evidence() {
+        let gt = vec![
+            json!({"ev":"server_ready","socket":"/p/js.sock","server_pid":20,"mono_ns":1}),
+            // Spawned at the very end, never bound: nothing to find in the trace.
+            json!({"ev":"spawn","socket":"/p/js.sock","server_pid":21,"mono_ns":2}),
+        ];
+        let server = |found_by: &str| lifecycle::ServerGen {
+            path: "/p/js.sock".into(),
+            pid: 20,
+            found_by: found_by.into(),
+            ..Default::default()
+        };
+        let with =
+            |found_by: &str| lifecycle::Lifecycle { servers: vec![server(found_by)], ..Default::default() };
+        let what = "plugin servers";
+        assert!(check(&ground_truth_check(&gt, &with("peer"), &[], 0), what).agrees);
+        assert!(check(&ground_truth_check(&gt, &with("bind"), &[], 0), what).agrees);
+        assert!(
+            !check(&ground_truth_check(&gt, &with(lifecycle::FOUND_IN_GROUND_TRUTH), &[], 0), what).agrees
+        );
+    }
+
+    #[test]
+    fn kills_after_the_trace_are_not_expected_in_it() {
+        let gt = vec![
+            json!({"ev":"kill","signal":"SIGKILL","server_pid":20,"mono_ns":100}),
+            json!({"ev":"kill","signal":"SIGKILL","server_pid":21,"mono_ns":900}),
+        ];
+        let l = lifecycle::Lifecycle {
+            servers: vec![lifecycle::ServerGen { pid: 20, ..Default::default() }],
+            kills: vec![lifecycle::Kill { target: 20, ..Default::default() }],
+            ..Default::default()
+        };
+        assert!(check(&ground_truth_check(&gt, &l, &[], 500), "servers SIGKILLed").agrees);
+        // Within the trace, the missing kill of 21 is a disagreement.
+        let c = ground_truth_check(&gt, &l, &[], 1000);
+        let c = check(&c, "servers SIGKILLed");
+        assert!(!c.agrees, "{c:?}");
+        assert_eq!((c.standin.as_str(), c.found.as_str()), ("20, 21", "20"));
     }
 }
 

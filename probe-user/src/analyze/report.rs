@@ -75,11 +75,15 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
     } else {
         let _ = writeln!(
             s,
-            "**{} of {} requests failed. {} of the failures are explained: {} exactly (through the worker \
-         that served them), {} by time window; {} unexplained.**\n",
+            "**{} of {} requests failed; {} of them in ways a reload can cause, {} in ways it cannot \
+             (see Failure attribution). Of the {}, {} are explained: {} exactly (through the worker that \
+             served them), {} by time window; {} unexplained.**\n",
             att.failed,
             att.requests,
-            pct(1.0 - att.unexplained_share),
+            att.reload_failed,
+            att.not_reload,
+            att.reload_failed,
+            pct(if att.reload_failed == 0 { 0.0 } else { 1.0 - att.unexplained_share }),
             pct(att.exact_share),
             pct(att.window_share),
             pct(att.unexplained_share)
@@ -166,7 +170,7 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
 
     s.push_str("\n## Artifacts\n\n");
     for (file, what) in [
-        ("report.json", "this report as data (schema_version 1)"),
+        ("report.json", "this report as data (schema_version 2)"),
         (
             "timeline.json",
             "open in ui.perfetto.dev: spins, epoll buckets, socket errors, signals, failed requests",
@@ -273,6 +277,9 @@ pub fn headlines(a: &Analysis) -> Vec<String> {
             a.spins.iter().map(|s| s.zero_timeout_since_s).fold(f64::INFINITY, f64::min),
             a.spins.iter().map(|s| s.rate_per_s).fold(0.0, f64::max)
         ));
+    }
+    for h in &a.lifecycle.handovers {
+        out.push(format!("Hand-over: {}", h.sentence()));
     }
     for l in &a.lifecycle.loops {
         out.push(format!(
@@ -439,6 +446,12 @@ fn findings_md(s: &mut String, a: &Analysis) {
             let _ = writeln!(s, "\n…and {hidden} more (see `report.json`).");
         }
     }
+    if !l.handovers.is_empty() {
+        s.push_str("\n**Hand-over at the reload** (the server holding each path at time 0 against the next to bind it):\n\n");
+        for h in &l.handovers {
+            let _ = writeln!(s, "- {}", h.sentence());
+        }
+    }
     s.push_str("\n**SIGKILLs** (`signal` events):\n\n");
     if l.kills.is_empty() {
         s.push_str("none\n");
@@ -586,10 +599,12 @@ fn attribution_md(s: &mut String, a: &Analysis) {
     s.push_str("\n## Failure attribution\n\n");
     let _ = writeln!(
         s,
-        "{} failed requests: {} named their worker (`x-standin-worker`), {} did not (timeouts, closed connections) and were linked by time window. Explained: **{} exact, {} window, {} unexplained**.\n",
+        "{} failed requests: {} named their worker (`x-standin-worker`), {} did not (timeouts, closed connections) and were linked by time window. A cause is blamed only for failures it can produce: an old worker's exit for a closed or reset connection, a spin for a timeout, a plugin socket's trouble (failed connect or I/O, a stale server generation) for its own endpoint's missing header or a 5xx. {} failed in ways no reload effect produces (`not_reload`: a foreign body, a 4xx) and count apart. Of the other {}: **{} exact, {} window, {} unexplained**.\n",
         att.failed,
         att.with_worker,
         att.without_worker,
+        att.not_reload,
+        att.reload_failed,
         pct(att.exact_share),
         pct(att.window_share),
         pct(att.unexplained_share)
@@ -602,9 +617,12 @@ fn attribution_md(s: &mut String, a: &Analysis) {
         let kind = if r.kind.is_empty() { "–" } else { &r.kind };
         let _ = writeln!(s, "| {} | {kind} | {} | {} |", r.link, r.endpoint, r.count);
     }
-    for (link, title) in
-        [("exact", "Examples (exact)"), ("window", "Linked by time window"), ("unexplained", "Unexplained")]
-    {
+    for (link, title) in [
+        ("exact", "Examples (exact)"),
+        ("window", "Linked by time window"),
+        ("unexplained", "Unexplained"),
+        (super::correlate::NOT_RELOAD, "Unexplained (not a reload effect)"),
+    ] {
         let rows: Vec<_> = att.links.iter().filter(|l| l.link == link).collect();
         if rows.is_empty() {
             continue;
@@ -720,7 +738,10 @@ pub fn trace_events(run: &Run, a: &Analysis) -> Value {
         ev.push(json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}));
     }
     json!({"traceEvents": ev, "displayTimeUnit": "ms",
-           "otherData": {"zero_s_from_trace_start": rel_s(a.zero_ns, t0), "source": "reloadscope analyze"}})
+           "otherData": {"zero_s_from_trace_start": rel_s(a.zero_ns, t0), "source": "reloadscope analyze",
+                         // The instants are capped; a reader must know when some are missing.
+                         "failed_requests": failed.len(),
+                         "failed_request_instants": failed.len().min(MAX_REQUEST_INSTANTS)}})
 }
 
 /// Where the files are, relative to the run directory when possible.
@@ -749,7 +770,7 @@ mod tests {
         assert!(md.contains("[`timeline.json`](timeline.json)"));
         let w = write(&run, &a).unwrap();
         let v: Value = serde_json::from_str(&std::fs::read_to_string(w.json).unwrap()).unwrap();
-        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["schema_version"], super::super::REPORT_SCHEMA_VERSION);
         let t: Value = serde_json::from_str(&std::fs::read_to_string(w.timeline).unwrap()).unwrap();
         assert!(t["traceEvents"].as_array().unwrap().iter().any(|e| e["ph"] == "M"));
     }

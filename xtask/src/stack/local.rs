@@ -79,6 +79,8 @@ pub fn up(opts: &UpOptions) -> Result<()> {
         "truth_log": truth_log().display().to_string(),
         "behaviour": opts.gateway.behaviour.name(),
         "workers": opts.gateway.workers,
+        // lua-resty-core's default pipe read timeout: worker 0's pump window (kong/README.md).
+        "pump_window_s": super::phase::WINDOW.as_secs(),
         "servers": servers,
         "skipped": skipped,
     });

@@ -77,7 +77,7 @@ end
 function M.init_worker()
     truth.emit("worker_start", { worker = ngx.worker.id(), count = ngx.worker.count() })
     if ngx.worker.id() == 0 then
-        servers.start(cfg.servers)
+        servers.start(cfg.servers, cfg.pump_window_s)
     else
         ngx.log(ngx.INFO, "only worker #0 can manage plugin servers")
     end

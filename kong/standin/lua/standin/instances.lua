@@ -58,15 +58,19 @@ local function wait_for_claim(name, key)
         end
         return info
     end
-    local reported = false
+    -- Two marks per waiting request, for the analysis's check: a quarter second (any spin the
+    -- probe reports must come from such a worker) and a whole second (the probe must report it).
+    local marks = { { after = 0.25, ev = "claim_wait" }, { after = 1, ev = "claim_spin" } }
+    local next_mark = 1
     while info and info.id == nil do
         yield_through_loop()
         info = running[key]
-        if not reported then
+        local mark = marks[next_mark]
+        if mark then
             ngx.update_time()
-            if ngx.now() - started >= 1 then
-                reported = true
-                truth.emit("claim_spin", { plugin = name, key = key, worker = ngx.worker.id() })
+            if ngx.now() - started >= mark.after then
+                next_mark = next_mark + 1
+                truth.emit(mark.ev, { plugin = name, key = key, worker = ngx.worker.id() })
             end
         end
     end

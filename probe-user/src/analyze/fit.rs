@@ -1,0 +1,148 @@
+//! Which failures each kind of kernel cause can produce: the one table the correlation consults
+//! before it blames a cause, for exact and time-window links alike.
+//!
+//! | cause | failures it can produce |
+//! |---|---|
+//! | an old worker's exit (its idle keep-alive closes) | the connection closed or reset |
+//! | a spinning worker | a timeout |
+//! | a failed plugin connect, failed plugin I/O, a stale server generation | the plugin's header missing, a 5xx |
+//! | (none) | a body that is not the upstream's, a 4xx or other non-200, an unknown client error |
+//!
+//! A plugin cause must also be on the plugin socket of the request's own endpoint: a refused
+//! connect to `jsplugin.socket` cannot fail a `/python` request.
+
+use serde::Serialize;
+
+/// What the load test saw go wrong, from its failure reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The upstream's echo lacked the plugin's header: the plugin was skipped (fail-open).
+    HeaderMissing,
+    /// The gateway answered 5xx.
+    ServerError,
+    /// The client's timeout ran out.
+    TimedOut,
+    /// The connection was closed, reset or refused under the request.
+    Closed,
+    /// Something no reload can cause: a foreign body, a 4xx or other status, an unknown error.
+    NotReloadable,
+}
+
+/// A kind of kernel evidence that can explain a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CauseKind {
+    /// A worker's connect to a plugin socket failed (ECONNREFUSED, ENOENT).
+    FailedConnect,
+    /// A worker's send or receive on a plugin socket failed or hit a closed peer.
+    FailedIo,
+    /// A worker still talked to a superseded plugin-server generation.
+    StaleFlow,
+    /// A worker busy-waited in `epoll_wait(…, 0)`.
+    Spin,
+    /// An old worker exited during the reload.
+    OldWorkerExit,
+}
+
+impl CauseKind {
+    /// The name written to `report.json` and the tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CauseKind::FailedConnect => "failed_connect",
+            CauseKind::FailedIo => "failed_io",
+            CauseKind::StaleFlow => "stale_flow",
+            CauseKind::Spin => "spin",
+            CauseKind::OldWorkerExit => "old_worker_exit",
+        }
+    }
+
+    /// True when the cause is traffic with a plugin server.
+    pub fn is_plugin(self) -> bool {
+        matches!(self, CauseKind::FailedConnect | CauseKind::FailedIo | CauseKind::StaleFlow)
+    }
+}
+
+/// The load test's tags (loadtest/src/validate.rs and reqwest's transport errors).
+const HEADER_MISSING: &str = "plugin header missing";
+const TIMED_OUT: &str = "operation timed out";
+/// Words of transport errors where the gateway's side of the connection went away.
+const CLOSED_WORDS: [&str; 6] = ["closed", "reset", "broken pipe", "connect error", "incomplete", "eof"];
+
+/// Classifies a failure reason of `requests.jsonl`.
+pub fn classify(reason: &str) -> FailureClass {
+    let r = reason.to_ascii_lowercase();
+    if r == HEADER_MISSING {
+        return FailureClass::HeaderMissing;
+    }
+    if r.contains(TIMED_OUT) || r.contains("timeout") {
+        return FailureClass::TimedOut;
+    }
+    if let Some(code) = r.strip_prefix("status ").and_then(|c| c.trim().parse::<u16>().ok()) {
+        return if (500..600).contains(&code) {
+            FailureClass::ServerError
+        } else {
+            FailureClass::NotReloadable
+        };
+    }
+    if CLOSED_WORDS.iter().any(|w| r.contains(w)) {
+        return FailureClass::Closed;
+    }
+    FailureClass::NotReloadable
+}
+
+/// True when `cause` can produce a failure of `class`.
+pub fn fits(cause: CauseKind, class: FailureClass) -> bool {
+    use CauseKind::*;
+    use FailureClass::*;
+    match class {
+        HeaderMissing | ServerError => cause.is_plugin(),
+        TimedOut => cause == Spin,
+        Closed => cause == OldWorkerExit,
+        NotReloadable => false,
+    }
+}
+
+/// True when any cause can produce a failure of `class`.
+pub fn reload_can_cause(class: FailureClass) -> bool {
+    class != FailureClass::NotReloadable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use CauseKind::*;
+    use FailureClass::*;
+
+    const CAUSES: [CauseKind; 5] = [FailedConnect, FailedIo, StaleFlow, Spin, OldWorkerExit];
+
+    fn fitting(class: FailureClass) -> Vec<CauseKind> {
+        CAUSES.into_iter().filter(|&c| fits(c, class)).collect()
+    }
+
+    #[test]
+    fn reasons_are_classified_as_the_load_test_words_them() {
+        assert_eq!(classify("plugin header missing"), HeaderMissing);
+        assert_eq!(classify("status 500"), ServerError);
+        assert_eq!(classify("status 503"), ServerError);
+        assert_eq!(classify("status 404"), NotReloadable);
+        assert_eq!(classify("status 204"), NotReloadable);
+        assert_eq!(classify("operation timed out"), TimedOut);
+        assert_eq!(classify("connection closed before message completed"), Closed);
+        assert_eq!(classify("connection reset by peer (os error 104)"), Closed);
+        assert_eq!(classify("connect error: Connection refused (os error 111)"), Closed);
+        assert_eq!(classify("response body is not reflection JSON"), NotReloadable);
+        assert_eq!(classify("response decode error"), NotReloadable);
+        assert_eq!(classify(""), NotReloadable);
+    }
+
+    #[test]
+    fn each_row_of_the_table() {
+        assert_eq!(fitting(Closed), vec![OldWorkerExit]);
+        assert_eq!(fitting(TimedOut), vec![Spin]);
+        assert_eq!(fitting(HeaderMissing), vec![FailedConnect, FailedIo, StaleFlow]);
+        assert_eq!(fitting(ServerError), vec![FailedConnect, FailedIo, StaleFlow]);
+        assert_eq!(fitting(NotReloadable), Vec::<CauseKind>::new());
+        assert!(!reload_can_cause(NotReloadable) && reload_can_cause(Closed));
+    }
+}
