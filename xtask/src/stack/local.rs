@@ -317,8 +317,11 @@ pub fn down() -> Result<()> {
         // QUIT lets old workers run exit_worker, which logs the end of their generation.
         procs::signal(master, libc::SIGQUIT);
         if !procs::wait_gone(&BTreeSet::from([master]), Duration::from_secs(3)).is_empty() {
-            // A worker spinning on a leaked claim never finishes a graceful shutdown.
-            println!("stack: nginx did not quit gracefully in 3 s (spinning worker?); terminating");
+            // Worker 0's plugin-server pumps hold it up to 10 s after the quit, and a worker
+            // spinning on a leaked claim never finishes a graceful shutdown.
+            println!(
+                "stack: nginx did not quit gracefully in 3 s (worker 0's plugin-server pumps, or a spinning worker); terminating"
+            );
             procs::signal(master, libc::SIGTERM);
             procs::wait_gone(&BTreeSet::from([master]), Duration::from_secs(3));
         }
