@@ -49,6 +49,10 @@ enum Cmd {
     Analyze {
         /// A run directory (requests.jsonl, reload.json, trace/), or a bare trace directory.
         dir: PathBuf,
+        /// A debug directory to search before /usr/lib/debug (`.build-id/xx/…debug` or
+        /// debug-link files); debuginfod servers come from DEBUGINFOD_URLS.
+        #[arg(long = "debug-dir")]
+        debug_dirs: Vec<PathBuf>,
     },
     /// Unwind (from the copied stacks and .eh_frame, no frame pointers needed), symbolize and draw
     /// flamegraphs of a trace directory's CPU samples (no root needed; kernel names need root).
@@ -58,6 +62,10 @@ enum Cmd {
         /// Where to write the SVGs and folded stacks (default: DIR/flamegraphs).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A debug directory to search before /usr/lib/debug; debuginfod servers come from
+        /// DEBUGINFOD_URLS.
+        #[arg(long = "debug-dir")]
+        debug_dirs: Vec<PathBuf>,
     },
     /// Print the per-thread summary of a trace directory (no root needed).
     Show {
@@ -90,8 +98,14 @@ fn main() -> ExitCode {
                 if r.meta.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS }
             })
         }
-        Cmd::Analyze { dir } => analyze(&dir),
-        Cmd::Flamegraph { dir, out } => reloadscope::flame::run(&dir, out.as_deref(), None).map(|r| {
+        Cmd::Analyze { dir, debug_dirs } => analyze(&dir, &debug_dirs),
+        Cmd::Flamegraph { dir, out, debug_dirs } => reloadscope::flame::run(
+            &dir,
+            out.as_deref(),
+            None,
+            reloadscope::flame::debuginfo::Sources::from_env(&debug_dirs),
+        )
+        .map(|r| {
             for (pid, stack, n) in &r.heaviest {
                 println!("heaviest pid {pid} ({n} samples): {stack}");
             }
@@ -103,6 +117,7 @@ fn main() -> ExitCode {
                 100.0 * r.success_rate(),
                 r.cost_per_sample().as_secs_f64() * 1e6
             );
+            println!("{}", reloadscope::flame::debug_info_line(&r.debug_named, &r.debug_notes));
             let dir_out = out.unwrap_or_else(|| dir.join("flamegraphs"));
             eprintln!("reloadscope: {} files in {}", r.files.len(), dir_out.display());
             ExitCode::SUCCESS
@@ -121,14 +136,15 @@ fn main() -> ExitCode {
 }
 
 /// `reloadscope analyze DIR`: a short summary on stdout, where the files are on stderr.
-fn analyze(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn analyze(dir: &std::path::Path, debug_dirs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let run = analysis::load(dir)?;
     let mut a = analysis::analyze(&run);
     let analysed = started.elapsed();
     // Flamegraphs after the detectors, which name the spinning workers that get theirs first.
     let spinning: Vec<u32> = a.spins.iter().map(|s| s.pid).collect();
-    match reloadscope::flame::run(&run.trace_dir, None, Some(&spinning)) {
+    let sources = reloadscope::flame::debuginfo::Sources::from_env(debug_dirs);
+    match reloadscope::flame::run(&run.trace_dir, None, Some(&spinning), sources) {
         Ok(r) if r.samples > 0 => {
             let rel = run.trace_dir.join("flamegraphs");
             let rel = rel.strip_prefix(&run.dir).unwrap_or(&rel).display().to_string();

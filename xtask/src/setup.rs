@@ -28,6 +28,12 @@ const APT_PACKAGES: &[&str] = &[
     // Validating docker-compose.yml and kong/kong.yml with real parsers (no engine needed).
     "docker-compose",
     "python3-yaml",
+    // Debug info by build-id: elfutils' debuginfod server (the root test serves a debug file
+    // with it) and its client, which `reloadscope analyze` uses when DEBUGINFOD_URLS is set;
+    // gcc and binutils build, split and strip that test's program.
+    "debuginfod",
+    "gcc",
+    "binutils",
 ];
 
 /// The bpf-linker release that matches the nightly's LLVM 22.

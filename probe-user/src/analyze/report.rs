@@ -113,6 +113,9 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
     if !m.degraded.tracepoints.is_empty() || !m.degraded.struct_fields.is_empty() {
         let _ = writeln!(s, "- degraded: {:?} {:?}", m.degraded.tracepoints, m.degraded.struct_fields);
     }
+    for note in a.flamegraphs.iter().flat_map(|f| &f.debug_notes) {
+        let _ = writeln!(s, "- debug info: {note}");
+    }
     if let Some(b) = behaviour(run) {
         let _ = writeln!(s, "- gateway: local stand-in, behaviour `{b}` (from `standin-ground-truth.jsonl`)");
     }
@@ -236,6 +239,7 @@ fn flamegraphs_md(s: &mut String, a: &Analysis) {
         );
     }
     let _ = writeln!(s, "\n{}", crate::flame::LEGEND);
+    let _ = writeln!(s, "\n{}", crate::flame::debug_info_line(&f.debug_named, &f.debug_notes));
 }
 
 fn headline_findings(s: &mut String, a: &Analysis) {

@@ -8,6 +8,7 @@
 //!   function starts from `.eh_frame`);
 //! - [`fold`]: frames → folded stacks (pure).
 
+pub mod debuginfo;
 pub mod fold;
 pub mod stripped;
 pub mod symbolize;
@@ -51,6 +52,19 @@ pub struct FlameReport {
     pub heaviest: Vec<(u32, String, u64)>,
     /// The graphs drawn, in the order written.
     pub graphs: Vec<Graph>,
+    /// Modules named from a debug file, and where it came from.
+    pub debug_named: Vec<DebugNamed>,
+    /// What went wrong while looking for debug files.
+    pub debug_notes: Vec<String>,
+}
+
+/// A module whose frames were named from its debug file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DebugNamed {
+    /// The module (file name).
+    pub module: String,
+    /// Where its debug file came from.
+    pub origin: debuginfo::Origin,
 }
 
 /// One flamegraph written.
@@ -85,6 +99,10 @@ pub struct FlameSummary {
     pub unwind_us_per_sample: f64,
     /// The graphs.
     pub graphs: Vec<Graph>,
+    /// Modules named from a debug file.
+    pub debug_named: Vec<DebugNamed>,
+    /// What went wrong while looking for debug files.
+    pub debug_notes: Vec<String>,
 }
 
 impl FlameReport {
@@ -106,6 +124,8 @@ impl FlameReport {
             unwound_share: self.success_rate(),
             unwind_us_per_sample: self.cost_per_sample().as_secs_f64() * 1e6,
             graphs: self.graphs.clone(),
+            debug_named: self.debug_named.clone(),
+            debug_notes: self.debug_notes.clone(),
         }
     }
 }
@@ -116,8 +136,24 @@ Frame names: `func [module]` for native code, `func_[k]` for the kernel. Where a
 has no symbol: `ngx_epoll_module.process_events` is the function an nginx module table points at \
 (here the static `ngx_epoll_process_events`), `lj_vm(interpreter)` is LuaJIT's interpreter, \
 `fn@0x…` is a function known only by its start in `.eh_frame`, `[vdso]` and `[anonymous code]` \
-(JIT output) are code without a file. Installing the binaries' debug symbols (Debian's \
-`-dbgsym` packages, found through `/usr/lib/debug`) names the rest.";
+(JIT output) are code without a file. Debug files name the rest where they are found by \
+build-id: install the binaries' `-dbgsym` packages (they land in `/usr/lib/debug`), or export \
+`DEBUGINFOD_URLS` (elfutils' `debuginfod-find` fetches them).";
+
+/// One line: which modules were named from debug files, and what went wrong looking.
+pub fn debug_info_line(named: &[DebugNamed], notes: &[String]) -> String {
+    let mut s = if named.is_empty() {
+        "Debug files: none found (every name above comes from the binaries themselves).".to_string()
+    } else {
+        let v: Vec<String> =
+            named.iter().map(|d| format!("`{}` ({})", d.module, d.origin.describe())).collect();
+        format!("Named from debug files: {}.", v.join(", "))
+    };
+    for n in notes {
+        s.push_str(&format!(" {n}."));
+    }
+    s
+}
 
 /// Writes `index.md`: what each graph shows and how the frames are named.
 fn write_index(out: &Path, r: &FlameReport) -> Result<PathBuf> {
@@ -137,6 +173,7 @@ fn write_index(out: &Path, r: &FlameReport) -> Result<PathBuf> {
         let _ = writeln!(s, "| {svg} | {} | [`{}.folded`]({}.folded) |", g.samples, g.stem, g.stem);
     }
     let _ = writeln!(s, "\n{LEGEND}");
+    let _ = writeln!(s, "\n{}", debug_info_line(&r.debug_named, &r.debug_notes));
     let path = out.join("index.md");
     fs::write(&path, s)?;
     Ok(path)
@@ -228,7 +265,12 @@ fn write_diff(out: &Path, before: &Folded, after: &Folded, files: &mut Vec<PathB
 /// Unwinds, symbolizes and draws the samples of `trace`, writing into `out`
 /// (default `<trace>/flamegraphs`). The `spinning` workers get their graphs first; without them
 /// they come from the run directory's `report.json`, when there is one.
-pub fn run(trace: &Path, out: Option<&Path>, spinning: Option<&[u32]>) -> Result<FlameReport> {
+pub fn run(
+    trace: &Path,
+    out: Option<&Path>,
+    spinning: Option<&[u32]>,
+    debug: debuginfo::Sources,
+) -> Result<FlameReport> {
     let out = match out {
         Some(o) => o.to_owned(),
         None => {
@@ -271,7 +313,7 @@ pub fn run(trace: &Path, out: Option<&Path>, spinning: Option<&[u32]>) -> Result
     let mut report = FlameReport { samples: samples.len() as u64, ..Default::default() };
     let mut elfs = ElfCache::default();
     let mut unwinders: HashMap<u32, Option<ProcessUnwinder>> = HashMap::new();
-    let mut names = Names::new();
+    let mut names = Names::new(debug);
     let mut per_pid: HashMap<u32, (String, Folded)> = HashMap::new();
     let mut per_gen: BTreeMap<u64, Folded> = BTreeMap::new();
     let (mut before, mut after) = (Folded::default(), Folded::default());
@@ -371,6 +413,12 @@ pub fn run(trace: &Path, out: Option<&Path>, spinning: Option<&[u32]>) -> Result
             });
         }
     }
+    report.debug_named = names
+        .named_from_debug_info()
+        .iter()
+        .map(|(module, origin)| DebugNamed { module: module.clone(), origin: *origin })
+        .collect();
+    report.debug_notes = names.debug_notes().to_vec();
     if report.samples > 0 {
         let index = write_index(&out, &report)?;
         report.files.push(index);
@@ -403,7 +451,7 @@ mod tests {
     fn trace_without_samples_gives_an_empty_report() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("events.jsonl"), "").unwrap();
-        let r = run(dir.path(), None, None).unwrap();
+        let r = run(dir.path(), None, None, debuginfo::Sources::none()).unwrap();
         assert_eq!((r.samples, r.deep, r.success_rate(), r.cost_per_sample()), (0, 0, 0.0, Duration::ZERO));
         assert!(r.files.is_empty());
     }

@@ -1,8 +1,10 @@
-//! Names for unwound addresses: blazesym on the ELF files (symtab, dynsym, DWARF, debug links) and
-//! kallsyms; where a stripped file has no symbol, the fallbacks of [`super::stripped`].
+//! Names for unwound addresses: blazesym on each file's debug file where one is found
+//! ([`super::debuginfo`]: build-id directories, debug links, debuginfod), then on the file itself
+//! (symtab, dynsym, DWARF), and kallsyms; where a stripped file has no symbol, the fallbacks of
+//! [`super::stripped`].
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
 };
 
@@ -12,6 +14,7 @@ use blazesym::symbolize::{
 };
 
 use super::{
+    debuginfo::{DebugFiles, Origin, Sources},
     fold::{Frame, FrameKind},
     stripped::Fallback,
 };
@@ -22,23 +25,31 @@ pub struct Names {
     user: HashMap<(PathBuf, u64), String>,
     kernel: HashMap<u64, String>,
     fallback: HashMap<PathBuf, Fallback>,
-}
-
-impl Default for Names {
-    fn default() -> Self {
-        Self::new()
-    }
+    debug: DebugFiles,
+    named_from: BTreeMap<String, Origin>,
 }
 
 impl Names {
-    /// A symbolizer with demangling on.
-    pub fn new() -> Self {
+    /// A symbolizer with demangling on, looking for debug files in `sources`.
+    pub fn new(sources: Sources) -> Self {
         Names {
             symbolizer: Symbolizer::new(),
             user: HashMap::new(),
             kernel: HashMap::new(),
             fallback: HashMap::new(),
+            debug: DebugFiles::new(sources),
+            named_from: BTreeMap::new(),
         }
+    }
+
+    /// The modules that got names from a debug file, and from where.
+    pub fn named_from_debug_info(&self) -> &BTreeMap<String, Origin> {
+        &self.named_from
+    }
+
+    /// What went wrong while looking for debug files (one line each).
+    pub fn debug_notes(&self) -> &[String] {
+        &self.debug.notes
     }
 
     /// Symbolizes `svmas` (addresses as they appear in the file, i.e. address − load bias) of one file
@@ -54,9 +65,30 @@ impl Names {
         if missing.is_empty() {
             return;
         }
-        let names =
-            names(&self.symbolizer, &Source::Elf(Elf::new(path)), Input::VirtOffset(&missing), missing.len());
-        for (a, n) in missing.into_iter().zip(names) {
+        // The debug file keeps the binary's addresses: the same virtual offsets resolve there.
+        let mut found = vec![None; missing.len()];
+        if let Some((debug_file, origin)) = self.debug.lookup(path) {
+            found = names(
+                &self.symbolizer,
+                &Source::Elf(Elf::new(&debug_file)),
+                Input::VirtOffset(&missing),
+                missing.len(),
+            );
+            if found.iter().any(Option::is_some) {
+                self.named_from.insert(module_name(path), origin);
+            }
+        }
+        let rest: Vec<u64> =
+            missing.iter().zip(&found).filter(|(_, n)| n.is_none()).map(|(a, _)| *a).collect();
+        if !rest.is_empty() {
+            let mut own =
+                names(&self.symbolizer, &Source::Elf(Elf::new(path)), Input::VirtOffset(&rest), rest.len())
+                    .into_iter();
+            for n in found.iter_mut().filter(|n| n.is_none()) {
+                *n = own.next().flatten();
+            }
+        }
+        for (a, n) in missing.into_iter().zip(found) {
             let n = n.or_else(|| {
                 let fallback = self.fallback.entry(path.to_owned()).or_insert_with(|| Fallback::load(path));
                 fallback.name(a)
@@ -69,8 +101,7 @@ impl Names {
     pub fn user_frame(&mut self, path: &Path, svma: u64) -> Frame {
         self.prefetch_user(path, &[svma]);
         let func = self.user[&(path.to_owned(), svma)].clone();
-        let module = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Frame { kind: FrameKind::User, func, module }
+        Frame { kind: FrameKind::User, func, module: module_name(path) }
     }
 
     /// Symbolizes kernel addresses through kallsyms in one batch (hex when that fails, e.g. without
@@ -98,6 +129,11 @@ impl Names {
         self.prefetch_kernel(&[addr]);
         Frame { kind: FrameKind::Kernel, func: self.kernel[&addr].clone(), module: String::new() }
     }
+}
+
+/// A file's module name in frames: its file name.
+fn module_name(path: &Path) -> String {
+    path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// One name per address of a batch of `n`; `None` where it has none or the batch fails.
