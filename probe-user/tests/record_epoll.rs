@@ -85,18 +85,21 @@ fn spinner_and_blocker_are_told_apart() {
 fn follows_forks_after_attach() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    // `; true` keeps the shell from exec'ing the fixture: it must be a new process.
-    let script = format!("sleep 0.7; {} pwait2 0 1; true", fixture("epoll_loop").display());
+    // The shell forks the fixture only once the probe says it is tracing and the test creates
+    // `go`; `; true` keeps it from exec'ing the fixture: it must be a new process.
+    let go = dir.path().join("go");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.01; done; {} pwait2 0 1; true",
+        go.display(),
+        fixture("epoll_loop").display()
+    );
     let mut parent = Running::start(Command::new("sh").args(["-c", &script]));
     let shell = parent.child.id();
     let out = dir.path().join("trace");
-    let recorder = std::thread::spawn({
-        let out = out.clone();
-        move || record(shell, "2s", &out)
-    });
+    let rec = Recording::start(&[shell], "2s", &out, &[]);
+    std::fs::write(&go, "").unwrap();
     let (pid, tid) = ready_ids(&parent.wait_for("ready"));
-    recorder.join().unwrap();
-    let t = trace::read(&out).unwrap();
+    let t = rec.finish();
     assert!(!t.meta.initial_targets.contains(&pid), "the child must not exist at start");
     let threads = summaries(&out);
     let s = thread(&threads, tid);

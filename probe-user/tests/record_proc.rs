@@ -62,8 +62,9 @@ fn hup_driven_respawn_is_recorded_with_parents_and_generations() {
     assert!(events_of!(trace, ProcExec).iter().all(|e| e.parent == mpid));
 }
 
-/// A busy process sampled at 99 Hz for 2 s gets about 200 samples, all on its pid, each with
-/// user registers and a copy of its stack.
+/// A busy thread sampled at 99 Hz gets about 99 samples per second of CPU it used (the clock
+/// samples each CPU; on a shared machine the burner gets less than a whole CPU), all on its pid,
+/// each with user registers and a copy of its stack.
 #[test]
 #[ignore = "root: loads eBPF programs"]
 fn cpu_samples_land_on_the_busy_pid_at_the_configured_rate() {
@@ -72,13 +73,33 @@ fn cpu_samples_land_on_the_busy_pid_at_the_configured_rate() {
     let out = dir.path().join("trace");
     let mut burn = Running::start(std::process::Command::new(fixture("burn")).arg("4"));
     let (pid, tid) = ready_ids(&burn.wait_for("ready"));
+    // The thread's CPU time, read every 10 ms with the monotonic clock the trace uses, so the
+    // CPU it used inside the recording's window can be interpolated.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut points = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                points.push((monotonic_ns(), cpu_ns(pid, tid)));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            points
+        }
+    });
     let rec = Recording::start(&[pid], "2s", &out, &["--sample-hz", "99"]);
     let trace = rec.finish();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let points = watcher.join().unwrap();
+    let cpu = (at(&points, trace.meta.ended_ns) - at(&points, trace.meta.started_ns)) / 1e9;
     let samples = events_of!(trace, CpuSample);
     let seconds = trace.meta.window_ns() as f64 / 1e9;
-    let rate = samples.len() as f64 / seconds;
-    eprintln!("{} samples in {seconds:.3} s: {rate:.1} per second (configured 99 Hz)", samples.len());
-    assert!((70.0..=110.0).contains(&rate), "rate {rate}");
+    let rate = samples.len() as f64 / cpu;
+    eprintln!(
+        "{} samples in a {seconds:.3} s window, {cpu:.3} s of CPU: {rate:.1} per CPU second (configured 99 Hz)",
+        samples.len()
+    );
+    assert!(cpu >= 0.5 && (85.0..=110.0).contains(&rate), "rate {rate}");
     assert!(samples.iter().all(|s| s.task.tgid == pid && s.task.tid == tid));
     let user = samples.iter().filter(|s| s.user_mode).count();
     assert!(user * 10 >= samples.len() * 8, "a CPU burner runs in user mode: {user}/{}", samples.len());
@@ -88,4 +109,25 @@ fn cpu_samples_land_on_the_busy_pid_at_the_configured_rate() {
     assert_eq!(trace.meta.drops.get("cpu_sample"), None);
     // Its memory map was kept for symbolizing later.
     assert!(out.join(format!("maps/{pid}.maps")).exists());
+}
+
+/// CPU time thread `tid` of `pid` has spent running, in ns (procfs schedstat).
+fn cpu_ns(pid: u32, tid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).unwrap();
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// CLOCK_MONOTONIC in ns, the trace's clock.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The CPU time at `t`, interpolated between the readings around it.
+fn at(points: &[(u64, u64)], t: u64) -> f64 {
+    let after = points.partition_point(|&(ts, _)| ts < t).clamp(1, points.len() - 1);
+    let ((t0, c0), (t1, c1)) = (points[after - 1], points[after]);
+    c0 as f64 + (c1 as f64 - c0 as f64) * (t as f64 - t0 as f64) / (t1 - t0).max(1) as f64
 }

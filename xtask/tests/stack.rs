@@ -356,6 +356,24 @@ fn kong_27_ground_truth_shows_generations_the_sigkill_and_cache_events() {
 
 #[test]
 #[ignore = "root: starts the stand-in gateway"]
+fn up_refuses_a_port_in_use() {
+    // Another program holds the port (nginx with reuseport would otherwise share it silently).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(["up", "--listen", &addr]).output().unwrap();
+    let _guard = Stack { up_output: String::new() };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up must fail on a port in use");
+    assert!(stderr.contains(&format!("{addr} (the gateway) is already in use")), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.starts_with("cargo xtask:")).count(), 1, "{stderr}");
+    // Nothing of ours runs: no master (a pid file may remain from an earlier stack).
+    let master =
+        std::fs::read_to_string(prefix().join("logs/nginx.pid")).ok().and_then(|t| t.trim().parse().ok());
+    assert!(master.is_none_or(|p| !alive(p)), "a master {master:?} runs");
+}
+
+#[test]
+#[ignore = "root: starts the stand-in gateway"]
 fn down_leaves_no_nginx_reflection_or_plugin_server_process() {
     // With a CPU limit, so the cgroup's life is checked too.
     let stack = Stack::up(&["--cpu-limit", "0.5"]);

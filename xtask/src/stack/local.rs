@@ -54,6 +54,13 @@ pub fn up(opts: &UpOptions) -> Result<()> {
             bail!("{f} is missing: run `cargo xtask setup` (nginx-light, libnginx-mod-http-lua, lua-*)");
         }
     }
+    // nginx listens with reuseport: another listener with it on the same port would silently
+    // share the traffic, so a port in use is refused (a plain bind fails against either kind).
+    for (what, addr) in [("the gateway", &opts.listen), ("reflection", &opts.reflection)] {
+        if std::net::TcpListener::bind(addr.as_str()).is_err() {
+            bail!("{addr} ({what}) is already in use by another program; stop it or choose another address");
+        }
+    }
     let nginx = plugins::which("nginx").unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
     let prefix = prefix();
     let mut servers = plugins::server_defs(&prefix, opts.gateway.js_pdk)?;
