@@ -69,7 +69,7 @@ fn short_run(dir: &Path, extra: &[&str]) -> Run {
     let out = dir.join("run");
     let started = Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["run", "--reload-at", "3s", "--duration", "18s", "--users", "4", "--out"])
+        .args(["run", "--reload-at", "3s", "--duration", "18s", "--users", "8", "--out"])
         .arg(&out)
         .args(extra)
         .output()
@@ -254,11 +254,43 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
         "{waited_long:?} {spinning:?} {waited:?}"
     );
 
-    // The reload fails requests, and most are explained through the worker that served them.
+    // Which requests the reload must fail is a race: a new worker that got its JS instance from
+    // the old server fails its next /js request over a new connection once that server is dead
+    // (JS kong-pdk 0.5.0 crashes on the stale id). When the request log shows such a request
+    // after the kill, failures must be there; when none reached such a worker, the claim is not
+    // exercised and the run says so. Either way every failure is explained.
+    let zero = report["zero_ns"].as_u64().unwrap();
+    let js = |path: &str| path.ends_with("jsplugin.socket");
+    let stale_js: BTreeSet<u64> = report["stale"]["old_generation_connects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| js(c["path"].as_str().unwrap_or("")))
+        .filter_map(|c| c["pid"].as_u64())
+        .collect();
+    let killed_at = report["lifecycle"]["handovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| js(h["path"].as_str().unwrap_or("")))
+        .and_then(|h| h["old_exit_s"].as_f64())
+        .expect("the old JS server died in the trace");
+    let killed_ns = zero + (killed_at * 1e9) as u64;
+    let exposed = run
+        .requests
+        .iter()
+        .filter(|r| r["endpoint"] == "/js" && r["start_mono_ns"].as_u64().unwrap_or(0) > killed_ns)
+        .filter(|r| r["worker_pid"].as_u64().is_some_and(|w| stale_js.contains(&w)))
+        .count();
     let att = &report["attribution"];
-    assert!(att["failed"].as_u64().unwrap() > 0, "a kong-2.7 reload fails requests: {att}");
-    assert!(att["exact_share"].as_f64().unwrap() >= 0.5, "at least half exact: {att}");
-    assert!(att["unexplained_share"].as_f64().unwrap() <= 0.1, "at most a tenth unexplained: {att}");
+    println!("{exposed} /js requests reached a worker holding an old JS instance after the kill");
+    if exposed > 0 {
+        assert!(att["failed"].as_u64().unwrap() > 0, "a kong-2.7 reload fails requests: {att}");
+    }
+    if att["failed"].as_u64().unwrap() > 0 {
+        assert!(att["exact_share"].as_f64().unwrap() >= 0.5, "at least half exact: {att}");
+        assert!(att["unexplained_share"].as_f64().unwrap() <= 0.1, "at most a tenth unexplained: {att}");
+    }
 
     // Flamegraphs: nginx's event loop down to the syscall and the Lua handler down into LuaJIT's
     // interpreter (Debian's nginx is stripped: the static ngx_epoll_process_events is named by its
