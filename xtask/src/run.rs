@@ -247,6 +247,18 @@ fn progress(log: &Path) -> (usize, usize) {
     (lines, failed)
 }
 
+/// Ctrl-C: stops the load and the probe (both keep what they collected), tears the stack down,
+/// and says where the partial artifacts are.
+fn interrupted(mut teardown: Teardown, out: &Path) -> anyhow::Error {
+    println!("run: interrupted: stopping the load and the probe, keeping what was collected");
+    teardown.stop_children();
+    drop(teardown);
+    anyhow::anyhow!(
+        "interrupted; partial artifacts are in {0} (`reloadscope analyze {0}` reads them)",
+        out.display()
+    )
+}
+
 /// Pids of the master's children still "shutting down" (old workers after a reload).
 fn shutting_down(master: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -415,13 +427,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let mut last_print = Instant::now() - Duration::from_secs(1);
     let load_status = loop {
         if STOP.load(Ordering::SeqCst) {
-            println!("run: interrupted: stopping the load and the probe, keeping what was collected");
-            teardown.stop_children();
-            drop(teardown);
-            bail!(
-                "interrupted; partial artifacts are in {0} (`reloadscope analyze {0}` reads them)",
-                out.display()
-            );
+            return Err(interrupted(teardown, &out));
         }
         let elapsed = load_start.elapsed();
         if reload.is_none() && elapsed >= opts.reload_at {
@@ -489,6 +495,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     // 4. Let the old workers finish shutting down (their exits, and the kills they cause, are
     // part of the reload), stop the probe, keep the stand-in's own log, summarise, tear down.
     settle(master);
+    if STOP.load(Ordering::SeqCst) {
+        return Err(interrupted(teardown, &out));
+    }
     println!("run: [stop] the load is over: ending the probe's window");
     let recorder = &mut teardown.children[0].1;
     // SAFETY: signalling our own child; SIGUSR1 ends its recording normally.
