@@ -2,6 +2,7 @@
 //! v1 `cpu.cfs_quota_us`), like the reproduction's `cpus: '0.15'` on the Kong container.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -50,11 +51,24 @@ pub fn create(cpus: f64) -> Result<PathBuf> {
     Ok(dir.join("cgroup.procs"))
 }
 
+/// How long `remove` waits for the cgroup to empty: a killed process that was orphaned stays
+/// in it as a zombie until pid 1 reaps it, which can take a while.
+const EMPTY_WAIT: Duration = Duration::from_secs(10);
+
 /// Removes the cgroup once it is empty (after `down`); a missing one is fine.
 pub fn remove() {
-    if let Some(dir) = dir().filter(|d| d.exists())
-        && let Err(e) = std::fs::remove_dir(&dir)
-    {
-        eprintln!("stack: cannot remove {}: {e}", dir.display());
+    let Some(dir) = dir().filter(|d| d.exists()) else { return };
+    let deadline = Instant::now() + EMPTY_WAIT;
+    loop {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => return,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                eprintln!("stack: cannot remove {}: {e}", dir.display());
+                return;
+            }
+        }
     }
 }
