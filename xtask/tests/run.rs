@@ -25,6 +25,16 @@ fn json(path: &Path) -> Value {
         .unwrap()
 }
 
+/// The `key` numbers of a report array's items (pids of spins, targets of kills, …).
+fn numbers(items: &Value, key: &str) -> BTreeSet<u64> {
+    items.as_array().expect("an array").iter().filter_map(|x| x[key].as_u64()).collect()
+}
+
+/// The `key` floats of a report array's items.
+fn floats(items: &Value, key: &str) -> Vec<f64> {
+    items.as_array().expect("an array").iter().filter_map(|x| x[key].as_f64()).collect()
+}
+
 fn json_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -134,8 +144,7 @@ fn common_claims(run: &Run) {
     let generations = report["timeline"]["generations"].as_array().unwrap();
     assert!(generations.len() >= 2, "worker generations: {generations:?}");
     let spawned = run.truth_pids("spawn", "server_pid", |_| true);
-    let found: BTreeSet<u64> =
-        report["lifecycle"]["servers"].as_array().unwrap().iter().filter_map(|s| s["pid"].as_u64()).collect();
+    let found = numbers(&report["lifecycle"]["servers"], "pid");
     assert!(
         !spawned.is_empty() && spawned.is_subset(&found),
         "servers: stand-in {spawned:?}, found {found:?}"
@@ -196,8 +205,7 @@ fn common_claims(run: &Run) {
     // The timeline holds the reload, one span per spinning worker and one instant per failure.
     let cat = |c: &str| run.timeline.iter().filter(|e| e["cat"] == c).collect::<Vec<_>>();
     assert_eq!(cat("reload").len(), 1, "one reload instant");
-    let spin_pids: BTreeSet<u64> =
-        report["spins"].as_array().unwrap().iter().filter_map(|s| s["pid"].as_u64()).collect();
+    let spin_pids = numbers(&report["spins"], "pid");
     let span_pids: BTreeSet<u64> = cat("spin").iter().filter_map(|e| e["pid"].as_u64()).collect();
     assert_eq!(span_pids, spin_pids, "spin spans in the timeline");
     assert_eq!(
@@ -236,19 +244,13 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
 
     // kong-2.7 SIGKILLs the old generation: the probe's SIGKILLs are the stand-in's.
     let killed = run.truth_pids("kill", "server_pid", |e| e["signal"] == "SIGKILL");
-    let found: BTreeSet<u64> = report["lifecycle"]["kills"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|k| k["target"].as_u64())
-        .collect();
+    let found = numbers(&report["lifecycle"]["kills"], "target");
     assert!(!killed.is_empty() && killed.is_subset(&found), "SIGKILL: stand-in {killed:?}, trace {found:?}");
     // Spinning workers are exactly those where a request waited a second on a claim, and only
     // those where one waited at all (the stand-in's own marks).
     let waited_long = run.truth_pids("claim_spin", "pid", |_| true);
     let waited = run.truth_pids("claim_wait", "pid", |_| true);
-    let spinning: BTreeSet<u64> =
-        report["spins"].as_array().unwrap().iter().filter_map(|s| s["pid"].as_u64()).collect();
+    let spinning = numbers(&report["spins"], "pid");
     assert!(
         waited_long.is_subset(&spinning) && spinning.is_subset(&waited),
         "{waited_long:?} {spinning:?} {waited:?}"
@@ -343,12 +345,7 @@ fn a_fixed_run_has_no_spin_no_kill_and_plugin_failures_only_where_old_servers_st
     // closing connections resets the instance and is retried (three attempts), so a request
     // fails through a plugin only at the moment an old server stops (its pooled connections all
     // die at once), never later: no stale id outlives it.
-    let deaths: Vec<f64> = report["lifecycle"]["handovers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|h| h["old_exit_s"].as_f64())
-        .collect();
+    let deaths = floats(&report["lifecycle"]["handovers"], "old_exit_s");
     let links = report["attribution"]["links"].as_array().unwrap();
     let plugin: Vec<&Value> = links
         .iter()
