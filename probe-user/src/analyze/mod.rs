@@ -13,6 +13,9 @@ pub mod spin;
 pub mod stale;
 pub mod timeline;
 
+#[cfg(test)]
+mod golden_tests;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -502,6 +505,26 @@ pub(crate) mod testkit {
             worker_generation: generation,
             ..Process::default()
         }
+    }
+
+    /// One 100 ms epoll bucket of `pid` starting at `start_ms`: `calls` calls, `zero` of them
+    /// zero-timeout calls that returned nothing.
+    pub fn bucket(pid: u32, start_ms: u64, calls: u64, zero: u64) -> Event {
+        Event::EpollBucket(EpollBucketEvent {
+            task: Task { ts_ns: ms(start_ms + 100), cpu: 0, tgid: pid, tid: pid, comm: "nginx".into() },
+            start_ns: ms(start_ms),
+            end_ns: ms(start_ms + 100),
+            calls,
+            zero_timeout: zero,
+            zero_events: zero,
+            events: calls - zero,
+            errors: 0,
+            blocked_ns: ms(5),
+            epfd: 20,
+            maxevents: 512,
+            timeout_ns: 0,
+            syscalls: vec!["epoll_wait".into()],
+        })
     }
 
     /// Milliseconds to ns, for readable test times.

@@ -207,24 +207,6 @@ mod tests {
     use crate::analyze::testkit::*;
     use crate::event::{CpuSampleEvent, Task};
 
-    fn bucket(pid: u32, start_ms: u64, calls: u64, zero: u64) -> Event {
-        Event::EpollBucket(EpollBucketEvent {
-            task: Task { ts_ns: ms(start_ms + 100), cpu: 0, tgid: pid, tid: pid, comm: "nginx".into() },
-            start_ns: ms(start_ms),
-            end_ns: ms(start_ms + 100),
-            calls,
-            zero_timeout: zero,
-            zero_events: zero,
-            events: calls - zero,
-            errors: 0,
-            blocked_ns: ms(5),
-            epfd: 20,
-            maxevents: 512,
-            timeout_ns: 0,
-            syscalls: vec!["epoll_wait".into()],
-        })
-    }
-
     fn sample(pid: u32, ts: u64) -> Event {
         Event::CpuSample(CpuSampleEvent {
             task: Task { ts_ns: ts, cpu: 0, tgid: pid, tid: pid, comm: "nginx".into() },

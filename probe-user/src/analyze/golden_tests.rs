@@ -1,0 +1,185 @@
+//! Golden tests of the report: one hand-built reload, rendered to `report.md`, `report.json` and
+//! `timeline.json`, compared byte for byte with the files in `probe-user/tests/golden/report/`.
+//!
+//! After a deliberate change of the report, write the files anew with
+//! `RELOADSCOPE_BLESS=1 cargo test -p reloadscope golden` and review the diff.
+
+use std::path::{Path, PathBuf};
+
+use super::testkit::*;
+use super::*;
+use crate::model::{ProcInfo, processes};
+
+const JS: &str = "/p/jsplugin.socket";
+const PY: &str = "/p/pyplugin.socket";
+/// The master, its two old workers, the two new ones, the old JS and Python servers, the new JS one.
+const ROOT: u32 = 1;
+const OLD: [u32; 2] = [10, 11];
+const NEW: [u32; 2] = [12, 13];
+const JS_OLD: u32 = 20;
+const PY_OLD: u32 = 21;
+const JS_NEW: u32 = 30;
+/// Who sent the HUP.
+const KONG_CLI: u32 = 5000;
+const SIGHUP: u32 = 1;
+const SIGQUIT: u32 = 3;
+const SIGKILL: u32 = 9;
+const ECONNREFUSED: i64 = -111;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/report")
+}
+
+fn request(
+    id: &str,
+    endpoint: &str,
+    span_ms: (u64, u64),
+    worker: Option<u32>,
+    failure: Option<&str>,
+) -> Request {
+    Request {
+        start_mono_ns: ms(span_ms.0),
+        end_mono_ns: ms(span_ms.1),
+        endpoint: endpoint.into(),
+        request_id: id.into(),
+        status: worker.map(|_| if failure.is_some_and(|f| f.starts_with("status 4")) { 404 } else { 200 }),
+        outcome: if failure.is_some() { "failed" } else { "ok" }.into(),
+        reason: failure.map(str::to_string),
+        worker_pid: worker,
+    }
+}
+
+/// A kong-2.7 reload at 10 s: the old JS server is SIGKILLed by its old worker, a new worker's
+/// connect is refused before the new server binds, the other new worker spins from 11 s to 13 s,
+/// and the old workers exit.
+fn reload_run(dir: &Path) -> Run {
+    let known =
+        [(ROOT, 0, "nginx"), (OLD[0], ROOT, "nginx"), (OLD[1], ROOT, "nginx"), (JS_OLD, OLD[0], "node")]
+            .into_iter()
+            .chain([(PY_OLD, OLD[0], "python3")])
+            .map(|(pid, ppid, comm)| (pid, ProcInfo { ppid, comm: comm.into(), argv: vec![comm.into()] }))
+            .collect();
+    let mut events = vec![
+        sock(ms(9000), OLD[0], "connect", 0, 500, JS_OLD, JS),
+        flow(ms(9000), ms(9500), OLD[0], 500, JS_OLD),
+        sock(ms(9100), OLD[1], "connect", 0, 510, PY_OLD, PY),
+        signal(ms(10_000), KONG_CLI, ROOT, SIGHUP),
+        fork(ms(10_050), ROOT, NEW[0]),
+        fork(ms(10_060), ROOT, NEW[1]),
+        signal(ms(10_100), ROOT, OLD[0], SIGQUIT),
+        signal(ms(10_100), ROOT, OLD[1], SIGQUIT),
+        fork(ms(10_200), NEW[0], JS_NEW),
+        sock(ms(10_300), NEW[0], "connect", ECONNREFUSED, 0, 0, JS),
+        sock(ms(10_400), JS_NEW, "bind", 0, 600, 0, JS),
+        signal(ms(10_500), OLD[0], JS_OLD, SIGKILL),
+        exit(ms(10_501), JS_OLD, SIGKILL as i32, OLD[0]),
+        sock(ms(10_600), NEW[1], "connect", 0, 601, JS_NEW, JS),
+        flow(ms(10_600), ms(10_700), NEW[1], 601, JS_NEW),
+        // A new worker talks to the old worker generation's Python server.
+        sock(ms(10_790), NEW[1], "connect", 0, 511, PY_OLD, PY),
+        flow(ms(10_800), ms(10_900), NEW[1], 511, PY_OLD),
+        exit(ms(11_500), OLD[0], 0, ROOT),
+        exit(ms(12_000), OLD[1], 0, ROOT),
+    ];
+    events.extend((0..20).map(|i| bucket(NEW[1], 11_000 + 100 * i, 800, 800)));
+    events.sort_by_key(|e| e.task().ts_ns);
+    let processes = processes(&events, ROOT, &known);
+    let mut meta = crate::trace::Meta {
+        tool: "reloadscope (golden)".into(),
+        kernel: "6.18.0-golden".into(),
+        started_ns: ms(8000),
+        ended_ns: ms(14_000),
+        events: events.len() as u64,
+        root_comm: "nginx".into(),
+        ..Default::default()
+    };
+    meta.options.root_pid = ROOT;
+    meta.options.bucket_ms = 100;
+    meta.options.follow_forks = true;
+    let requests = vec![
+        request("r-1", "/js", (9100, 9110), Some(OLD[0]), None),
+        request("r-2", "/python", (9200, 9210), Some(OLD[1]), None),
+        request("r-3", "/js", (10_290, 10_310), Some(NEW[0]), Some("plugin header missing")),
+        request("r-4", "/go", (10_800, 10_810), Some(NEW[0]), None),
+        request("r-5", "/go", (10_900, 10_905), Some(NEW[0]), Some("status 404")),
+        request("r-6", "/python", (11_490, 11_501), None, Some("connection closed before message completed")),
+        request("r-7", "/js", (11_200, 13_200), None, Some("operation timed out")),
+    ];
+    let ground_truth = vec![
+        serde_json::json!({"ev":"master_init","behaviour":"kong-2.7","pid":ROOT,"mono_ns":ms(8100)}),
+        serde_json::json!({"ev":"server_ready","socket":JS,"server_pid":JS_NEW,"pid":NEW[0],"mono_ns":ms(10_400)}),
+        serde_json::json!({"ev":"kill","signal":"SIGKILL","server_pid":JS_OLD,"pid":OLD[0],"mono_ns":ms(10_500)}),
+        serde_json::json!({"ev":"claim_spin","pid":NEW[1],"mono_ns":ms(11_200)}),
+    ];
+    Run {
+        dir: dir.to_path_buf(),
+        trace_dir: dir.join("trace"),
+        meta,
+        events,
+        processes,
+        requests,
+        reload: Some(Reload { monotonic_ns: ms(10_000), how: "SIGHUP".into(), offset_ms: 2000.0 }),
+        ground_truth,
+    }
+}
+
+/// Compares `actual` with the golden file `name`, or writes it when blessing.
+fn golden(name: &str, actual: &str) {
+    let path = golden_dir().join(name);
+    if std::env::var_os("RELOADSCOPE_BLESS").is_some() {
+        std::fs::create_dir_all(golden_dir()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (write it with RELOADSCOPE_BLESS=1)", path.display()));
+    if expected != actual {
+        let first = expected.lines().zip(actual.lines()).position(|(a, b)| a != b);
+        let line = first.unwrap_or(expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{name} differs from {} at line {}:\n  golden: {:?}\n  actual: {:?}\n\
+             (a deliberate change? bless with RELOADSCOPE_BLESS=1 and review the diff)",
+            path.display(),
+            line + 1,
+            expected.lines().nth(line).unwrap_or("<end>"),
+            actual.lines().nth(line).unwrap_or("<end>"),
+        );
+    }
+}
+
+#[test]
+fn golden_report_of_a_kong_2_7_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = reload_run(dir.path());
+    let a = analyze(&run);
+    let written = report::write(&run, &a).unwrap();
+    for (name, path) in [
+        ("report.md", &written.markdown),
+        ("report.json", &written.json),
+        ("timeline.json", &written.timeline),
+    ] {
+        let text = std::fs::read_to_string(path).unwrap();
+        // The timeline is one line: pretty-print it so a diff shows where it changed.
+        let text = if name == "timeline.json" {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            serde_json::to_string_pretty(&v).unwrap() + "\n"
+        } else {
+            text
+        };
+        golden(name, &text);
+    }
+}
+
+#[test]
+fn the_golden_run_shows_each_kind_of_finding() {
+    // What the golden files must keep showing, independent of their wording.
+    let dir = tempfile::tempdir().unwrap();
+    let a = analyze(&reload_run(dir.path()));
+    assert_eq!(a.spins.iter().map(|s| s.pid).collect::<Vec<_>>(), vec![NEW[1]]);
+    assert_eq!(a.lifecycle.kills.iter().map(|k| k.target).collect::<Vec<_>>(), vec![JS_OLD]);
+    assert_eq!((a.attribution.failed, a.attribution.not_reload), (4, 1));
+    assert!(a.ground_truth_check.iter().all(|c| c.agrees), "{:?}", a.ground_truth_check);
+    let js: Vec<(u32, u32)> =
+        a.lifecycle.servers.iter().filter(|s| s.path == JS).map(|s| (s.pid, s.generation)).collect();
+    assert_eq!(js, vec![(JS_OLD, 1), (JS_NEW, 2)]);
+}
