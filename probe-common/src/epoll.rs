@@ -2,9 +2,10 @@
 
 use crate::{COMM_LEN, EventHeader};
 
-/// Which epoll wait syscall a record is about.
+/// Which epoll wait syscall a record is about. In the trace it is written by its name.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "snake_case"))]
 pub enum Syscall {
     /// `epoll_wait(epfd, events, maxevents, int timeout_ms)`.
     EpollWait = 0,

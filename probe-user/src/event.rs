@@ -12,6 +12,136 @@ use probe_common::{
 };
 use serde::{Deserialize, Serialize};
 
+/// The kinds of ring-buffer records, named as `events.jsonl`'s `type` tags and `meta.json`'s
+/// drop counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// [`EpollBucketEvent`].
+    EpollBucket,
+    /// [`EpollCallEvent`].
+    EpollCall,
+    /// [`ProcForkEvent`].
+    ProcFork,
+    /// [`ProcExitEvent`].
+    ProcExit,
+    /// [`ProcExecEvent`].
+    ProcExec,
+    /// [`SignalEvent`].
+    Signal,
+    /// [`UnixSockEvent`].
+    UnixSock,
+    /// [`UnixIoEvent`].
+    UnixIo,
+    /// [`CpuSampleEvent`].
+    CpuSample,
+    /// [`UnixFlowEvent`].
+    UnixFlow,
+}
+
+impl RecordKind {
+    /// The kind of a record's header, `None` for one this build does not know.
+    pub fn from_raw(k: u32) -> Option<Self> {
+        Some(match k {
+            kind::EPOLL_BUCKET => Self::EpollBucket,
+            kind::EPOLL_CALL => Self::EpollCall,
+            kind::PROC_FORK => Self::ProcFork,
+            kind::PROC_EXIT => Self::ProcExit,
+            kind::PROC_EXEC => Self::ProcExec,
+            kind::SIGNAL => Self::Signal,
+            kind::UNIX_SOCK => Self::UnixSock,
+            kind::UNIX_IO => Self::UnixIo,
+            kind::CPU_SAMPLE => Self::CpuSample,
+            kind::UNIX_FLOW => Self::UnixFlow,
+            _ => return None,
+        })
+    }
+
+    /// Its name in the trace (the serde name).
+    pub fn name(self) -> String {
+        serde_name(&self)
+    }
+}
+
+/// The serde name of a unit enum variant.
+fn serde_name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// A unix socket operation the probe reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnixOp {
+    /// `connect()` returned.
+    Connect,
+    /// `bind()` returned.
+    Bind,
+    /// `accept()`/`accept4()` returned.
+    Accept,
+    /// `close()` of a unix socket.
+    Close,
+    /// First send or receive seen on a socket.
+    Seen,
+    /// A send.
+    Send,
+    /// A receive.
+    Recv,
+}
+
+impl UnixOp {
+    fn from_raw(v: u32) -> Option<Self> {
+        use probe_common::unix::op;
+        Some(match v {
+            op::CONNECT => Self::Connect,
+            op::BIND => Self::Bind,
+            op::ACCEPT => Self::Accept,
+            op::CLOSE => Self::Close,
+            op::SEEN => Self::Seen,
+            op::SEND => Self::Send,
+            op::RECV => Self::Recv,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for UnixOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_name(self))
+    }
+}
+
+/// Why an epoll call was sent on its own (see [`call_reason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallReason {
+    /// The thread's first call since tracing began.
+    First,
+    /// The call failed.
+    Error,
+    /// The thread waited on another epoll fd than before.
+    EpfdChanged,
+}
+
+/// Signal numbers the analysis asks about (`libc`'s, as u32 like the records).
+pub mod sig {
+    /// nginx: reload the configuration.
+    pub const HUP: u32 = libc::SIGHUP as u32;
+    /// nginx: graceful shutdown of a worker.
+    pub const QUIT: u32 = libc::SIGQUIT as u32;
+    /// Cannot be caught.
+    pub const KILL: u32 = libc::SIGKILL as u32;
+    /// Polite stop.
+    pub const TERM: u32 = libc::SIGTERM as u32;
+}
+
+/// A syscall's `-errno` return for `libc`'s `errno`.
+pub const fn neg_errno(errno: i32) -> i64 {
+    -(errno as i64)
+}
+
 /// Who and when: the fields every event has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -56,7 +186,7 @@ pub struct EpollBucketEvent {
     /// Timeout of the last call in ns; -1 is infinite.
     pub timeout_ns: i64,
     /// The syscalls seen.
-    pub syscalls: Vec<String>,
+    pub syscalls: Vec<Syscall>,
 }
 
 /// One epoll call sent on its own: the first of a thread, an error, or an epfd change.
@@ -66,7 +196,7 @@ pub struct EpollCallEvent {
     #[serde(flatten)]
     pub task: Task,
     /// Which syscall.
-    pub syscall: String,
+    pub syscall: Syscall,
     /// Entry time.
     pub enter_ns: u64,
     /// epoll fd.
@@ -77,8 +207,8 @@ pub struct EpollCallEvent {
     pub timeout_ns: i64,
     /// Events returned, or -errno.
     pub ret: i64,
-    /// Why it was sent: `first`, `error`, `epfd_changed`.
-    pub reasons: Vec<String>,
+    /// Why it was sent.
+    pub reasons: Vec<CallReason>,
 }
 
 /// A target forked a process or created a thread.
@@ -163,7 +293,7 @@ pub struct UnixSockEvent {
     #[serde(flatten)]
     pub task: Task,
     /// `connect`, `bind`, `accept`, `close` or `seen`.
-    pub op: String,
+    pub op: UnixOp,
     /// The fd in the calling process; -1 when not known.
     pub fd: i32,
     /// Result: 0 or a new fd, or -errno.
@@ -182,7 +312,7 @@ pub struct UnixIoEvent {
     #[serde(flatten)]
     pub task: Task,
     /// `send` or `recv`.
-    pub op: String,
+    pub op: UnixOp,
     /// Bytes, or -errno; 0 on receive means the peer closed.
     pub ret: i64,
     /// Identity.
@@ -266,6 +396,22 @@ pub enum Event {
 }
 
 impl Event {
+    /// Its record kind.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Event::EpollBucket(_) => RecordKind::EpollBucket,
+            Event::EpollCall(_) => RecordKind::EpollCall,
+            Event::ProcFork(_) => RecordKind::ProcFork,
+            Event::ProcExit(_) => RecordKind::ProcExit,
+            Event::ProcExec(_) => RecordKind::ProcExec,
+            Event::Signal(_) => RecordKind::Signal,
+            Event::UnixSock(_) => RecordKind::UnixSock,
+            Event::UnixIo(_) => RecordKind::UnixIo,
+            Event::CpuSample(_) => RecordKind::CpuSample,
+            Event::UnixFlow(_) => RecordKind::UnixFlow,
+        }
+    }
+
     /// Who and when.
     pub fn task(&self) -> &Task {
         match self {
@@ -286,6 +432,15 @@ impl Event {
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
+    /// A field holds a value this build does not know.
+    UnknownValue {
+        /// The record kind.
+        kind: u32,
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u32,
+    },
     /// Shorter than its kind's struct.
     Truncated {
         /// The record kind.
@@ -304,6 +459,9 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "record of kind {kind} truncated to {len} bytes")
             }
             DecodeError::UnknownKind(k) => write!(f, "unknown record kind {k}"),
+            DecodeError::UnknownValue { kind, field, value } => {
+                write!(f, "record of kind {kind}: unknown {field} {value}")
+            }
         }
     }
 }
@@ -328,7 +486,11 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let c: EpollCall = read(bytes, hdr.kind)?;
             Event::EpollCall(EpollCallEvent {
                 task: task(&c.hdr, &c.comm),
-                syscall: syscall_name(c.syscall),
+                syscall: Syscall::from_u32(c.syscall).ok_or(DecodeError::UnknownValue {
+                    kind: hdr.kind,
+                    field: "syscall",
+                    value: c.syscall,
+                })?,
                 enter_ns: c.enter_ns,
                 epfd: c.epfd,
                 maxevents: c.maxevents,
@@ -374,7 +536,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let r: UnixSock = read(bytes, hdr.kind)?;
             Event::UnixSock(UnixSockEvent {
                 task: task(&r.hdr, &r.comm),
-                op: op_name(r.op),
+                op: unix_op(r.op, hdr.kind)?,
                 fd: r.fd,
                 ret: r.ret,
                 id: SockId { inode: r.id.inode, peer_inode: r.id.peer_inode, peer_pid: r.id.peer_pid },
@@ -385,7 +547,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let r: UnixIo = read(bytes, hdr.kind)?;
             Event::UnixIo(UnixIoEvent {
                 task: task(&r.hdr, &[0; COMM_LEN]),
-                op: op_name(r.op),
+                op: unix_op(r.op, hdr.kind)?,
                 ret: r.ret,
                 id: SockId { inode: r.id.inode, peer_inode: r.id.peer_inode, peer_pid: r.id.peer_pid },
             })
@@ -424,7 +586,10 @@ pub fn bucket_event(b: &EpollBucket) -> EpollBucketEvent {
         epfd: b.last_epfd,
         maxevents: b.last_maxevents,
         timeout_ns: b.last_timeout_ns,
-        syscalls: (0..3).filter(|i| b.syscalls & (1 << i) != 0).map(syscall_name).collect(),
+        syscalls: (0..u32::BITS)
+            .filter(|i| b.syscalls & (1 << i) != 0)
+            .filter_map(Syscall::from_u32)
+            .collect(),
     }
 }
 
@@ -477,19 +642,8 @@ pub fn path_text(path: &[u8; PATH_LEN], len: u32) -> String {
     }
 }
 
-fn op_name(op: u32) -> String {
-    use probe_common::unix::op;
-    match op {
-        op::CONNECT => "connect",
-        op::BIND => "bind",
-        op::ACCEPT => "accept",
-        op::CLOSE => "close",
-        op::SEEN => "seen",
-        op::SEND => "send",
-        op::RECV => "recv",
-        _ => return format!("op#{op}"),
-    }
-    .to_string()
+fn unix_op(op: u32, kind: u32) -> Result<UnixOp, DecodeError> {
+    UnixOp::from_raw(op).ok_or(DecodeError::UnknownValue { kind, field: "op", value: op })
 }
 
 /// The name of a signal number, e.g. 9 -> SIGKILL.
@@ -531,19 +685,15 @@ pub fn signal_name(sig: u32) -> String {
     NAMES.get(sig as usize).map_or_else(|| format!("SIG{sig}"), |n| n.to_string())
 }
 
-fn syscall_name(v: u32) -> String {
-    Syscall::from_u32(v).map_or_else(|| format!("syscall#{v}"), |s| s.name().to_string())
-}
-
-fn reasons(bits: u32) -> Vec<String> {
+fn reasons(bits: u32) -> Vec<CallReason> {
     [
-        (call_reason::FIRST, "first"),
-        (call_reason::ERROR, "error"),
-        (call_reason::EPFD_CHANGED, "epfd_changed"),
+        (call_reason::FIRST, CallReason::First),
+        (call_reason::ERROR, CallReason::Error),
+        (call_reason::EPFD_CHANGED, CallReason::EpfdChanged),
     ]
     .into_iter()
     .filter(|(bit, _)| bits & bit != 0)
-    .map(|(_, name)| name.to_string())
+    .map(|(_, r)| r)
     .collect()
 }
 
@@ -589,7 +739,7 @@ mod tests {
         assert_eq!(e.task, Task { ts_ns: 5_000, cpu: 1, tgid: 10, tid: 11, comm: "nginx".into() });
         assert_eq!((e.calls, e.zero_timeout, e.zero_events, e.blocked_ns), (1000, 999, 998, 77));
         assert_eq!((e.epfd, e.maxevents, e.timeout_ns), (7, 512, 0));
-        assert_eq!(e.syscalls, vec!["epoll_pwait".to_string()]);
+        assert_eq!(e.syscalls, vec![Syscall::EpollPwait]);
     }
 
     #[test]
@@ -607,8 +757,12 @@ mod tests {
         };
         let Event::EpollCall(e) = decode(&bytes(&c)).unwrap() else { panic!("wrong kind") };
         assert_eq!(e.task.comm, "a-sixteen-bytes!");
-        assert_eq!((e.syscall.as_str(), e.ret, e.timeout_ns), ("epoll_pwait2", -4, -1));
-        assert_eq!(e.reasons, vec!["first", "error"]);
+        assert_eq!((e.syscall, e.ret, e.timeout_ns), (Syscall::EpollPwait2, -4, -1));
+        assert_eq!(e.reasons, vec![CallReason::First, CallReason::Error]);
+        let line = serde_json::to_string(&Event::EpollCall(e)).unwrap();
+        assert!(
+            line.contains(r#""syscall":"epoll_pwait2""#) && line.contains(r#""reasons":["first","error"]"#)
+        );
     }
 
     #[test]
@@ -639,14 +793,19 @@ mod tests {
             _pad: 0,
         };
         let Ok(Event::UnixSock(e)) = decode(&bytes(&r)) else { panic!("wrong kind") };
-        assert_eq!((e.op.as_str(), e.fd, e.ret, e.path.as_str()), ("connect", 12, -111, "/tmp/js.sock"));
+        assert_eq!((e.op, e.fd, e.ret, e.path.as_str()), (UnixOp::Connect, 12, -111, "/tmp/js.sock"));
         assert_eq!(e.id, SockId { inode: 77, peer_inode: 78, peer_pid: 4711 });
         let mut abstract_path = [0u8; PATH_LEN];
         abstract_path[1..4].copy_from_slice(b"abc");
         assert_eq!(path_text(&abstract_path, 4), "@abc");
         let io = UnixIo { hdr: hdr(kind::UNIX_IO), op: probe_common::unix::op::SEND, _pad: 0, ret: -32, id };
         let Ok(Event::UnixIo(e)) = decode(&bytes(&io)) else { panic!("wrong kind") };
-        assert_eq!((e.op.as_str(), e.ret, e.id.peer_pid), ("send", -32, 4711));
+        assert_eq!((e.op, e.ret, e.id.peer_pid), (UnixOp::Send, -32, 4711));
+        let bad = UnixIo { op: 99, ..io };
+        assert_eq!(
+            decode(&bytes(&bad)),
+            Err(DecodeError::UnknownValue { kind: kind::UNIX_IO, field: "op", value: 99 })
+        );
     }
 
     #[test]
@@ -679,6 +838,40 @@ mod tests {
         let short = bytes(&hdr(kind::EPOLL_BUCKET));
         assert_eq!(decode(&short), Err(DecodeError::Truncated { kind: 1, len: 24 }));
         assert_eq!(decode(&bytes(&hdr(77))), Err(DecodeError::UnknownKind(77)));
+    }
+
+    #[test]
+    fn names_in_the_trace_are_the_ones_the_tools_print() {
+        for s in [Syscall::EpollWait, Syscall::EpollPwait, Syscall::EpollPwait2] {
+            assert_eq!(serde_name(&s), s.name());
+        }
+        assert_eq!(UnixOp::Connect.to_string(), "connect");
+        assert_eq!(
+            RecordKind::from_raw(kind::CPU_SAMPLE).map(RecordKind::name).as_deref(),
+            Some("cpu_sample")
+        );
+    }
+
+    #[test]
+    fn every_record_kind_is_named_as_its_event_tag() {
+        for k in 0..=probe_common::drop_slot::COUNT {
+            let Some(rk) = RecordKind::from_raw(k) else { continue };
+            // A zeroed record of each kind, long enough for any struct.
+            let mut raw = vec![0u8; size_of::<CpuSample>()];
+            raw[..4].copy_from_slice(&k.to_ne_bytes());
+            if k == kind::UNIX_SOCK || k == kind::UNIX_IO {
+                let off = if k == kind::UNIX_SOCK {
+                    std::mem::offset_of!(UnixSock, op)
+                } else {
+                    std::mem::offset_of!(UnixIo, op)
+                };
+                raw[off..off + 4].copy_from_slice(&probe_common::unix::op::BIND.to_ne_bytes());
+            }
+            let ev = decode(&raw).unwrap_or_else(|e| panic!("{rk:?}: {e}"));
+            assert_eq!(ev.kind(), rk);
+            let line = serde_json::to_string(&ev).unwrap();
+            assert!(line.starts_with(&format!(r#"{{"type":"{}""#, rk.name())), "{line}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
+use crate::event::{Event, SignalEvent, UnixOp, sig};
 
 /// What is known of a process before tracing or from /proc while it lived.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +65,14 @@ pub struct Process {
     pub worker_generation: Option<u32>,
     /// (path, generation) for each unix path it bound: the n-th process to bind that path.
     pub server_generations: Vec<(String, u32)>,
+}
+
+/// The one rule for a reload: a SIGHUP to the root of the traced tree (nginx's master).
+pub fn root_hup(ev: &Event, root: u32) -> Option<&SignalEvent> {
+    match ev {
+        Event::Signal(s) if s.sig == sig::HUP && s.target == root => Some(s),
+        _ => None,
+    }
 }
 
 /// Builds the process table from the events, the processes known at start and /proc reads.
@@ -129,7 +137,7 @@ pub fn processes(events: &[Event], root: u32, known: &BTreeMap<u32, ProcInfo>) -
                 }
             }
             Event::Signal(s) => {
-                if s.target == root && s.sig == 1 {
+                if root_hup(ev, root).is_some() {
                     hups_of_root += 1;
                 }
                 if let Some(p) = table.get_mut(&s.target) {
@@ -141,7 +149,7 @@ pub fn processes(events: &[Event], root: u32, known: &BTreeMap<u32, ProcInfo>) -
                     });
                 }
             }
-            Event::UnixSock(u) if u.op == "bind" && u.ret == 0 && !u.path.is_empty() => {
+            Event::UnixSock(u) if u.op == UnixOp::Bind && u.ret == 0 && !u.path.is_empty() => {
                 let generation = binds.entry(u.path.clone()).or_insert(0);
                 *generation += 1;
                 let generation = *generation;
@@ -188,7 +196,7 @@ mod tests {
     fn bind(ts: u64, pid: u32, path: &str) -> Event {
         Event::UnixSock(UnixSockEvent {
             task: task(ts, pid, pid, "srv"),
-            op: "bind".into(),
+            op: UnixOp::Bind,
             fd: 3,
             ret: 0,
             id: SockId::default(),

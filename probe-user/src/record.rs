@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use probe_common::{Target, kind, target_flag};
+use probe_common::{Target, target_flag};
 
-use crate::event::{Event, bucket_event, decode, flow_event, sample_stack};
+use crate::event::{Event, RecordKind, bucket_event, decode, flow_event, sample_stack};
 use crate::model::{self, ProcInfo};
 use crate::probe::{Probe, ProbeOptions};
 use crate::trace::{ClockAnchor, Meta, RecordOptions, TraceWriter};
@@ -66,20 +66,7 @@ fn install_stop_handlers() {
 
 /// Names of record kinds, for the drop counters in meta.json.
 fn kind_name(k: u32) -> String {
-    match k {
-        kind::EPOLL_BUCKET => "epoll_bucket",
-        kind::EPOLL_CALL => "epoll_call",
-        kind::PROC_FORK => "proc_fork",
-        kind::PROC_EXIT => "proc_exit",
-        kind::PROC_EXEC => "proc_exec",
-        kind::SIGNAL => "signal",
-        kind::UNIX_SOCK => "unix_sock",
-        kind::UNIX_IO => "unix_io",
-        kind::CPU_SAMPLE => "cpu_sample",
-        kind::UNIX_FLOW => "unix_flow",
-        other => return format!("kind_{other}"),
-    }
-    .into()
+    RecordKind::from_raw(k).map_or_else(|| format!("kind_{k}"), RecordKind::name)
 }
 
 /// /proc facts about a live process, and a copy of its memory map for later symbolization.

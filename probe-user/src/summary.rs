@@ -35,7 +35,7 @@ pub struct ThreadSummary {
     /// Last call's exit.
     pub last_ns: u64,
     /// Syscalls seen.
-    pub syscalls: BTreeSet<String>,
+    pub syscalls: BTreeSet<probe_common::Syscall>,
 }
 
 fn share(part: u64, whole: u64) -> f64 {
@@ -87,7 +87,7 @@ pub fn by_thread<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<ThreadS
             t.epfd = b.epfd;
             t.timeout_ns = b.timeout_ns;
         }
-        t.syscalls.extend(b.syscalls.iter().cloned());
+        t.syscalls.extend(b.syscalls.iter().copied());
     }
     let mut out: Vec<_> = threads.into_values().collect();
     out.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.tid.cmp(&b.tid)));
@@ -113,7 +113,7 @@ pub fn table(threads: &[ThreadSummary], window_ns: u64) -> String {
         "PID", "TID", "COMM", "CALLS/S", "ZERO-TO", "ZERO-EV", "BLOCKED", "EPFD", "TIMEOUT",
     );
     for t in threads {
-        let syscalls: Vec<&str> = t.syscalls.iter().map(String::as_str).collect();
+        let syscalls: Vec<&str> = t.syscalls.iter().map(|s| s.name()).collect();
         let _ = writeln!(
             s,
             "{:>7} {:>7} {:<16} {:>12.1} {:>7.1}% {:>7.1}% {:>7.1}% {:>5} {:>9} {}",
@@ -154,7 +154,7 @@ mod tests {
             epfd: 4,
             maxevents: 512,
             timeout_ns: timeout,
-            syscalls: vec!["epoll_pwait".into()],
+            syscalls: vec![probe_common::Syscall::EpollPwait],
         })
     }
 

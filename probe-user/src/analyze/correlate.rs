@@ -18,6 +18,7 @@ use super::spin::Spin;
 use super::stale::{ConnectFailure, IoFailure, Stale};
 use super::timeline::Timeline;
 use super::{Request, rel_s, short_path};
+use crate::event::neg_errno;
 
 /// Slack around a request's window for its own worker's events: clocks are the same
 /// (CLOCK_MONOTONIC), the slack covers the client's and the kernel's sides of the same call.
@@ -234,8 +235,8 @@ fn head(l: &Link) -> String {
 
 fn connect_text(c: &ConnectFailure, stale: &Stale, zero_ns: u64) -> String {
     let what = match c.ret {
-        -111 => "was refused (ECONNREFUSED)".to_string(),
-        -2 => "found no socket file (ENOENT)".to_string(),
+        r if r == neg_errno(libc::ECONNREFUSED) => "was refused (ECONNREFUSED)".to_string(),
+        r if r == neg_errno(libc::ENOENT) => "found no socket file (ENOENT)".to_string(),
         r => format!("failed with {}", super::errno_name(r)),
     };
     let clause = stale.connect_episodes.get(c.episode).map(|e| e.state.clause()).unwrap_or_default();

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::rel_s;
-use crate::event::Event;
+use crate::event::{Event, UnixOp, sig};
 use crate::model::Process;
 
 /// `found_by` of a server known only from the stand-in's own log.
@@ -271,11 +271,11 @@ pub fn detect(
         if u.path.is_empty() || u.ret < 0 {
             continue;
         }
-        match u.op.as_str() {
-            "bind" => binds.entry(u.path.clone()).or_default().push((u.task.ts_ns, u.task.tgid)),
+        match u.op {
+            UnixOp::Bind => binds.entry(u.path.clone()).or_default().push((u.task.ts_ns, u.task.tgid)),
             // Whoever accepts on the path serves it; a connect's peer pid is the listener's owner.
             // Trace evidence outranks the stand-in's log as the way a server was found.
-            "accept" => {
+            UnixOp::Accept => {
                 earlier
                     .entry(u.path.clone())
                     .or_default()
@@ -283,7 +283,7 @@ pub fn detect(
                     .and_modify(|e| e.1 = "peer")
                     .or_insert((u.task.ts_ns, "peer"));
             }
-            "connect" if u.id.peer_pid != 0 => {
+            UnixOp::Connect if u.id.peer_pid != 0 => {
                 earlier
                     .entry(u.path.clone())
                     .or_default()
@@ -329,7 +329,7 @@ pub fn detect(
     let kills = events
         .iter()
         .filter_map(|e| match e {
-            Event::Signal(s) if s.sig == 9 => Some(Kill {
+            Event::Signal(s) if s.sig == sig::KILL => Some(Kill {
                 at_s: rel_s(s.task.ts_ns, zero_ns),
                 from_pid: s.task.tgid,
                 from_comm: s.task.comm.clone(),
@@ -451,21 +451,21 @@ mod tests {
             (20, ProcInfo { ppid: 10, comm: "node".into(), argv: vec![] }),
         ]);
         let events = vec![
-            sock(ms(100), 10, "connect", 0, 500, 20, JS),
+            sock(ms(100), 10, UnixOp::Connect, 0, 500, 20, JS),
             fork(ms(900), 1, 11),
             fork(ms(950), 11, 30),
             signal(ms(1000), 10, 20, 9),
             exit(ms(1001), 20, 9, 10),
-            sock(ms(1100), 30, "bind", 0, 600, 0, JS),
+            sock(ms(1100), 30, UnixOp::Bind, 0, 600, 0, JS),
             exit(ms(1500), 30, 1 << 8, 11),
             fork(ms(1600), 11, 31),
-            sock(ms(1700), 31, "bind", 0, 601, 0, JS),
+            sock(ms(1700), 31, UnixOp::Bind, 0, 601, 0, JS),
             exit(ms(2500), 31, 1 << 8, 11),
             fork(ms(2600), 11, 32),
-            sock(ms(2700), 32, "bind", 0, 602, 0, JS),
+            sock(ms(2700), 32, UnixOp::Bind, 0, 602, 0, JS),
             exit(ms(3500), 32, 1 << 8, 11),
             fork(ms(3600), 11, 33),
-            sock(ms(3700), 33, "bind", 0, 603, 0, JS),
+            sock(ms(3700), 33, UnixOp::Bind, 0, 603, 0, JS),
         ];
         let procs = processes(&events, 1, &known);
         (events, procs)
@@ -524,10 +524,10 @@ mod tests {
             (20, ProcInfo { ppid: 10, comm: "py".into(), argv: vec![] }),
         ]);
         let events = vec![
-            sock(ms(100), 10, "connect", 0, 500, 20, JS),
+            sock(ms(100), 10, UnixOp::Connect, 0, 500, 20, JS),
             fork(ms(900), 1, 11),
             fork(ms(950), 11, 30),
-            sock(ms(1900), 30, "bind", 0, 600, 0, JS),
+            sock(ms(1900), 30, UnixOp::Bind, 0, 600, 0, JS),
             signal(ms(3000), 10, 20, 9),
             exit(ms(3001), 20, 9, 10),
         ];
@@ -555,7 +555,8 @@ mod tests {
     #[test]
     fn a_clean_run_has_no_kill_loop_or_orphan() {
         let known = BTreeMap::from([(20, ProcInfo { ppid: 10, comm: "py".into(), argv: vec![] })]);
-        let events = [sock(ms(1), 20, "bind", 0, 1, 0, JS), sock(ms(2), 10, "connect", 0, 2, 20, JS)];
+        let events =
+            [sock(ms(1), 20, UnixOp::Bind, 0, 1, 0, JS), sock(ms(2), 10, UnixOp::Connect, 0, 2, 20, JS)];
         let procs = processes(&events, 1, &known);
         let l = detect(&events, &procs, &[], 0);
         assert_eq!(l.servers.len(), 1);

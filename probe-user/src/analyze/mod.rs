@@ -97,10 +97,8 @@ impl Run {
         let root = self.meta.options.root_pid;
         self.events
             .iter()
-            .find_map(|e| match e {
-                Event::Signal(s) if s.sig == 1 && s.target == root => Some(s.task.ts_ns),
-                _ => None,
-            })
+            .find_map(|e| crate::model::root_hup(e, root))
+            .map(|s| s.task.ts_ns)
             .unwrap_or(self.meta.started_ns)
     }
 }
@@ -305,15 +303,20 @@ pub fn rel_s(ts_ns: u64, zero_ns: u64) -> f64 {
 
 /// `-111` -> `ECONNREFUSED`, `0` -> `0 (peer closed)`.
 pub fn errno_name(ret: i64) -> String {
-    match -ret {
-        0 => "0 (peer closed)".into(),
-        2 => "ENOENT".into(),
-        11 => "EAGAIN".into(),
-        32 => "EPIPE".into(),
-        104 => "ECONNRESET".into(),
-        111 => "ECONNREFUSED".into(),
-        n => format!("errno {n}"),
+    const NAMES: [(i32, &str); 5] = [
+        (libc::ENOENT, "ENOENT"),
+        (libc::EAGAIN, "EAGAIN"),
+        (libc::EPIPE, "EPIPE"),
+        (libc::ECONNRESET, "ECONNRESET"),
+        (libc::ECONNREFUSED, "ECONNREFUSED"),
+    ];
+    if ret == 0 {
+        return "0 (peer closed)".into();
     }
+    NAMES
+        .iter()
+        .find(|(e, _)| crate::event::neg_errno(*e) == ret)
+        .map_or_else(|| format!("errno {}", -ret), |(_, n)| (*n).to_string())
 }
 
 /// The file name of a socket path, for short sentences.
@@ -437,6 +440,7 @@ mod ground_truth_tests {
 pub(crate) mod testkit {
     //! Hand-built events for the detectors' tests.
 
+    pub use crate::event::UnixOp;
     use crate::event::*;
     use crate::model::Process;
 
@@ -444,10 +448,10 @@ pub(crate) mod testkit {
         Task { ts_ns: ts, cpu: 0, tgid: pid, tid: pid, comm: comm.into() }
     }
 
-    pub fn sock(ts: u64, pid: u32, op: &str, ret: i64, inode: u64, peer_pid: u32, path: &str) -> Event {
+    pub fn sock(ts: u64, pid: u32, op: UnixOp, ret: i64, inode: u64, peer_pid: u32, path: &str) -> Event {
         Event::UnixSock(UnixSockEvent {
             task: task(ts, pid, "x"),
-            op: op.into(),
+            op,
             fd: 5,
             ret,
             id: SockId { inode, peer_inode: 0, peer_pid },
@@ -455,10 +459,10 @@ pub(crate) mod testkit {
         })
     }
 
-    pub fn io(ts: u64, pid: u32, op: &str, ret: i64, inode: u64, peer_pid: u32) -> Event {
+    pub fn io(ts: u64, pid: u32, op: UnixOp, ret: i64, inode: u64, peer_pid: u32) -> Event {
         Event::UnixIo(UnixIoEvent {
             task: task(ts, pid, ""),
-            op: op.into(),
+            op,
             ret,
             id: SockId { inode, peer_inode: 0, peer_pid },
         })
@@ -523,7 +527,7 @@ pub(crate) mod testkit {
             epfd: 20,
             maxevents: 512,
             timeout_ns: 0,
-            syscalls: vec!["epoll_wait".into()],
+            syscalls: vec![probe_common::Syscall::EpollWait],
         })
     }
 

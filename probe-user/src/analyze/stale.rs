@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::lifecycle::{Lifecycle, ServerGen};
 use super::timeline::Timeline;
 use super::{errno_name, rel_s};
-use crate::event::Event;
+use crate::event::{Event, UnixOp, neg_errno};
 
 /// Traffic of a worker with a server generation older than the path's owner at that time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -152,7 +152,7 @@ pub struct ConnectFailure {
 }
 
 /// A send or receive of a worker that failed or read 0.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IoFailure {
     /// Seconds from zero.
     pub at_s: f64,
@@ -164,7 +164,7 @@ pub struct IoFailure {
     /// Worker generation.
     pub worker_generation: Option<u32>,
     /// `send` or `recv`.
-    pub op: String,
+    pub op: UnixOp,
     /// `EPIPE`, `ECONNRESET`, `0 (peer closed)`.
     pub error: String,
     /// Socket path, when known.
@@ -260,7 +260,7 @@ pub fn detect(events: &[Event], timeline: &Timeline, l: &Lifecycle, zero_ns: u64
             }
         }
         match ev {
-            Event::UnixSock(u) if u.op == "connect" && u.ret == 0 && u.id.peer_pid != 0 => {
+            Event::UnixSock(u) if u.op == UnixOp::Connect && u.ret == 0 && u.id.peer_pid != 0 => {
                 if let Some(g) = l.server(u.id.peer_pid, Some(&u.path))
                     && let Some(sgen) = timeline.worker_generation(g.parent)
                     && sgen < wgen
@@ -280,7 +280,7 @@ pub fn detect(events: &[Event], timeline: &Timeline, l: &Lifecycle, zero_ns: u64
                     c.last_s = rel_s(u.task.ts_ns, zero_ns);
                 }
             }
-            Event::UnixSock(u) if u.op == "connect" && u.ret < 0 => {
+            Event::UnixSock(u) if u.op == UnixOp::Connect && u.ret < 0 => {
                 let ts = u.task.ts_ns;
                 let state = path_state(l, &u.path, ts);
                 // One episode per owner and liveness, so its path state holds for every failure in it.
@@ -309,7 +309,7 @@ pub fn detect(events: &[Event], timeline: &Timeline, l: &Lifecycle, zero_ns: u64
                     episode: idx,
                 });
             }
-            Event::UnixIo(i) if i.ret <= 0 && i.ret != -11 => {
+            Event::UnixIo(i) if i.ret <= 0 && i.ret != neg_errno(libc::EAGAIN) => {
                 let peer = l.server(i.id.peer_pid, None);
                 let path = path_of(i.id.inode, peer);
                 let peer = l.server(i.id.peer_pid, Some(&path)).or(peer);
@@ -318,7 +318,7 @@ pub fn detect(events: &[Event], timeline: &Timeline, l: &Lifecycle, zero_ns: u64
                     ts_ns: i.task.ts_ns,
                     pid,
                     worker_generation: Some(wgen),
-                    op: i.op.clone(),
+                    op: i.op,
                     error: errno_name(i.ret),
                     path,
                     peer_pid: i.id.peer_pid,
@@ -362,11 +362,11 @@ mod tests {
             (20, ProcInfo { ppid: 10, comm: "python3".into(), argv: vec![] }),
         ]);
         let mut events = vec![
-            sock(ms(500), 10, "connect", 0, 100, 20, PY),
+            sock(ms(500), 10, UnixOp::Connect, 0, 100, 20, PY),
             signal(ms(1000), 9, 1, 1),
             fork(ms(1100), 1, 11),
             fork(ms(1200), 11, 30),
-            sock(ms(2000), 30, "bind", 0, 300, 0, PY),
+            sock(ms(2000), 30, UnixOp::Bind, 0, 300, 0, PY),
         ];
         events.extend(extra);
         events.sort_by_key(|e| e.task().ts_ns);
@@ -379,10 +379,10 @@ mod tests {
     #[test]
     fn a_new_worker_still_talking_to_the_old_server_is_stale() {
         let (events, t, l) = setup(vec![
-            sock(ms(1300), 11, "connect", 0, 200, 20, PY),
+            sock(ms(1300), 11, UnixOp::Connect, 0, 200, 20, PY),
             flow(ms(1300), ms(1400), 11, 200, 20),
             flow(ms(2500), ms(2600), 11, 200, 20),
-            io(ms(2700), 11, "recv", -104, 200, 20),
+            io(ms(2700), 11, UnixOp::Recv, -104, 200, 20),
         ]);
         let s = detect(&events, &t, &l, ms(1000));
         assert_eq!(s.stale_flows.len(), 1, "{:?}", s.stale_flows);
@@ -406,9 +406,9 @@ mod tests {
         let (events, t, l) = setup(vec![
             signal(ms(1500), 10, 20, 9),
             exit(ms(1501), 20, 9, 10),
-            sock(ms(1600), 11, "connect", -111, 201, 0, PY),
-            sock(ms(1700), 11, "connect", -111, 202, 0, PY),
-            sock(ms(1800), 11, "connect", -2, 203, 0, PY),
+            sock(ms(1600), 11, UnixOp::Connect, -111, 201, 0, PY),
+            sock(ms(1700), 11, UnixOp::Connect, -111, 202, 0, PY),
+            sock(ms(1800), 11, UnixOp::Connect, -2, 203, 0, PY),
         ]);
         let s = detect(&events, &t, &l, ms(1000));
         assert_eq!(s.failed_connects, 3);
@@ -430,7 +430,7 @@ mod tests {
     #[test]
     fn clean_traffic_gives_no_finding() {
         let (events, t, l) = setup(vec![
-            sock(ms(2100), 11, "connect", 0, 210, 30, PY),
+            sock(ms(2100), 11, UnixOp::Connect, 0, 210, 30, PY),
             flow(ms(2100), ms(2200), 11, 210, 30),
             flow(ms(600), ms(700), 10, 100, 20),
         ]);

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::rel_s;
 use crate::event::Event;
 use crate::model::Process;
+use crate::model::root_hup;
 
 /// A SIGHUP to the root.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -94,14 +95,12 @@ impl Timeline {
 pub fn detect(events: &[Event], processes: &[Process], root: u32, zero_ns: u64) -> Timeline {
     let hups = events
         .iter()
-        .filter_map(|e| match e {
-            Event::Signal(s) if s.sig == 1 && s.target == root => Some(Hup {
-                at_s: rel_s(s.task.ts_ns, zero_ns),
-                ts_ns: s.task.ts_ns,
-                from_pid: s.task.tgid,
-                from_comm: s.task.comm.clone(),
-            }),
-            _ => None,
+        .filter_map(|e| root_hup(e, root))
+        .map(|s| Hup {
+            at_s: rel_s(s.task.ts_ns, zero_ns),
+            ts_ns: s.task.ts_ns,
+            from_pid: s.task.tgid,
+            from_comm: s.task.comm.clone(),
         })
         .collect();
     let mut workers = Vec::new();
@@ -173,7 +172,7 @@ mod tests {
             signal(ms(1000), 7, 100, 1),
             fork(ms(1500), 100, 102),
             // 102 acts as a process (not a thread) of its own.
-            sock(ms(1600), 102, "connect", 0, 1, 0, "/x.sock"),
+            sock(ms(1600), 102, UnixOp::Connect, 0, 1, 0, "/x.sock"),
             exit(ms(1800), 101, 0, 100),
         ];
         let procs = processes(&events, 100, &known);

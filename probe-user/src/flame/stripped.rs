@@ -17,6 +17,7 @@ use std::{collections::BTreeMap, path::Path};
 use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian, UnwindSection};
 use object::{
     Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, RelocationFlags, RelocationTarget, SymbolKind,
+    elf,
 };
 
 /// The name of the LuaJIT interpreter frame.
@@ -204,11 +205,11 @@ impl<'a> Image<'a> {
             for (at, r) in relocs {
                 let RelocationFlags::Elf { r_type } = r.flags() else { continue };
                 let target = match (r_type, r.target()) {
-                    // R_X86_64_RELATIVE, R_AARCH64_RELATIVE: the pointer is the addend.
-                    (8 | 1027, _) => Some(r.addend() as u64),
+                    // The pointer is the addend.
+                    (elf::R_X86_64_RELATIVE | elf::R_AARCH64_RELATIVE, _) => Some(r.addend() as u64),
                     // R_X86_64_64, R_AARCH64_ABS64 against a symbol this file defines (exported
                     // functions in a shared object); imported ones are named in their own file.
-                    (1 | 257, RelocationTarget::Symbol(i)) => symbols
+                    (elf::R_X86_64_64 | elf::R_AARCH64_ABS64, RelocationTarget::Symbol(i)) => symbols
                         .as_ref()
                         .and_then(|t| t.symbol_by_index(i).ok())
                         .filter(|s| !s.is_undefined() && s.address() != 0)
