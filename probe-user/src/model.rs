@@ -1,6 +1,10 @@
 //! The process model of a trace: every process seen, its parent, exec, exit and the signals it
 //! got, and the generations a reload creates (workers per HUP of the master, plugin servers per
 //! socket path).
+//!
+//! The two rules the whole tool numbers generations by live here: [`root_hup`] (a reload) and
+//! [`server_generations`] (who served a socket path, in order); `processes.json`, the report and
+//! the timeline all take them from here.
 
 use std::collections::BTreeMap;
 
@@ -63,7 +67,7 @@ pub struct Process {
     pub signals: Vec<Received>,
     /// Worker generation for children of the root: 1 + HUPs the root got before the fork.
     pub worker_generation: Option<u32>,
-    /// (path, generation) for each unix path it bound: the n-th process to bind that path.
+    /// (path, generation) for each unix path it served (see [`server_generations`]).
     pub server_generations: Vec<(String, u32)>,
 }
 
@@ -73,6 +77,87 @@ pub fn root_hup(ev: &Event, root: u32) -> Option<&SignalEvent> {
         Event::Signal(s) if s.sig == sig::HUP && s.target == root => Some(s),
         _ => None,
     }
+}
+
+/// How a plugin server was found in the trace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    /// Its `bind` of the path.
+    #[default]
+    Bind,
+    /// It accepted on the path, or a connect to the path reached it as peer: it bound before
+    /// the trace.
+    Peer,
+}
+
+impl std::fmt::Display for FoundBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FoundBy::Bind => "bind",
+            FoundBy::Peer => "peer",
+        })
+    }
+}
+
+/// One generation of a socket path's server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSeen {
+    /// The socket path.
+    pub path: String,
+    /// 1 for the first server of the path, then one more for each next.
+    pub generation: u32,
+    /// Its pid.
+    pub pid: u32,
+    /// Its bind (CLOCK_MONOTONIC ns), when traced.
+    pub bound_ns: Option<u64>,
+    /// How it was found.
+    pub found_by: FoundBy,
+}
+
+/// The one rule for server generations: on each path, the servers that bound before the trace
+/// (found by their traffic alone) come first, then each traced bind in time order; a pid counts
+/// once per path.
+pub fn server_generations(events: &[Event]) -> Vec<ServerSeen> {
+    let mut binds: BTreeMap<&str, Vec<(u64, u32)>> = BTreeMap::new();
+    let mut earlier: BTreeMap<&str, std::collections::BTreeSet<u32>> = BTreeMap::new();
+    for ev in events {
+        let Event::UnixSock(u) = ev else { continue };
+        if u.path.is_empty() || u.ret < 0 {
+            continue;
+        }
+        match u.op {
+            UnixOp::Bind => binds.entry(&u.path).or_default().push((u.task.ts_ns, u.task.tgid)),
+            // Whoever accepts on the path serves it; a connect's peer pid is the listener's owner.
+            UnixOp::Accept => {
+                earlier.entry(&u.path).or_default().insert(u.task.tgid);
+            }
+            UnixOp::Connect if u.id.peer_pid != 0 => {
+                earlier.entry(&u.path).or_default().insert(u.id.peer_pid);
+            }
+            _ => {}
+        }
+    }
+    let paths: std::collections::BTreeSet<&str> = binds.keys().chain(earlier.keys()).copied().collect();
+    let mut out = Vec::new();
+    for path in paths {
+        let mut bound = binds.remove(path).unwrap_or_default();
+        bound.sort_by_key(|&(ts, _)| ts);
+        let pre = earlier.remove(path).unwrap_or_default();
+        let pre: Vec<u32> = pre.into_iter().filter(|pid| !bound.iter().any(|&(_, b)| b == *pid)).collect();
+        let order = pre
+            .into_iter()
+            .map(|pid| (pid, None, FoundBy::Peer))
+            .chain(bound.into_iter().map(|(ts, pid)| (pid, Some(ts), FoundBy::Bind)));
+        let mut seen = std::collections::BTreeSet::new();
+        for (pid, bound_ns, found_by) in order {
+            if seen.insert(pid) {
+                let generation = seen.len() as u32;
+                out.push(ServerSeen { path: path.to_string(), generation, pid, bound_ns, found_by });
+            }
+        }
+    }
+    out
 }
 
 /// Builds the process table from the events, the processes known at start and /proc reads.
@@ -94,7 +179,6 @@ pub fn processes(events: &[Event], root: u32, known: &BTreeMap<u32, ProcInfo>) -
     let processes: std::collections::BTreeSet<u32> =
         known.keys().copied().chain(events.iter().map(|e| e.task().tgid)).collect();
     let mut hups_of_root = 0u32;
-    let mut binds: BTreeMap<String, u32> = BTreeMap::new();
     for ev in events {
         match ev {
             Event::ProcFork(f) => {
@@ -149,14 +233,11 @@ pub fn processes(events: &[Event], root: u32, known: &BTreeMap<u32, ProcInfo>) -
                     });
                 }
             }
-            Event::UnixSock(u) if u.op == UnixOp::Bind && u.ret == 0 && !u.path.is_empty() => {
-                let generation = binds.entry(u.path.clone()).or_insert(0);
-                *generation += 1;
-                let generation = *generation;
-                entry(&mut table, u.task.tgid).server_generations.push((u.path.clone(), generation));
-            }
             _ => {}
         }
+    }
+    for s in server_generations(events) {
+        entry(&mut table, s.pid).server_generations.push((s.path, s.generation));
     }
     table.into_values().collect()
 }
@@ -229,6 +310,21 @@ mod tests {
         assert_eq!(p(102).signals[0].from, 100);
         assert!(!p(102).orphaned);
         assert_eq!((p(103).exit_status, p(103).orphaned), (Some(2), true));
+    }
+
+    #[test]
+    fn a_server_seen_only_as_peer_bound_before_every_traced_bind() {
+        let mut connect = bind(1, 20, "/s/js.sock");
+        if let Event::UnixSock(u) = &mut connect {
+            (u.op, u.task.tgid, u.id.peer_pid) = (UnixOp::Connect, 10, 5);
+        }
+        let events = [bind(2, 6, "/s/js.sock"), connect];
+        let s = server_generations(&events);
+        let gens: Vec<_> = s.iter().map(|s| (s.pid, s.generation, s.found_by)).collect();
+        assert_eq!(gens, vec![(5, 1, FoundBy::Peer), (6, 2, FoundBy::Bind)]);
+        let t = processes(&events, 1, &BTreeMap::new());
+        let of = |pid| t.iter().find(|p| p.pid == pid).unwrap().server_generations.clone();
+        assert_eq!((of(5), of(6)), (vec![("/s/js.sock".into(), 1)], vec![("/s/js.sock".into(), 2)]));
     }
 
     #[test]

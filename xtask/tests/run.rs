@@ -125,6 +125,19 @@ fn short_run(dir: &Path, extra: &[&str]) -> Run {
 
 fn common_claims(run: &Run) {
     let (report, out) = (&run.report, &run.dir);
+    // One rule numbers server generations: processes.json and report.json agree on every server.
+    let processes = json(&out.join("trace/processes.json"));
+    let servers = report["lifecycle"]["servers"].as_array().expect("lifecycle.servers");
+    assert!(!servers.is_empty(), "the run's plugin servers are in report.json");
+    for g in servers {
+        let (pid, path, generation) = (g["pid"].as_u64(), g["path"].as_str(), g["generation"].as_u64());
+        let p = processes.as_array().unwrap().iter().find(|p| p["pid"].as_u64() == pid);
+        let listed = p.and_then(|p| p["server_generations"].as_array()).cloned().unwrap_or_default();
+        assert!(
+            listed.iter().any(|e| e[0].as_str() == path && e[1].as_u64() == generation),
+            "server {g} has generations {listed:?} in processes.json"
+        );
+    }
     // Positive controls: the trace saw the reload happen. The HUP reached the master; the
     // stand-in logged two configuration generations, and the analysis found both worker
     // generations and every plugin server the stand-in spawned.

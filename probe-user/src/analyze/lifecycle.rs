@@ -2,21 +2,18 @@
 //! sender, crash/respawn loops, and orphans (reparented processes, and whether they outlive the
 //! run).
 //!
-//! A generation is a process that served a path: the n-th to bind it. Servers that bound before
-//! the trace started have no `bind` event, so they are found from the stand-in's ground truth
-//! (`spawn` lines) or from the trace itself (they accept on the path, or connects to the path
-//! reach them as peer), and are numbered before every traced bind.
+//! A generation is a process that served a path, numbered by the one rule of
+//! [`crate::model::server_generations`]: servers that bound before the trace (found because they
+//! accept on the path, or connects to it reach them as peer) come first, then each traced bind.
+//! Only the trace counts: the stand-in's own log is for checking, never evidence.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::rel_s;
-use crate::event::{Event, UnixOp, sig};
-use crate::model::Process;
-
-/// `found_by` of a server known only from the stand-in's own log.
-pub const FOUND_IN_GROUND_TRUTH: &str = "ground truth";
+use crate::event::{Event, sig};
+use crate::model::{FoundBy, Process, ServerSeen, server_generations};
 
 /// One plugin-server generation on one socket path.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -47,10 +44,10 @@ pub struct ServerGen {
     pub crashed: bool,
     /// True when it was reparented before exiting, or is alive with its parent gone.
     pub orphaned: bool,
-    /// How it was found: `bind`, `ground truth` or `peer`.
-    pub found_by: String,
-    /// Since when it is known to exist (CLOCK_MONOTONIC ns): its bind, its spawn in the
-    /// stand-in's log, or 0 when only its traffic showed it (it bound before the trace).
+    /// How it was found: `bind` or `peer`.
+    pub found_by: FoundBy,
+    /// Since when it is known to exist (CLOCK_MONOTONIC ns): its bind, or 0 when only its
+    /// traffic showed it (it bound before the trace).
     #[serde(skip)]
     pub since_ns: u64,
 }
@@ -246,85 +243,15 @@ impl Lifecycle {
 }
 
 /// Finds the server generations, kills, crash loops and orphans.
-pub fn detect(
-    events: &[Event],
-    processes: &[Process],
-    ground_truth: &[serde_json::Value],
-    zero_ns: u64,
-) -> Lifecycle {
+pub fn detect(events: &[Event], processes: &[Process], zero_ns: u64) -> Lifecycle {
     let procs: BTreeMap<u32, &Process> = processes.iter().map(|p| (p.pid, p)).collect();
-    // path -> binds in time order; path -> pid -> (first evidence, how) for pre-trace servers.
-    let mut binds: BTreeMap<String, Vec<(u64, u32)>> = BTreeMap::new();
-    let mut earlier: BTreeMap<String, BTreeMap<u32, (u64, &str)>> = BTreeMap::new();
-    for line in ground_truth.iter().filter(|v| v["ev"] == "spawn") {
-        if let (Some(path), Some(pid)) = (line["socket"].as_str(), line["server_pid"].as_u64()) {
-            let ts = line["mono_ns"].as_u64().unwrap_or(0);
-            earlier
-                .entry(path.to_string())
-                .or_default()
-                .entry(pid as u32)
-                .or_insert((ts, FOUND_IN_GROUND_TRUTH));
-        }
-    }
-    for ev in events {
-        let Event::UnixSock(u) = ev else { continue };
-        if u.path.is_empty() || u.ret < 0 {
-            continue;
-        }
-        match u.op {
-            UnixOp::Bind => binds.entry(u.path.clone()).or_default().push((u.task.ts_ns, u.task.tgid)),
-            // Whoever accepts on the path serves it; a connect's peer pid is the listener's owner.
-            // Trace evidence outranks the stand-in's log as the way a server was found.
-            UnixOp::Accept => {
-                earlier
-                    .entry(u.path.clone())
-                    .or_default()
-                    .entry(u.task.tgid)
-                    .and_modify(|e| e.1 = "peer")
-                    .or_insert((u.task.ts_ns, "peer"));
-            }
-            UnixOp::Connect if u.id.peer_pid != 0 => {
-                earlier
-                    .entry(u.path.clone())
-                    .or_default()
-                    .entry(u.id.peer_pid)
-                    .and_modify(|e| e.1 = "peer")
-                    .or_insert((u.task.ts_ns, "peer"));
-            }
-            _ => {}
-        }
-    }
-    let mut servers = Vec::new();
-    let paths: std::collections::BTreeSet<String> = binds.keys().chain(earlier.keys()).cloned().collect();
-    for path in paths {
-        let bound = binds.get(&path).cloned().unwrap_or_default();
-        let pre: Vec<(u64, u32, &str)> = earlier
-            .get(&path)
-            .into_iter()
-            .flatten()
-            .filter(|(pid, _)| !bound.iter().any(|(_, b)| b == *pid))
-            .map(|(&pid, &(ts, how))| (ts, pid, how))
-            .collect();
-        // Generation order: a server found by its traffic alone bound before the trace; one
-        // from the stand-in's log is placed by its spawn (a spawn after the trace began that
-        // never bound comes after the binds before it); the others by their bind.
-        let mut all: Vec<(u64, Option<u64>, u32, &str)> = pre
-            .into_iter()
-            .map(|(ts, pid, how)| (if how == FOUND_IN_GROUND_TRUTH { ts } else { 0 }, None, pid, how))
-            .chain(bound.iter().map(|&(ts, pid)| (ts, Some(ts), pid, "bind")))
-            .collect();
-        all.sort_by_key(|&(since, ..)| since);
-        let mut seen = std::collections::BTreeSet::new();
-        for (since_ns, bound_ns, pid, how) in all {
-            if !seen.insert(pid) {
-                continue;
-            }
-            let mut g =
-                server_gen(&path, seen.len() as u32, pid, bound_ns, how, procs.get(&pid), &procs, zero_ns);
-            g.since_ns = since_ns;
-            servers.push(g);
-        }
-    }
+    let servers: Vec<ServerGen> = server_generations(events)
+        .into_iter()
+        .map(|s| {
+            let p = procs.get(&s.pid).copied();
+            server_gen(s, p, &procs, zero_ns)
+        })
+        .collect();
 
     let kills = events
         .iter()
@@ -388,18 +315,13 @@ pub fn detect(
     Lifecycle { servers, kills, loops, orphans, handovers }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn server_gen(
-    path: &str,
-    generation: u32,
-    pid: u32,
-    bound_ns: Option<u64>,
-    how: &str,
-    p: Option<&&Process>,
+    s: ServerSeen,
+    p: Option<&Process>,
     procs: &BTreeMap<u32, &Process>,
     zero_ns: u64,
 ) -> ServerGen {
-    let p = p.copied();
+    let ServerSeen { path, generation, pid, bound_ns, found_by } = s;
     let exit_ns = p.and_then(|p| p.exit_ns);
     let (end, crashed) = match p {
         Some(p) => match (&p.exit_signal, p.exit_status, p.exit_ns) {
@@ -417,7 +339,7 @@ fn server_gen(
         p.orphaned || (p.exit_ns.is_none() && procs.get(&p.parent).is_some_and(|pp| pp.exit_ns.is_some()))
     });
     ServerGen {
-        path: path.to_string(),
+        path,
         generation,
         pid,
         parent: p.map_or(0, |p| p.parent),
@@ -429,8 +351,8 @@ fn server_gen(
         end,
         crashed,
         orphaned,
-        found_by: how.to_string(),
-        since_ns: 0,
+        found_by,
+        since_ns: bound_ns.unwrap_or(0),
     }
 }
 
@@ -474,13 +396,16 @@ mod tests {
     #[test]
     fn generations_kills_and_a_crash_loop() {
         let (events, procs) = crash_loop();
-        let l = detect(&events, &procs, &[], ms(1000));
-        let gens: Vec<(u32, u32, &str)> =
-            l.servers.iter().map(|s| (s.generation, s.pid, s.found_by.as_str())).collect();
-        assert_eq!(
-            gens,
-            vec![(1, 20, "peer"), (2, 30, "bind"), (3, 31, "bind"), (4, 32, "bind"), (5, 33, "bind")]
-        );
+        let l = detect(&events, &procs, ms(1000));
+        let gens: Vec<(u32, u32, FoundBy)> =
+            l.servers.iter().map(|s| (s.generation, s.pid, s.found_by)).collect();
+        use FoundBy::*;
+        assert_eq!(gens, vec![(1, 20, Peer), (2, 30, Bind), (3, 31, Bind), (4, 32, Bind), (5, 33, Bind)]);
+        // processes.json gives every server the generation the report gives it.
+        for g in &l.servers {
+            let p = procs.iter().find(|p| p.pid == g.pid).unwrap();
+            assert_eq!(p.server_generations, vec![(g.path.clone(), g.generation)], "pid {}", g.pid);
+        }
         assert_eq!(l.servers[0].end, "SIGKILL from 10 (nginx)");
         assert!(!l.servers[0].crashed && l.servers[1].crashed);
         assert_eq!(l.kills.len(), 1);
@@ -501,17 +426,15 @@ mod tests {
     }
 
     #[test]
-    fn ground_truth_names_pre_trace_servers_and_orphans_are_found() {
-        let gt: Vec<serde_json::Value> =
-            vec![serde_json::json!({"ev":"spawn","socket":JS,"server_pid":20,"mono_ns":5})];
+    fn a_pre_trace_server_is_found_by_its_traffic_and_orphans_are_found() {
         let known = BTreeMap::from([
             (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![] }),
             (20, ProcInfo { ppid: 10, comm: "go".into(), argv: vec![] }),
         ]);
-        let events = [exit(ms(10), 10, 0, 1)];
+        let events = [sock(ms(5), 10, UnixOp::Connect, 0, 500, 20, JS), exit(ms(10), 10, 0, 1)];
         let procs = processes(&events, 1, &known);
-        let l = detect(&events, &procs, &gt, 0);
-        assert_eq!((l.servers[0].pid, l.servers[0].found_by.as_str()), (20, "ground truth"));
+        let l = detect(&events, &procs, 0);
+        assert_eq!((l.servers[0].pid, l.servers[0].found_by), (20, FoundBy::Peer));
         assert!(l.servers[0].orphaned);
         assert_eq!(l.orphans.len(), 1);
         assert!(l.orphans[0].pid == 20 && l.orphans[0].outlives_run);
@@ -532,23 +455,15 @@ mod tests {
             exit(ms(3001), 20, 9, 10),
         ];
         let procs = processes(&events, 1, &known);
-        let l = detect(&events, &procs, &[], ms(800));
+        let l = detect(&events, &procs, ms(800));
         let h = &l.handovers[0];
         assert_eq!((h.old_pid, h.new_pid, h.order), (20, 30, Order::NewBoundFirst));
         assert!((h.new_bound_s - 1.1).abs() < 1e-9 && (h.old_exit_s.unwrap() - 2.201).abs() < 1e-9);
         assert!(h.sentence().contains("1.10 s before the old one 20"), "{}", h.sentence());
-        // A respawn the stand-in logged late that never bound stays after the binds: it is
-        // neither the path's holder at the reload nor generation 1.
-        let gt = vec![
-            serde_json::json!({"ev":"spawn","socket":JS,"server_pid":20,"mono_ns":5}),
-            serde_json::json!({"ev":"spawn","socket":JS,"server_pid":40,"mono_ns":ms(5000)}),
-        ];
-        let l = detect(&events, &procs, &gt, ms(800));
         let gens: Vec<(u32, u32)> = l.servers.iter().map(|s| (s.pid, s.generation)).collect();
-        assert_eq!(gens, vec![(20, 1), (30, 2), (40, 3)]);
-        assert_eq!((l.handovers[0].old_pid, l.handovers[0].order), (20, Order::NewBoundFirst));
+        assert_eq!(gens, vec![(20, 1), (30, 2)]);
         // Without the kill in the trace, the old one outlived it.
-        let l = detect(&events[..4], &processes(&events[..4], 1, &known), &[], ms(800));
+        let l = detect(&events[..4], &processes(&events[..4], 1, &known), ms(800));
         assert_eq!(l.handovers[0].order, Order::OldOutlivedTrace);
     }
 
@@ -558,7 +473,7 @@ mod tests {
         let events =
             [sock(ms(1), 20, UnixOp::Bind, 0, 1, 0, JS), sock(ms(2), 10, UnixOp::Connect, 0, 2, 20, JS)];
         let procs = processes(&events, 1, &known);
-        let l = detect(&events, &procs, &[], 0);
+        let l = detect(&events, &procs, 0);
         assert_eq!(l.servers.len(), 1);
         assert!(l.kills.is_empty() && l.loops.is_empty() && l.orphans.is_empty() && l.handovers.is_empty());
     }

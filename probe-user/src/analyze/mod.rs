@@ -223,14 +223,7 @@ pub fn ground_truth_check(
     // The servers the stand-in saw bind their path: a spawn that had not bound when the trace
     // ended left no socket evidence to compare.
     let servers_gt = gt_set("server_ready", &|_| true, "server_pid");
-    // Only servers the trace itself shows (a bind, an accept, a connect reaching them): the
-    // lifecycle also lists those it knows from this very log.
-    let servers: BTreeSet<(String, u32)> = l
-        .servers
-        .iter()
-        .filter(|s| s.found_by != lifecycle::FOUND_IN_GROUND_TRUTH)
-        .map(|s| (s.path.clone(), s.pid))
-        .collect();
+    let servers: BTreeSet<(String, u32)> = l.servers.iter().map(|s| (s.path.clone(), s.pid)).collect();
     let kills_gt = strip(gt_set("kill", &|v| v["signal"] == "SIGKILL", "server_pid"));
     let server_pids: BTreeSet<u32> = l.servers.iter().map(|s| s.pid).collect();
     let kills: BTreeSet<(String, u32)> = l
@@ -276,7 +269,7 @@ pub fn analyze(run: &Run) -> Analysis {
     let zero = run.zero_ns();
     let root = run.meta.options.root_pid;
     let timeline = timeline::detect(&run.events, &run.processes, root, zero);
-    let lifecycle = lifecycle::detect(&run.events, &run.processes, &run.ground_truth, zero);
+    let lifecycle = lifecycle::detect(&run.events, &run.processes, zero);
     let bucket_ns = run.meta.options.bucket_ms.max(1) * 1_000_000;
     let spins =
         spin::detect(&run.events, &timeline, spin::Params::new(run.meta.options.sample_hz, bucket_ns), zero);
@@ -394,26 +387,17 @@ mod ground_truth_tests {
     }
 
     #[test]
-    fn a_server_known_only_from_the_stand_ins_log_is_not_evidence() {
+    fn a_server_the_trace_does_not_show_is_a_disagreement() {
         let gt = vec![
             json!({"ev":"server_ready","socket":"/p/js.sock","server_pid":20,"mono_ns":1}),
             // Spawned at the very end, never bound: nothing to find in the trace.
             json!({"ev":"spawn","socket":"/p/js.sock","server_pid":21,"mono_ns":2}),
         ];
-        let server = |found_by: &str| lifecycle::ServerGen {
-            path: "/p/js.sock".into(),
-            pid: 20,
-            found_by: found_by.into(),
-            ..Default::default()
-        };
-        let with =
-            |found_by: &str| lifecycle::Lifecycle { servers: vec![server(found_by)], ..Default::default() };
+        let server = lifecycle::ServerGen { path: "/p/js.sock".into(), pid: 20, ..Default::default() };
+        let with = lifecycle::Lifecycle { servers: vec![server], ..Default::default() };
         let what = "plugin servers";
-        assert!(check(&ground_truth_check(&gt, &with("peer"), &[], 0), what).agrees);
-        assert!(check(&ground_truth_check(&gt, &with("bind"), &[], 0), what).agrees);
-        assert!(
-            !check(&ground_truth_check(&gt, &with(lifecycle::FOUND_IN_GROUND_TRUTH), &[], 0), what).agrees
-        );
+        assert!(check(&ground_truth_check(&gt, &with, &[], 0), what).agrees);
+        assert!(!check(&ground_truth_check(&gt, &lifecycle::Lifecycle::default(), &[], 0), what).agrees);
     }
 
     #[test]

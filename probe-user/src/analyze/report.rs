@@ -418,7 +418,7 @@ fn findings_md(s: &mut String, a: &Analysis) {
     }
 
     let l = &a.lifecycle;
-    s.push_str("\n### Plugin-server generations\n\nEvidence: `bind` events (n-th bind of a path = next generation); servers bound before the trace from the stand-in's ground truth or as accepting/peer processes of the path.\n\n");
+    s.push_str("\n### Plugin-server generations\n\nEvidence: `unix_sock` events. Servers that bound before the trace (they accept on the path, or connects to it reach them as peer) come first, then each `bind` of the path is the next generation.\n\n");
     if l.servers.is_empty() {
         s.push_str("No plugin server seen.\n");
     } else {

@@ -372,7 +372,7 @@ mod tests {
         events.sort_by_key(|e| e.task().ts_ns);
         let procs = processes(&events, 1, &known);
         let t = timeline::detect(&events, &procs, 1, ms(1000));
-        let l = lifecycle::detect(&events, &procs, &[], ms(1000));
+        let l = lifecycle::detect(&events, &procs, ms(1000));
         (events, t, l)
     }
 
