@@ -56,11 +56,16 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
     }
     let cfg = CONFIG.load();
     // Syscall arguments sit in 8-byte slots.
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid u64.
     let epfd = unsafe { ctx.read_at::<u64>(cfg.off_epfd as usize) }.unwrap_or(u64::MAX) as i32;
+    // SAFETY: as above.
     let maxevents = unsafe { ctx.read_at::<u64>(cfg.off_maxevents as usize) }.unwrap_or(0) as i32;
+    // SAFETY: as above.
     let raw_timeout = unsafe { ctx.read_at::<u64>(cfg.off_timeout as usize) }.unwrap_or(0);
     let timeout_ns = match syscall {
         Syscall::EpollPwait2 if raw_timeout == 0 => TIMEOUT_INFINITE,
+        // SAFETY: a user pointer, copied with bpf_probe_read_user, which fails rather than faults.
         Syscall::EpollPwait2 => match unsafe { bpf_probe_read_user(raw_timeout as *const [i64; 2]) } {
             Ok([sec, nsec]) => timespec_to_ns(sec, nsec),
             Err(_) => TIMEOUT_INFINITE,
@@ -68,6 +73,7 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
         _ => timeout_ms_to_ns(raw_timeout as i32),
     };
     let mut pending = EpollEnter {
+        // SAFETY: an argument-less helper.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         timeout_ns,
         epfd,
@@ -76,6 +82,8 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
         first: 0,
     };
     match EPOLL_THREADS.get_ptr_mut(tid) {
+        // SAFETY: a live map value (valid for the whole run) keyed by this thread's tid: only
+        // this thread's programs touch it, one at a time.
         Some(state) => unsafe { (*state).pending = pending },
         None => {
             pending.first = 1;
@@ -102,6 +110,8 @@ fn on_exit(ctx: &TracePointContext) {
     let Some(state) = EPOLL_THREADS.get_ptr_mut(tid) else {
         return; // entered before tracing began
     };
+    // SAFETY: a live map value (valid for the whole run) keyed by this thread's tid: only this
+    // thread's programs touch it, one at a time, so the `&mut` is unique.
     let state = unsafe { &mut *state };
     let enter = state.pending;
     if enter.ts_ns == 0 {
@@ -109,7 +119,10 @@ fn on_exit(ctx: &TracePointContext) {
     }
     state.pending.ts_ns = 0;
     let cfg = CONFIG.load();
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid i64.
     let ret = unsafe { ctx.read_at::<i64>(cfg.off_ret as usize) }.unwrap_or(0);
+    // SAFETY: an argument-less helper.
     let now = unsafe { bpf_ktime_get_ns() };
 
     let bucket = &mut state.bucket;
@@ -148,8 +161,11 @@ fn on_exit(ctx: &TracePointContext) {
 #[inline(always)]
 pub fn flush_thread(tid: u32) {
     if let Some(state) = EPOLL_THREADS.get_ptr_mut(tid) {
+        // SAFETY: a live map value keyed by this (exiting) thread's tid: only this thread's
+        // programs touch it, one at a time, so the `&mut` is unique.
         let bucket = unsafe { &mut (*state).bucket };
         if bucket.calls != 0 {
+            // SAFETY: an argument-less helper.
             bucket.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
             send(kind::EPOLL_BUCKET, bucket);
         }

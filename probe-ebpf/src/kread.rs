@@ -19,13 +19,17 @@ pub fn read<T>(base: u64, off: u32) -> Option<T> {
     if base == 0 || off == MISSING {
         return None;
     }
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.ok()
+    let src = (base + off as u64) as *const T;
+    // SAFETY: bpf_probe_read_kernel copies fault-safely (a bad address is an Err, never a fault);
+    // callers read only plain integers and pointers-as-u64, valid for any bytes.
+    unsafe { bpf_probe_read_kernel(src) }.ok()
 }
 
 /// The current task's parent tgid (`real_parent->tgid`).
 #[inline(always)]
 pub fn current_parent_tgid() -> Option<u32> {
     let k = KOFFSETS.load();
+    // SAFETY: an argument-less helper; the task pointer is only read through `read`.
     let task = unsafe { bpf_get_current_task() };
     let parent: u64 = read(task, k.task_real_parent)?;
     read::<i32>(parent, k.task_tgid).map(|t| t as u32)
@@ -34,14 +38,18 @@ pub fn current_parent_tgid() -> Option<u32> {
 /// The current task's `exit_code`.
 #[inline(always)]
 pub fn current_exit_code() -> Option<i32> {
-    read(unsafe { bpf_get_current_task() }, KOFFSETS.load().task_exit_code)
+    // SAFETY: an argument-less helper; the task pointer is only read through `read`.
+    let task = unsafe { bpf_get_current_task() };
+    read(task, KOFFSETS.load().task_exit_code)
 }
 
 /// The `struct sock *` behind the current process's `fd`, when it is an AF_UNIX socket.
 #[inline(always)]
 pub fn unix_sock_of_fd(fd: i64) -> Option<u64> {
     let k = KOFFSETS.load();
-    let files: u64 = read(unsafe { bpf_get_current_task() }, k.task_files)?;
+    // SAFETY: an argument-less helper; the task pointer is only read through `read`.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, k.task_files)?;
     let fdt: u64 = read(files, k.files_fdt)?;
     let max: u32 = read(fdt, k.fdtable_max_fds)?;
     if fd < 0 || fd >= max as i64 {
@@ -99,6 +107,7 @@ pub fn read_path(addr: u64, dst: &mut [u8; PATH_LEN]) -> u32 {
     }
     // `name` is a sockaddr_un: 2 bytes of family, then the path.
     let src = (addr + k.uaddr_name as u64 + 2) as *const u8;
+    // SAFETY: bpf_probe_read_kernel_buf copies fault-safely, at most `dst.len()` bytes.
     if unsafe { bpf_probe_read_kernel_buf(src, dst) }.is_err() {
         return 0;
     }

@@ -76,7 +76,9 @@ fn is_target(tgid: u32) -> bool {
 fn header(kind: u32, tgid: u32, tid: u32) -> EventHeader {
     EventHeader {
         kind,
+        // SAFETY: an argument-less helper, callable from any program (aya marks every helper unsafe).
         cpu: unsafe { bpf_get_smp_processor_id() },
+        // SAFETY: an argument-less helper, callable from any program.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         tgid,
         tid,
@@ -95,7 +97,8 @@ fn send<T>(kind: u32, record: &T) {
 #[inline(always)]
 fn count_drop(kind: u32) {
     if let Some(slot) = DROPS.get_ptr_mut(kind) {
-        // Per-CPU slot: no other CPU writes it.
+        // SAFETY: the map gave a valid pointer to this CPU's own slot: no other CPU writes it (a
+        // sample in NMI could interleave on this CPU and lose one count, never corrupt memory).
         unsafe { *slot += 1 };
     }
 }

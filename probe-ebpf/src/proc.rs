@@ -21,6 +21,8 @@ pub fn proc_fork(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let cfg = CONFIG.load();
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid i32.
     let Ok(child) = (unsafe { ctx.read_at::<i32>(cfg.off_fork_child as usize) }) else {
         return 0;
     };
@@ -53,17 +55,31 @@ pub fn proc_exec(ctx: TracePointContext) -> u32 {
     };
     let r = entry.as_mut_ptr();
     // __data_loc: low 16 bits offset in the record, high 16 bits length.
-    let loc = unsafe { ctx.read_at::<u32>(CONFIG.load().off_exec_filename as usize) }.unwrap_or(0);
-    unsafe {
-        (*r).hdr = header(kind::PROC_EXEC, tgid, tid);
-        (*r).comm = ctx.command().unwrap_or_default();
-        (*r).parent = current_parent_tgid().unwrap_or(0);
-        let src = (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize);
-        (*r).filename_len = match bpf_probe_read_kernel_str_bytes(src, &mut (*r).filename) {
-            Ok(s) => s.len().min(FILENAME_LEN) as u32,
-            Err(_) => 0,
-        };
-    }
+    let off = CONFIG.load().off_exec_filename as usize;
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid u32.
+    let loc = unsafe { ctx.read_at::<u32>(off) }.unwrap_or(0);
+    let hdr = header(kind::PROC_EXEC, tgid, tid);
+    // SAFETY: `r` is our reserved ring-buffer record (non-null, sized and aligned for a
+    // ProcExec), ours alone until submit; plain field stores.
+    unsafe { (*r).hdr = hdr };
+    let comm = ctx.command().unwrap_or_default();
+    // SAFETY: as above.
+    unsafe { (*r).comm = comm };
+    let parent = current_parent_tgid().unwrap_or(0);
+    // SAFETY: as above.
+    unsafe { (*r).parent = parent };
+    // SAFETY: a __data_loc offset stays inside the tracepoint record `ctx` points to (and the
+    // pointer is only read with bpf_probe_read_kernel_str_bytes, which fails rather than faults).
+    let src = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    // SAFETY: `r` is our reserved ring-buffer record, ours alone until submit, and any bytes are a
+    // valid [u8; N]; the helper copies fault-safely and at most `filename.len()` bytes.
+    let filename_len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut (*r).filename) } {
+        Ok(s) => s.len().min(FILENAME_LEN) as u32,
+        Err(_) => 0,
+    };
+    // SAFETY: as above.
+    unsafe { (*r).filename_len = filename_len };
     entry.submit(0);
     0
 }
@@ -92,11 +108,14 @@ pub fn proc_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn signal_generate(ctx: TracePointContext) -> u32 {
     let [off_sig, off_pid, off_code, off_result] = CONFIG.load().off_signal;
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid i32 (as for every read_at below).
     let Ok(sig) = (unsafe { ctx.read_at::<i32>(off_sig as usize) }) else { return 0 };
     if !(0..64).contains(&sig) || SIGNAL_MASK & (1u64 << sig) == 0 {
         return 0;
     }
     let (tgid, tid) = current_ids();
+    // SAFETY: as above.
     let target = unsafe { ctx.read_at::<i32>(off_pid as usize) }.unwrap_or(0) as u32;
     if !is_target(tgid) && !is_target(target) {
         return 0;
@@ -106,7 +125,9 @@ pub fn signal_generate(ctx: TracePointContext) -> u32 {
         comm: ctx.command().unwrap_or_default(),
         sig: sig as u32,
         target,
+        // SAFETY: as above.
         result: unsafe { ctx.read_at::<i32>(off_result as usize) }.unwrap_or(-1) as u32,
+        // SAFETY: as above.
         code: unsafe { ctx.read_at::<i32>(off_code as usize) }.unwrap_or(0),
     };
     send(kind::SIGNAL, &record);

@@ -28,29 +28,50 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         return 0;
     };
     let r = entry.as_mut_ptr();
-    unsafe {
-        (*r).hdr = header(kind::CPU_SAMPLE, tgid, tid);
-        (*r).comm = ctx.command().unwrap_or_default();
-        (*r).kstack_id = ctx.get_stackid(&STACKS, 0).unwrap_or(-1);
-        (*r).ustack_id = ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64).unwrap_or(-1);
-        // The interrupted registers: user mode when the low bits of cs say ring 3.
-        let cs = (*ctx.ctx).regs.cs;
-        (*r).user_mode = (cs & 3 == 3) as u32;
-        // The user registers saved at kernel entry, valid whether the sample hit user or kernel.
+    let hdr = header(kind::CPU_SAMPLE, tgid, tid);
+    // SAFETY: `r` is our reserved ring-buffer record (non-null, sized and aligned for a
+    // CpuSample), ours alone until submit; plain field stores.
+    unsafe { (*r).hdr = hdr };
+    let comm = ctx.command().unwrap_or_default();
+    // SAFETY: as above.
+    unsafe { (*r).comm = comm };
+    let kstack_id = ctx.get_stackid(&STACKS, 0).unwrap_or(-1);
+    // SAFETY: as above.
+    unsafe { (*r).kstack_id = kstack_id };
+    let ustack_id = ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64).unwrap_or(-1);
+    // SAFETY: as above.
+    unsafe { (*r).ustack_id = ustack_id };
+    // The interrupted registers: user mode when the low bits of cs say ring 3.
+    // SAFETY: `ctx.ctx` is the bpf_perf_event_data the kernel passed in, valid for the whole run.
+    let cs = unsafe { (*ctx.ctx).regs.cs };
+    let user_mode = (cs & 3 == 3) as u32;
+    // SAFETY: `r` is our reserved record, ours alone until submit.
+    unsafe { (*r).user_mode = user_mode };
+    // The user registers saved at kernel entry, valid whether the sample hit user or kernel.
+    // SAFETY: bpf_task_pt_regs gets the current task's own BTF pointer, and the regs are copied
+    // with bpf_probe_read_kernel, which fails rather than faults; all-zero is a valid pt_regs.
+    let user: pt_regs = unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
-        let user: pt_regs = bpf_probe_read_kernel(regs).unwrap_or(core::mem::zeroed());
+        bpf_probe_read_kernel(regs).unwrap_or(core::mem::zeroed())
+    };
+    // SAFETY: `r` is our reserved record, ours alone until submit.
+    unsafe {
         (*r).ip = user.rip;
         (*r).sp = user.rsp;
         (*r).bp = user.rbp;
         (*r).stack_len = 0;
-        // A read that crosses the top of the stack mapping fails whole: try smaller sizes.
-        let cap = CONFIG.load().sample_stack_bytes;
-        let dst = (*r).stack.as_mut_ptr() as *mut core::ffi::c_void;
-        for size in [USER_STACK_LEN as u32, 4096, 2048, 1024, 512, 256] {
-            if size <= cap && user.rsp != 0 && bpf_probe_read_user_raw(dst, size, user.rsp) {
-                (*r).stack_len = size;
-                break;
-            }
+    }
+    // A read that crosses the top of the stack mapping fails whole: try smaller sizes.
+    let cap = CONFIG.load().sample_stack_bytes;
+    // SAFETY: only the address of a field of our reserved record; no reference is made.
+    let dst = unsafe { &raw mut (*r).stack } as *mut core::ffi::c_void;
+    for size in [USER_STACK_LEN as u32, 4096, 2048, 1024, 512, 256] {
+        // SAFETY: `dst` has room for USER_STACK_LEN bytes, the largest `size`; the source is any
+        // user address, read fault-safely.
+        if size <= cap && user.rsp != 0 && unsafe { bpf_probe_read_user_raw(dst, size, user.rsp) } {
+            // SAFETY: `r` is our reserved record, ours alone until submit.
+            unsafe { (*r).stack_len = size };
+            break;
         }
     }
     entry.submit(0);
@@ -58,9 +79,15 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
 }
 
 /// The raw helper: the typed one cannot take a size chosen at run time.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `size` bytes. `src` may be any address: the helper fails
+/// rather than faults.
 #[inline(always)]
 unsafe fn bpf_probe_read_user_raw(dst: *mut core::ffi::c_void, size: u32, src: u64) -> bool {
-    unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_user(dst, size, src as *const core::ffi::c_void) == 0
-    }
+    let src = src as *const core::ffi::c_void;
+    // SAFETY: the caller guarantees `dst`; the helper reads user memory fault-safely.
+    let ret = unsafe { aya_ebpf::helpers::generated::bpf_probe_read_user(dst, size, src) };
+    ret == 0
 }

@@ -44,6 +44,8 @@ static UNIX_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: u32) -> u64 {
     let off = CONFIG.load().off_syscall_args + 8 * n;
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid u64.
     unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0)
 }
 
@@ -54,12 +56,14 @@ fn addr_enter(ctx: &TracePointContext, op: u32) {
         return;
     }
     let (fd, uaddr, len) = (arg(ctx, 0) as i64, arg(ctx, 1), arg(ctx, 2) as u32);
+    // SAFETY: a user pointer, copied with bpf_probe_read_user, which fails rather than faults.
     let Ok(family) = (unsafe { bpf_probe_read_user(uaddr as *const u16) }) else { return };
     if family != AF_UNIX || len < 2 {
         return;
     }
     let mut p = PendingAddr { fd, op, path_len: 0, path: [0; PATH_LEN] };
     let n = ((len - 2) as usize).min(PATH_LEN);
+    // SAFETY: as above; the helper writes at most the `n` bytes of the slice it is given.
     if n > 0 && unsafe { bpf_probe_read_user_buf((uaddr + 2) as *const u8, &mut p.path[..n]) }.is_ok() {
         p.path_len = n as u32;
     }
@@ -86,24 +90,38 @@ pub fn unix_addr_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(p) = UNIX_PENDING.get_ptr(tid) else { return 0 };
+    // SAFETY: a live map value (valid for the whole run) keyed by this thread's tid: only this
+    // thread's programs write it, one at a time.
     let p = unsafe { &*p };
-    let ret = unsafe { ctx.read_at::<i64>(CONFIG.load().off_ret as usize) }.unwrap_or(0);
+    let off = CONFIG.load().off_ret as usize;
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid i64.
+    let ret = unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<UnixSock>(0) else {
         count_drop(kind::UNIX_SOCK);
         let _ = UNIX_PENDING.remove(tid);
         return 0;
     };
     let r = entry.as_mut_ptr();
+    let hdr = header(kind::UNIX_SOCK, tgid, tid);
+    // SAFETY: `r` is our reserved ring-buffer record (non-null, sized and aligned for a
+    // UnixSock), ours alone until submit; plain field stores.
+    unsafe { (*r).hdr = hdr };
+    let comm = ctx.command().unwrap_or_default();
+    // SAFETY: as above.
     unsafe {
-        (*r).hdr = header(kind::UNIX_SOCK, tgid, tid);
-        (*r).comm = ctx.command().unwrap_or_default();
+        (*r).comm = comm;
         (*r).op = p.op;
         (*r).fd = p.fd as i32;
         (*r).ret = ret;
         (*r).path = p.path;
         (*r)._pad = 0;
-        let sk = unix_sock_of_fd(p.fd).unwrap_or(0);
-        (*r).id = if sk != 0 { identity(sk).0 } else { Default::default() };
+    }
+    let sk = unix_sock_of_fd(p.fd).unwrap_or(0);
+    let id = if sk != 0 { identity(sk).0 } else { Default::default() };
+    // SAFETY: as above.
+    unsafe {
+        (*r).id = id;
         (*r).id.path_len = p.path_len;
     }
     entry.submit(0);
@@ -119,17 +137,27 @@ fn send_sock<C: EbpfContext>(ctx: &C, op: u32, fd: i64, ret: i64, sk: u64, tgid:
         return;
     };
     let r = entry.as_mut_ptr();
+    let hdr = header(kind::UNIX_SOCK, tgid, tid);
+    // SAFETY: `r` is our reserved ring-buffer record (non-null, sized and aligned for a
+    // UnixSock), ours alone until submit; plain field stores.
+    unsafe { (*r).hdr = hdr };
+    let comm = ctx.command().unwrap_or_default();
+    // SAFETY: as above.
     unsafe {
-        (*r).hdr = header(kind::UNIX_SOCK, tgid, tid);
-        (*r).comm = ctx.command().unwrap_or_default();
+        (*r).comm = comm;
         (*r).op = op;
         (*r).fd = fd as i32;
         (*r).ret = ret;
         (*r)._pad = 0;
-        let (id, addr) = identity(sk);
-        (*r).id = id;
-        (*r).id.path_len = read_path(addr, &mut (*r).path);
     }
+    let (id, addr) = identity(sk);
+    // SAFETY: as above.
+    unsafe { (*r).id = id };
+    // SAFETY: as above; any bytes are a valid [u8; N], so the path can be lent out as `&mut`.
+    let path = unsafe { &mut (*r).path };
+    let path_len = read_path(addr, path);
+    // SAFETY: as above.
+    unsafe { (*r).id.path_len = path_len };
     entry.submit(0);
 }
 
@@ -140,7 +168,10 @@ pub fn unix_accept_exit(ctx: TracePointContext) -> u32 {
     if !is_target(tgid) {
         return 0;
     }
-    let ret = unsafe { ctx.read_at::<i64>(CONFIG.load().off_ret as usize) }.unwrap_or(-1);
+    let off = CONFIG.load().off_ret as usize;
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid i64.
+    let ret = unsafe { ctx.read_at::<i64>(off) }.unwrap_or(-1);
     if let Some(sk) = unix_sock_of_fd(ret) {
         send_sock(&ctx, op::ACCEPT, ret, ret, sk, tgid, tid);
     }
@@ -160,8 +191,11 @@ pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
         // socket's traffic would be counted under this one's identity.
         let key = FlowKey { sk, tid: tid as u64 };
         if let Some(flow) = UNIX_FLOWS.get_ptr_mut(key) {
+            // SAFETY: a live map value keyed by this thread's tid: only this thread's programs
+            // touch it, one at a time, so the `&mut` is unique.
             let flow = unsafe { &mut *flow };
             if flow.start_ns != 0 {
+                // SAFETY: an argument-less helper.
                 flow.hdr.ts_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
                 send(kind::UNIX_FLOW, flow);
             }
@@ -178,11 +212,14 @@ fn io(ctx: &RawTracePointContext, op: u32) {
     let (tgid, tid) = current_ids();
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32 as i64;
+    // SAFETY: an argument-less helper.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     // Hot path: an existing flow costs one lookup, which is also the target filter (flows exist
     // only for targets); the socket pointer is its identity while the flow is open.
     let key = FlowKey { sk, tid: tid as u64 };
     if let Some(flow) = UNIX_FLOWS.get_ptr_mut(key) {
+        // SAFETY: a live map value keyed by this thread's tid: only this thread's programs touch
+        // it, one at a time, so the `&mut` is unique.
         let flow = unsafe { &mut *flow };
         if flow.add(op, ret, now) {
             if flow.is_due(now, CONFIG.load().bucket_ns) {
