@@ -7,9 +7,10 @@ use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use shared::clock;
+use shared::requests::{Outcome, RequestLine};
 
 use crate::endpoint::Endpoint;
 use crate::summary::Summary;
@@ -44,38 +45,22 @@ pub struct Record {
     pub echoed_request_id: Option<String>,
 }
 
-/// The JSON shape of one log line; field order is the order written.
-#[derive(Serialize)]
-struct Line<'a> {
-    start_unix_ns: u64,
-    end_unix_ns: u64,
-    start_mono_ns: u64,
-    end_mono_ns: u64,
-    endpoint: &'a str,
-    request_id: &'a str,
-    user: usize,
-    status: Option<u16>,
-    outcome: &'a str,
-    reason: Option<&'a str>,
-    worker_pid: Option<u32>,
-    echoed_request_id: Option<&'a str>,
-}
-
-/// Appends `record` as one JSON line (with its newline) to `out`.
+/// Appends `record` as one JSON line (with its newline) to `out`, in the shape the readers of
+/// `requests.jsonl` share ([`RequestLine`]).
 pub fn format_line(record: &Record, out: &mut Vec<u8>) {
-    let line = Line {
+    let line = RequestLine {
         start_unix_ns: record.start_unix_ns,
         end_unix_ns: record.end_unix_ns,
         start_mono_ns: record.start_mono_ns,
         end_mono_ns: record.end_mono_ns,
-        endpoint: record.endpoint,
-        request_id: &record.request_id,
+        endpoint: record.endpoint.to_string(),
+        request_id: record.request_id.clone(),
         user: record.user,
         status: record.status,
-        outcome: if record.failure.is_none() { "ok" } else { "failed" },
-        reason: record.failure.as_deref(),
+        outcome: if record.failure.is_none() { Outcome::Ok } else { Outcome::Failed },
+        reason: record.failure.clone(),
         worker_pid: record.worker_pid,
-        echoed_request_id: record.echoed_request_id.as_deref(),
+        echoed_request_id: record.echoed_request_id.clone(),
     };
     serde_json::to_writer(&mut *out, &line).expect("writing JSON to a Vec cannot fail");
     out.push(b'\n');
@@ -93,11 +78,7 @@ pub struct Stamp {
 impl Stamp {
     /// Reads both clocks now.
     pub fn now() -> Self {
-        let unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime only writes the timespec we pass; CLOCK_MONOTONIC always exists.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        Stamp { unix_ns, mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64 }
+        Stamp { unix_ns: clock::realtime_ns(), mono_ns: clock::monotonic_ns() }
     }
 }
 

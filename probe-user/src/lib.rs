@@ -2,7 +2,7 @@
 //!
 //! The crate is split so that everything but the kernel-facing part is plain, testable logic:
 //!
-//! - [`duration`], [`tracefs`], [`offsets`], [`event`], [`summary`], [`model`], [`proctree`], [`trace`]:
+//! - [`tracefs`], [`offsets`], [`event`], [`summary`], [`model`], [`proctree`], [`trace`]:
 //!   parsing, decoding, aggregation and the trace directory; unit-tested without root.
 //! - [`btf`]: kernel struct member offsets and sizes from the running kernel's BTF.
 //! - [`probe`]: loads and attaches the eBPF programs with aya and reads their maps (thin).
@@ -11,8 +11,6 @@
 
 pub mod analyze;
 pub mod btf;
-pub mod clock;
-pub mod duration;
 pub mod event;
 pub mod flame;
 pub mod model;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use reloadscope::record::{RecordArgs, footer, record};
-use reloadscope::{analyze as analysis, duration, summary, trace};
+use reloadscope::{analyze as analysis, summary, trace};
+use shared::duration;
 
 #[derive(Parser)]
 #[command(

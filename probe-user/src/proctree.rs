@@ -2,18 +2,6 @@
 
 use std::collections::BTreeMap;
 
-/// pid, ppid and comm from the text of `/proc/<pid>/stat` (comm may hold spaces and parens).
-pub fn parse_stat(text: &str) -> Option<(u32, u32, String)> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let pid = text[..open].trim().parse().ok()?;
-    let comm = text.get(open + 1..close)?.to_string();
-    let mut rest = text.get(close + 1..)?.split_whitespace();
-    let _state = rest.next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some((pid, ppid, comm))
-}
-
 /// All descendants of `root` in a (pid, ppid) table, parents before children.
 pub fn descendants(root: u32, table: &[(u32, u32)]) -> Vec<u32> {
     let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
@@ -39,31 +27,18 @@ pub fn scan() -> Vec<(u32, u32)> {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            parse_stat(&text).map(|(p, pp, _)| (p, pp))
-        })
+        .filter_map(|pid| shared::procstat::read(pid).map(|s| (s.pid, s.ppid)))
         .collect()
 }
 
 /// The comm of a live process, or None when it does not exist.
 pub fn comm(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text).map(|(_, _, c)| c)
+    shared::procstat::read(pid).map(|s| s.comm)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_stat_with_odd_comms() {
-        let s = "4711 (nginx: worker) S 4700 4700 4700 0 -1 4194624 0 0";
-        assert_eq!(parse_stat(s), Some((4711, 4700, "nginx: worker".into())));
-        let s = "12 (a) b)) R 1 12 12";
-        assert_eq!(parse_stat(s), Some((12, 1, "a) b)".into())));
-        assert_eq!(parse_stat("garbage"), None);
-    }
 
     #[test]
     fn finds_the_whole_subtree_only() {

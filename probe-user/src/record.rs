@@ -14,7 +14,8 @@ use crate::event::{Event, RecordKind, bucket_event, decode, flow_event, sample_s
 use crate::model::{self, ProcInfo};
 use crate::probe::{Probe, ProbeOptions};
 use crate::trace::{ClockAnchor, Meta, RecordOptions, TraceWriter};
-use crate::{clock, preflight, proctree, summary};
+use crate::{preflight, proctree, summary};
+use shared::clock;
 
 /// What to record.
 #[derive(Debug, Clone)]
@@ -71,8 +72,7 @@ fn kind_name(k: u32) -> String {
 
 /// /proc facts about a live process, and a copy of its memory map for later symbolization.
 fn snapshot(pid: u32, maps_dir: &Path) -> Option<ProcInfo> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, ppid, comm) = proctree::parse_stat(&stat)?;
+    let shared::procstat::Stat { ppid, comm, .. } = shared::procstat::read(pid)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let argv = cmdline
         .split(|&b| b == 0)

@@ -5,6 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use probe_common::Syscall;
 use reloadscope::summary::ThreadSummary;
 use reloadscope::trace;
 
@@ -56,7 +57,7 @@ fn spinner_and_blocker_are_told_apart() {
     let s = thread(&threads, spin.1);
     assert_eq!(s.tgid, spin.0);
     assert_eq!(s.timeout_ns, 0);
-    assert!(s.syscalls.contains("epoll_pwait"), "{:?}", s.syscalls);
+    assert!(s.syscalls.contains(&Syscall::EpollPwait), "{:?}", s.syscalls);
     assert!(s.zero_timeout_share() > 0.999, "zero-timeout share {}", s.zero_timeout_share());
     assert!(s.zero_event_share() > 0.999, "zero-event share {}", s.zero_event_share());
     let own = calls_at(&lines, spin.0, t.meta.ended_ns) - calls_at(&lines, spin.0, t.meta.started_ns);
@@ -73,7 +74,7 @@ fn spinner_and_blocker_are_told_apart() {
     let b = thread(&threads, block.1);
     assert_eq!(b.tgid, block.0);
     assert_eq!(b.timeout_ns, 200_000_000);
-    assert!(b.syscalls.contains("epoll_wait"), "{:?}", b.syscalls);
+    assert!(b.syscalls.contains(&Syscall::EpollWait), "{:?}", b.syscalls);
     assert_eq!(b.zero_timeout, 0);
     assert!((8..=11).contains(&b.calls), "about 2 s / 200 ms calls, got {}", b.calls);
     assert!(b.blocked_share(window) > 0.8, "blocked share {}", b.blocked_share(window));
@@ -104,7 +105,7 @@ fn follows_forks_after_attach() {
     let threads = summaries(&out);
     let s = thread(&threads, tid);
     assert_eq!(s.tgid, pid);
-    assert!(s.syscalls.contains("epoll_pwait2"), "{:?}", s.syscalls);
+    assert!(s.syscalls.contains(&Syscall::EpollPwait2), "{:?}", s.syscalls);
     assert_eq!(s.timeout_ns, 0);
     assert!(s.calls > 10_000, "calls {}", s.calls);
     // The fork that made it, seen from its (sub)shell parent.

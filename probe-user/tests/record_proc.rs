@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use reloadscope::model::Process;
+use shared::clock::monotonic_ns;
 
 fn processes(dir: &std::path::Path) -> Vec<Process> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("processes.json")).unwrap()).unwrap()
@@ -115,14 +116,6 @@ fn cpu_samples_land_on_the_busy_pid_at_the_configured_rate() {
 fn cpu_ns(pid: u32, tid: u32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).unwrap();
     text.split_whitespace().next().unwrap().parse().unwrap()
-}
-
-/// CLOCK_MONOTONIC in ns, the trace's clock.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The CPU time at `t`, interpolated between the readings around it.

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use reloadscope::event::UnixOp;
 
 const EPIPE: i64 = 32;
 const ECONNREFUSED: i64 = 111;
@@ -42,11 +43,11 @@ fn stale_socket_after_rebind_and_sigkill() {
     let socks = events_of!(trace, UnixSock);
     let connect = socks
         .iter()
-        .find(|s| s.op == "connect" && s.task.tgid == client)
+        .find(|s| s.op == UnixOp::Connect && s.task.tgid == client)
         .unwrap_or_else(|| panic!("no connect by the client {client}: {socks:#?}"));
     assert_eq!((connect.path.as_str(), connect.ret, connect.id.peer_pid), (path_s.as_str(), 0, a));
     assert_ne!(connect.id.inode, 0);
-    let bind = socks.iter().find(|s| s.op == "bind" && s.task.tgid == b).expect("B's bind");
+    let bind = socks.iter().find(|s| s.op == UnixOp::Bind && s.task.tgid == b).expect("B's bind");
     assert_eq!((bind.path.as_str(), bind.ret), (path_s.as_str(), 0));
     assert!(bind.task.ts_ns > connect.task.ts_ns);
 
@@ -57,7 +58,7 @@ fn stale_socket_after_rebind_and_sigkill() {
 
     let io = events_of!(trace, UnixIo);
     let failed = io.iter().find(|e| e.task.tgid == client && e.ret < 0).expect("the failing send");
-    assert_eq!((failed.op.as_str(), failed.ret), ("send", -EPIPE), "the trace agrees with the client");
+    assert_eq!((failed.op, failed.ret), (UnixOp::Send, -EPIPE), "the trace agrees with the client");
     assert_eq!(failed.id.peer_pid, a, "the failing send names A, the dead generation, as its peer");
     assert_eq!(failed.id.inode, connect.id.inode, "on the socket the client connected");
     assert!(failed.task.ts_ns > kill.task.ts_ns);
@@ -113,8 +114,9 @@ fn connects_refused_and_not_found() {
     let (p2, _) = root.spawn(&format!("{} connect {}", echo.display(), missing.display()), "connect");
     let trace = rec.finish();
     let socks = events_of!(trace, UnixSock);
-    let find =
-        |pid: u32| socks.iter().find(|s| s.op == "connect" && s.task.tgid == pid).expect("connect event");
+    let find = |pid: u32| {
+        socks.iter().find(|s| s.op == UnixOp::Connect && s.task.tgid == pid).expect("connect event")
+    };
     let (refused, absent) = (find(p1), find(p2));
     assert_eq!((refused.path.as_str(), refused.ret), (stale.to_str().unwrap(), -ECONNREFUSED));
     assert_eq!((absent.path.as_str(), absent.ret), (missing.to_str().unwrap(), -ENOENT));

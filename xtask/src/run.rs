@@ -8,15 +8,15 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use serde_json::json;
 
 use crate::stack::{self, GatewayOptions, UpOptions, phase};
 use crate::summary;
 use crate::util::{require_root, workspace_root};
+use shared::clock::{monotonic_ns, realtime_ns};
 
 /// Which gateway the run drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -71,12 +71,11 @@ pub struct RunOptions {
 const GATEWAY: &str = "127.0.0.1:8000";
 
 fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}': {e} (write e.g. 10s, 500ms or 1m)"))?;
-    if d.is_zero() { Err(format!("'{s}' must be more than zero")) } else { Ok(d) }
+    shared::duration::parse(s)
 }
 
 fn parse_phase(s: &str) -> std::result::Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}': {e} (write e.g. 7s or 9500ms)"))?;
+    let d = shared::duration::parse(s)?;
     if d >= phase::WINDOW {
         return Err(format!("'{s}' is not inside the 10 s window"));
     }
@@ -97,8 +96,8 @@ pub fn validate(opts: &RunOptions) -> Result<()> {
     if opts.reload_at >= opts.duration {
         bail!(
             "--reload-at {} is not inside the load's --duration {}",
-            humantime::format_duration(opts.reload_at),
-            humantime::format_duration(opts.duration)
+            shared::duration::format(opts.reload_at),
+            shared::duration::format(opts.duration)
         );
     }
     match (opts.target, opts.pid) {
@@ -167,17 +166,6 @@ impl Drop for Teardown {
             }
         }
     }
-}
-
-fn now_unix_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn resolve_target(t: RunTarget) -> Result<RunTarget> {
@@ -264,8 +252,7 @@ fn shutting_down(master: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let ppid = shared::procstat::read(*pid).map(|s| s.ppid);
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             ppid == Some(master) && String::from_utf8_lossy(&cmdline).contains("is shutting down")
         })
@@ -304,7 +291,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     preflight(opts)?;
     let target = resolve_target(opts.target)?;
     let out = opts.out.clone().unwrap_or_else(|| {
-        workspace_root().join("out").join(format!("run-{}", now_unix_ns() / 1_000_000_000))
+        workspace_root().join("out").join(format!("run-{}", realtime_ns() / 1_000_000_000))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -402,8 +389,8 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     println!(
         "run: [load] {} users on {endpoints} for {}, reload at {}",
         opts.users,
-        humantime::format_duration(opts.duration),
-        humantime::format_duration(opts.reload_at)
+        shared::duration::format(opts.duration),
+        shared::duration::format(opts.reload_at)
     );
     let request_log = out.join("requests.jsonl");
     let loadtest = spawn_logged(
@@ -431,21 +418,21 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         }
         let elapsed = load_start.elapsed();
         if reload.is_none() && elapsed >= opts.reload_at {
-            let realtime_ns = now_unix_ns() as u64;
-            let instant = json!({
-                "offset_ms": elapsed.as_millis() as u64,
-                "monotonic_ns": monotonic_ns(),
-                "realtime_ns": realtime_ns,
-                "pump_phase_s": pump_anchor
+            let realtime_ns = realtime_ns();
+            let instant = shared::reload::Reload {
+                offset_ms: elapsed.as_millis() as f64,
+                monotonic_ns: monotonic_ns(),
+                realtime_ns,
+                pump_phase_s: pump_anchor
                     .map(|a| phase::phase_at(a, realtime_ns as f64 / 1e9, phase::WINDOW.as_secs_f64())),
-                "master": master,
-                "how": match (&opts.reload_cmd, target) {
+                master,
+                how: match (&opts.reload_cmd, target) {
                     (Some(cmd), _) => cmd.clone(),
                     (None, RunTarget::Compose) => "docker compose exec kong kong reload".into(),
                     (None, _) => format!("SIGHUP to nginx master {master}"),
                 },
-            });
-            std::fs::write(out.join("reload.json"), serde_json::to_string_pretty(&instant)?)?;
+            };
+            instant.write(&out.join("reload.json"))?;
             println!("run: [reload] at {:.2} s", elapsed.as_secs_f64());
             let cmd = opts.reload_cmd.clone();
             reload = Some(std::thread::spawn(move || match (cmd, target) {
@@ -562,7 +549,7 @@ mod tests {
         assert!(err(&["--reload-at", "1s", "--target", "bogus"]).contains("bogus"));
         assert!(err(&["--reload-at", "1s", "--target", "attach"]).contains("--pid"));
         assert!(err(&["--reload-at", "1s", "--pid", "1"]).contains("only for --target attach"));
-        assert!(err(&["--reload-at", "0s"]).contains("more than zero"));
+        assert!(err(&["--reload-at", "0s"]).contains("more than 0"));
         assert!(err(&["--reload-at", "1s", "--reload-phase", "10s"]).contains("not inside the 10 s window"));
         assert_eq!(parse(&["--reload-at", "1s"]).unwrap().reload_phase, Duration::from_secs(7));
     }

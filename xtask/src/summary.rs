@@ -7,26 +7,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
-
-/// Per endpoint: requests, and failures by reason.
-pub type Counts = BTreeMap<String, (u64, BTreeMap<String, u64>)>;
-
-/// Counts requests and failures per endpoint in the load test's request log (JSON lines).
-pub fn request_counts(text: &str) -> Counts {
-    let mut counts = Counts::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-        let endpoint = v["endpoint"].as_str().unwrap_or("?").to_string();
-        let entry = counts.entry(endpoint).or_default();
-        entry.0 += 1;
-        if v["outcome"] == "failed" {
-            let reason = v["reason"].as_str().unwrap_or("unknown").to_string();
-            *entry.1.entry(reason).or_default() += 1;
-        }
-    }
-    counts
-}
+use shared::reload::Reload;
+use shared::requests::{self, RequestLine};
 
 /// One row of goose's own per-request metrics in `goose-report.json`.
 #[derive(serde::Deserialize)]
@@ -59,37 +41,24 @@ fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
 
-fn json(dir: &Path, name: &str) -> Value {
-    serde_json::from_str(&read(dir, name)).unwrap_or(Value::Null)
-}
-
 /// Renders the summary of a run directory as Markdown.
 pub fn render(dir: &Path) -> String {
     let mut s = String::from("# reloadscope run summary\n\n");
-    let reload = json(dir, "reload.json");
-    if reload.is_null() {
-        s.push_str("No reload happened during the load.\n\n");
-    } else {
-        let _ = writeln!(
-            s,
-            "Reload at {:.2} s into the load ({}).\n",
-            reload["offset_ms"].as_f64().unwrap_or(0.0) / 1e3,
-            reload["how"].as_str().unwrap_or("?")
-        );
+    match Reload::read(&dir.join("reload.json")) {
+        None => s.push_str("No reload happened during the load.\n\n"),
+        Some(r) => {
+            let _ = writeln!(s, "Reload at {:.2} s into the load ({}).\n", r.offset_ms / 1e3, r.how);
+        }
     }
 
-    let counts = request_counts(&read(dir, "requests.jsonl"));
-    s.push_str(
-        "## Load test\n\n| endpoint | requests | failed | failures by reason |\n|---|---:|---:|---|\n",
-    );
-    for (endpoint, (n, reasons)) in &counts {
-        let failed: u64 = reasons.values().sum();
-        let why: Vec<String> = reasons.iter().map(|(r, k)| format!("{r}: {k}")).collect();
-        let _ = writeln!(s, "| {endpoint} | {n} | {failed} | {} |", why.join(", "));
-    }
+    let requests: Vec<RequestLine> = shared::read_json_lines(&dir.join("requests.jsonl")).unwrap_or_default();
+    s.push_str("## Load test\n\n");
+    s.push_str(&requests::load_table(&requests));
     if let Some(goose) = goose_counts(&read(dir, "goose-report.json")) {
-        let ours: BTreeMap<String, (u64, u64)> =
-            counts.iter().map(|(e, (n, r))| (e.clone(), (*n, r.values().sum()))).collect();
+        let ours: BTreeMap<String, (u64, u64)> = requests::per_endpoint(&requests)
+            .into_iter()
+            .map(|(e, load)| (e, (load.requests, load.failed())))
+            .collect();
         let verdict =
             if ours == goose { "equal".to_string() } else { format!("DIFFERENT (goose {goose:?})") };
         let _ = writeln!(
@@ -116,18 +85,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_requests_and_failures_per_endpoint() {
-        let log = r#"{"endpoint":"/js","outcome":"ok"}
-{"endpoint":"/js","outcome":"failed","reason":"plugin header missing"}
-{"endpoint":"/python","outcome":"failed","reason":"status 502"}
-not json"#;
-        let c = request_counts(log);
-        assert_eq!(c["/js"].0, 2);
-        assert_eq!(c["/js"].1["plugin header missing"], 1);
-        assert_eq!(c["/python"].1["status 502"], 1);
-    }
-
-    #[test]
     fn reads_gooses_own_report() {
         let report = r#"{"raw_request_metrics":[
             {"method":"GET","name":"/js","number_of_requests":19567,"number_of_failures":4734},
@@ -143,7 +100,7 @@ not json"#;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("requests.jsonl"),
-            r#"{"endpoint":"/js","outcome":"failed","reason":"x"}"#,
+            r#"{"start_mono_ns":1,"end_mono_ns":2,"endpoint":"/js","request_id":"r","outcome":"failed","reason":"x"}"#,
         )
         .unwrap();
         let goose = |failures: u64| {

@@ -168,7 +168,7 @@ pub fn correlate(
     }
     let mut att = Attribution { requests: requests.len() as u64, ..Attribution::default() };
     let mut table: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-    let mut failed: Vec<&Request> = requests.iter().filter(|r| r.outcome == "failed").collect();
+    let mut failed: Vec<&Request> = requests.iter().filter(|r| r.failed()).collect();
     failed.sort_by_key(|r| r.start_mono_ns);
     for r in failed {
         att.failed += 1;
@@ -458,6 +458,7 @@ mod tests {
     use super::*;
     use crate::analyze::stale::{ConnectEpisode, PathState};
     use crate::analyze::testkit::*;
+    use shared::requests::Outcome;
 
     fn req(id: &str, start: u64, end: u64, worker: Option<u32>, reason: &str) -> Request {
         Request {
@@ -466,9 +467,10 @@ mod tests {
             endpoint: "/js".into(),
             request_id: id.into(),
             status: worker.map(|_| 200),
-            outcome: if reason.is_empty() { "ok" } else { "failed" }.into(),
+            outcome: if reason.is_empty() { Outcome::Ok } else { Outcome::Failed },
             reason: (!reason.is_empty()).then(|| reason.into()),
             worker_pid: worker,
+            ..Request::default()
         }
     }
 

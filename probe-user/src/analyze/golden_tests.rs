@@ -2,13 +2,14 @@
 //! `timeline.json`, compared byte for byte with the files in `probe-user/tests/golden/report/`.
 //!
 //! After a deliberate change of the report, write the files anew with
-//! `RELOADSCOPE_BLESS=1 cargo test -p reloadscope golden` and review the diff.
+//! `RELOADSCOPE_BLESS=1 cargo test -p probe-user golden` and review the diff.
 
 use std::path::{Path, PathBuf};
 
 use super::testkit::*;
 use super::*;
 use crate::model::{ProcInfo, processes};
+use shared::requests::Outcome;
 
 const JS: &str = "/p/jsplugin.socket";
 const PY: &str = "/p/pyplugin.socket";
@@ -43,9 +44,10 @@ fn request(
         endpoint: endpoint.into(),
         request_id: id.into(),
         status: worker.map(|_| if failure.is_some_and(|f| f.starts_with("status 4")) { 404 } else { 200 }),
-        outcome: if failure.is_some() { "failed" } else { "ok" }.into(),
+        outcome: if failure.is_some() { Outcome::Failed } else { Outcome::Ok },
         reason: failure.map(str::to_string),
         worker_pid: worker,
+        ..Request::default()
     }
 }
 
@@ -105,12 +107,12 @@ fn reload_run(dir: &Path) -> Run {
         request("r-6", "/python", (11_490, 11_501), None, Some("connection closed before message completed")),
         request("r-7", "/js", (11_200, 13_200), None, Some("operation timed out")),
     ];
-    let ground_truth = vec![
+    let ground_truth = [
         serde_json::json!({"ev":"master_init","behaviour":"kong-2.7","pid":ROOT,"mono_ns":ms(8100)}),
         serde_json::json!({"ev":"server_ready","socket":JS,"server_pid":JS_NEW,"pid":NEW[0],"mono_ns":ms(10_400)}),
         serde_json::json!({"ev":"kill","signal":"SIGKILL","server_pid":JS_OLD,"pid":OLD[0],"mono_ns":ms(10_500)}),
         serde_json::json!({"ev":"claim_spin","pid":NEW[1],"mono_ns":ms(11_200)}),
-    ];
+    ].map(truth).to_vec();
     Run {
         dir: dir.to_path_buf(),
         trace_dir: dir.join("trace"),
@@ -118,7 +120,12 @@ fn reload_run(dir: &Path) -> Run {
         events,
         processes,
         requests,
-        reload: Some(Reload { monotonic_ns: ms(10_000), how: "SIGHUP".into(), offset_ms: 2000.0 }),
+        reload: Some(Reload {
+            monotonic_ns: ms(10_000),
+            how: "SIGHUP".into(),
+            offset_ms: 2000.0,
+            ..Reload::default()
+        }),
         ground_truth,
     }
 }

@@ -17,11 +17,10 @@ pub mod timeline;
 mod golden_tests;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::event::Event;
 use crate::model::{ProcInfo, Process};
@@ -30,42 +29,9 @@ use crate::trace::Meta;
 /// Version of `report.json`'s layout.
 pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
-/// One line of the load test's `requests.jsonl` (the fields the analysis uses).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    /// CLOCK_MONOTONIC at the start.
-    pub start_mono_ns: u64,
-    /// CLOCK_MONOTONIC at the end.
-    pub end_mono_ns: u64,
-    /// Endpoint path, e.g. `/js`.
-    pub endpoint: String,
-    /// The `x-request-id` sent.
-    pub request_id: String,
-    /// HTTP status, when a response arrived.
-    #[serde(default)]
-    pub status: Option<u16>,
-    /// `ok` or `failed`.
-    pub outcome: String,
-    /// Failure reason.
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// The worker that answered (`x-standin-worker`), when a response arrived.
-    #[serde(default)]
-    pub worker_pid: Option<u32>,
-}
-
-/// `reload.json`: when the reload was sent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Reload {
-    /// CLOCK_MONOTONIC ns when it was sent.
-    pub monotonic_ns: u64,
-    /// How it was sent.
-    #[serde(default)]
-    pub how: String,
-    /// Offset into the load in ms.
-    #[serde(default)]
-    pub offset_ms: f64,
-}
+pub use shared::reload::Reload;
+pub use shared::requests::RequestLine as Request;
+use shared::truth::{TruthEv, TruthLine};
 
 /// Everything recorded in a run directory.
 #[derive(Debug, Default)]
@@ -85,7 +51,7 @@ pub struct Run {
     /// `reload.json`, when present.
     pub reload: Option<Reload>,
     /// `standin-ground-truth.jsonl` (empty when absent).
-    pub ground_truth: Vec<serde_json::Value>,
+    pub ground_truth: Vec<TruthLine>,
 }
 
 impl Run {
@@ -117,8 +83,7 @@ pub fn load(dir: &Path) -> Result<Run> {
         ),
     };
     let requests = json_lines(&dir.join("requests.jsonl"))?;
-    let reload =
-        std::fs::read_to_string(dir.join("reload.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let reload = Reload::read(&dir.join("reload.json"));
     let ground_truth = json_lines(&dir.join("standin-ground-truth.jsonl"))?;
     Ok(Run {
         dir: dir.to_path_buf(),
@@ -132,18 +97,8 @@ pub fn load(dir: &Path) -> Result<Run> {
     })
 }
 
-/// Parses a JSON-lines file, skipping lines that do not parse; a missing file is empty.
 fn json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let Ok(file) = std::fs::File::open(path) else { return Ok(Vec::new()) };
-    let mut out = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        // A line cut by an abrupt stop must not sink the whole analysis.
-        if let Ok(v) = serde_json::from_str(&line) {
-            out.push(v);
-        }
-    }
-    Ok(out)
+    shared::read_json_lines(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// The whole analysis of a run, as written to `report.json`.
@@ -196,7 +151,7 @@ fn pid_list(set: &std::collections::BTreeSet<(String, u32)>) -> String {
 /// Only lines logged inside the trace's window (`until_ns`) count: what the stand-in did after
 /// the probe stopped (teardown kills, say) has no evidence in the trace.
 pub fn ground_truth_check(
-    gt: &[serde_json::Value],
+    gt: &[TruthLine],
     l: &lifecycle::Lifecycle,
     spins: &[spin::Spin],
     until_ns: u64,
@@ -205,26 +160,25 @@ pub fn ground_truth_check(
     if gt.is_empty() {
         return Vec::new();
     }
-    let gt: Vec<&serde_json::Value> =
-        gt.iter().filter(|v| v["mono_ns"].as_u64().is_none_or(|t| until_ns == 0 || t <= until_ns)).collect();
-    let gt_set =
-        |ev: &str, keep: &dyn Fn(&serde_json::Value) -> bool, pid_key: &str| -> BTreeSet<(String, u32)> {
-            gt.iter()
-                .filter(|v| v["ev"] == ev && keep(v))
-                .filter_map(|v| {
-                    Some((v["socket"].as_str().unwrap_or("").to_string(), v[pid_key].as_u64()? as u32))
-                })
-                .collect()
-        };
+    let gt: Vec<&TruthLine> = gt.iter().filter(|v| until_ns == 0 || v.mono_ns <= until_ns).collect();
+    // (socket, pid) of the lines of `ev` that `keep` keeps; `pid` picks the pid the line names.
+    let gt_set = |ev: TruthEv, keep: &dyn Fn(&TruthLine) -> bool, pid: fn(&TruthLine) -> Option<u32>| {
+        gt.iter()
+            .filter(|v| v.ev == ev && keep(v))
+            .filter_map(|v| Some((v.socket.clone().unwrap_or_default(), pid(v)?)))
+            .collect::<BTreeSet<(String, u32)>>()
+    };
+    let server = |v: &TruthLine| v.server_pid;
+    let writer = |v: &TruthLine| Some(v.pid);
     // The stand-in names a server's socket in `spawn` and `server_ready` only: key the other sets by pid.
     let strip = |s: BTreeSet<(String, u32)>| -> BTreeSet<(String, u32)> {
         s.into_iter().map(|(_, p)| (String::new(), p)).collect()
     };
     // The servers the stand-in saw bind their path: a spawn that had not bound when the trace
     // ended left no socket evidence to compare.
-    let servers_gt = gt_set("server_ready", &|_| true, "server_pid");
+    let servers_gt = gt_set(TruthEv::ServerReady, &|_| true, server);
     let servers: BTreeSet<(String, u32)> = l.servers.iter().map(|s| (s.path.clone(), s.pid)).collect();
-    let kills_gt = strip(gt_set("kill", &|v| v["signal"] == "SIGKILL", "server_pid"));
+    let kills_gt = strip(gt_set(TruthEv::Kill, &|v| v.is_kill_with("SIGKILL"), server));
     let server_pids: BTreeSet<u32> = l.servers.iter().map(|s| s.pid).collect();
     let kills: BTreeSet<(String, u32)> = l
         .kills
@@ -232,14 +186,13 @@ pub fn ground_truth_check(
         .filter(|k| server_pids.contains(&k.target))
         .map(|k| (String::new(), k.target))
         .collect();
-    let crashes_gt =
-        strip(gt_set("server_exit", &|v| v["code"].as_i64().is_some_and(|c| c != 0), "server_pid"));
+    let crashes_gt = strip(gt_set(TruthEv::ServerExit, &|v| v.code.is_some_and(|c| c != 0), server));
     let crashes: BTreeSet<(String, u32)> =
         l.servers.iter().filter(|s| s.crashed).map(|s| (String::new(), s.pid)).collect();
     // A request that busy-waited a whole second must show as a spin (the detector needs half a
     // second); a spin must come from a worker where some request waited at least a quarter.
-    let waited_long = strip(gt_set("claim_spin", &|_| true, "pid"));
-    let waited = strip(gt_set("claim_wait", &|_| true, "pid"));
+    let waited_long = strip(gt_set(TruthEv::ClaimSpin, &|_| true, writer));
+    let waited = strip(gt_set(TruthEv::ClaimWait, &|_| true, writer));
     let spinning: BTreeSet<(String, u32)> = spins.iter().map(|s| (String::new(), s.pid)).collect();
     let spins_agree = waited_long.is_subset(&spinning)
         && spinning.is_subset(&waited.union(&waited_long).cloned().collect());
@@ -355,6 +308,7 @@ mod tests {
 mod ground_truth_tests {
     use serde_json::json;
 
+    use super::testkit::truth;
     use super::*;
 
     fn spin_of(pid: u32) -> spin::Spin {
@@ -367,13 +321,14 @@ mod ground_truth_tests {
 
     #[test]
     fn spinning_workers_are_checked_against_the_requests_that_waited_on_a_claim() {
-        let gt = vec![
+        let gt = [
             json!({"ev":"claim_wait","pid":11,"mono_ns":100}),
             json!({"ev":"claim_spin","pid":11,"mono_ns":200}),
             // A leaked claim nobody waited on spins nothing: it is not compared.
             json!({"ev":"claim_leaked","pid":12,"mono_ns":150}),
             json!({"ev":"claim_wait","pid":13,"mono_ns":300}),
-        ];
+        ]
+        .map(truth);
         let l = lifecycle::Lifecycle::default();
         let what = "workers where a request busy-waited";
         // 11 waited a second and spun; 13 waited a quarter and may or may not show a spin.
@@ -388,11 +343,12 @@ mod ground_truth_tests {
 
     #[test]
     fn a_server_the_trace_does_not_show_is_a_disagreement() {
-        let gt = vec![
+        let gt = [
             json!({"ev":"server_ready","socket":"/p/js.sock","server_pid":20,"mono_ns":1}),
             // Spawned at the very end, never bound: nothing to find in the trace.
             json!({"ev":"spawn","socket":"/p/js.sock","server_pid":21,"mono_ns":2}),
-        ];
+        ]
+        .map(truth);
         let server = lifecycle::ServerGen { path: "/p/js.sock".into(), pid: 20, ..Default::default() };
         let with = lifecycle::Lifecycle { servers: vec![server], ..Default::default() };
         let what = "plugin servers";
@@ -402,10 +358,11 @@ mod ground_truth_tests {
 
     #[test]
     fn kills_after_the_trace_are_not_expected_in_it() {
-        let gt = vec![
+        let gt = [
             json!({"ev":"kill","signal":"SIGKILL","server_pid":20,"mono_ns":100}),
             json!({"ev":"kill","signal":"SIGKILL","server_pid":21,"mono_ns":900}),
-        ];
+        ]
+        .map(truth);
         let l = lifecycle::Lifecycle {
             servers: vec![lifecycle::ServerGen { pid: 20, ..Default::default() }],
             kills: vec![lifecycle::Kill { target: 20, ..Default::default() }],
@@ -513,6 +470,11 @@ pub(crate) mod testkit {
             timeout_ns: 0,
             syscalls: vec![probe_common::Syscall::EpollWait],
         })
+    }
+
+    /// A line of the stand-in's log.
+    pub fn truth(v: serde_json::Value) -> shared::truth::TruthLine {
+        serde_json::from_value(v).expect("a ground-truth line")
     }
 
     /// Milliseconds to ns, for readable test times.

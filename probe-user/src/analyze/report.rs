@@ -63,7 +63,7 @@ fn more(s: &mut String, total: usize) {
 
 /// The behaviour the stand-in ran, from its ground truth.
 fn behaviour(run: &Run) -> Option<String> {
-    run.ground_truth.iter().find_map(|v| v["behaviour"].as_str().map(str::to_string))
+    run.ground_truth.iter().find_map(|l| l.behaviour.clone())
 }
 
 /// Renders `report.md`.
@@ -133,22 +133,8 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
         ),
     }
 
-    s.push_str(
-        "\n## Load test\n\n| endpoint | requests | failed | failures by reason |\n|---|---:|---:|---|\n",
-    );
-    let mut per: BTreeMap<&str, (u64, BTreeMap<&str, u64>)> = BTreeMap::new();
-    for r in &run.requests {
-        let e = per.entry(&r.endpoint).or_default();
-        e.0 += 1;
-        if r.outcome == "failed" {
-            *e.1.entry(r.reason.as_deref().unwrap_or("unknown")).or_default() += 1;
-        }
-    }
-    for (ep, (n, why)) in &per {
-        let failed: u64 = why.values().sum();
-        let why: Vec<String> = why.iter().map(|(r, k)| format!("{r}: {k}")).collect();
-        let _ = writeln!(s, "| {ep} | {n} | {failed} | {} |", why.join(", "));
-    }
+    s.push_str("\n## Load test\n\n");
+    s.push_str(&shared::requests::load_table(&run.requests));
     if run.requests.is_empty() {
         s.push_str("| (no `requests.jsonl`) | | | |\n");
     }
@@ -723,7 +709,7 @@ pub fn trace_events(run: &Run, a: &Analysis) -> Value {
         ev.push(json!({"name": "reload (SIGHUP to master)", "cat": "reload", "ph": "i", "s": "g",
             "pid": a.timeline.root, "tid": a.timeline.root, "ts": us(h.ts_ns)}));
     }
-    let failed: Vec<&super::Request> = run.requests.iter().filter(|r| r.outcome == "failed").collect();
+    let failed: Vec<&super::Request> = run.requests.iter().filter(|r| r.failed()).collect();
     let by_id: BTreeMap<&str, &super::correlate::Link> =
         a.attribution.links.iter().map(|l| (l.request_id.as_str(), l)).collect();
     for r in failed.iter().take(MAX_REQUEST_INSTANTS) {

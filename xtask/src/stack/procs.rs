@@ -7,21 +7,13 @@ use std::time::{Duration, Instant};
 
 /// True while the process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    match state_and_ppid(pid) {
-        Some((state, _)) => state != 'Z' && state != 'X',
-        None => false,
-    }
+    u32::try_from(pid).ok().and_then(shared::procstat::read).is_some_and(|s| s.is_alive())
 }
 
 /// The process state letter and parent pid, from /proc/<pid>/stat.
 fn state_and_ppid(pid: i32) -> Option<(char, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: the fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    let stat = shared::procstat::read(u32::try_from(pid).ok()?)?;
+    Some((stat.state, stat.ppid as i32))
 }
 
 /// The command line with NULs turned into spaces (empty for kernel threads or gone pids).

@@ -1,0 +1,20 @@
+//! JSON-lines files read leniently: a line cut by an abrupt stop must not sink the whole file.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+/// Parses a JSON-lines file, skipping lines that do not parse; a missing file is empty.
+pub fn read_json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<Vec<T>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for line in BufReader::new(file).lines() {
+        if let Ok(v) = serde_json::from_str(&line?) {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,21 @@
+//! What more than one crate of reloadscope reads or writes, defined once.
+//!
+//! - [`requests`]: `requests.jsonl`, the load test's log of every request, and its per-endpoint
+//!   table;
+//! - [`reload`]: `reload.json`, when and how the reload was sent;
+//! - [`truth`]: the stand-in's ground-truth log (`standin-ground-truth.jsonl`);
+//! - [`clock`], [`procstat`], [`duration`]: the clocks, `/proc/PID/stat`, and durations typed
+//!   by a user.
+//!
+//! The writers (loadtest, xtask, the stand-in) and the readers (probe-user, xtask's tests) use
+//! these types, so a field renamed on one side fails to compile on the other.
+
+pub mod clock;
+pub mod duration;
+mod jsonl;
+pub mod procstat;
+pub mod reload;
+pub mod requests;
+pub mod truth;
+
+pub use jsonl::read_json_lines;

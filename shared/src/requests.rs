@@ -1,0 +1,126 @@
+//! `requests.jsonl`: one line per request of the load test, failures of every kind included.
+//! loadtest writes it; the analysis, xtask's summary and the tests read it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A 200 with the plugin's header and the upstream's echo.
+    #[default]
+    Ok,
+    /// Anything else; `reason` says what.
+    Failed,
+}
+
+/// One line of `requests.jsonl`; field order is the order written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLine {
+    /// Wall clock just before the request was sent, ns since the Unix epoch.
+    #[serde(default)]
+    pub start_unix_ns: u64,
+    /// Wall clock once the body was read (or the request failed).
+    #[serde(default)]
+    pub end_unix_ns: u64,
+    /// CLOCK_MONOTONIC at the start, comparable with the probe's timestamps.
+    pub start_mono_ns: u64,
+    /// CLOCK_MONOTONIC at the end.
+    pub end_mono_ns: u64,
+    /// Endpoint path, e.g. `/js`.
+    pub endpoint: String,
+    /// The `x-request-id` sent.
+    pub request_id: String,
+    /// goose's user index (0-based).
+    #[serde(default)]
+    pub user: usize,
+    /// HTTP status, when a response arrived.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Passed or failed.
+    pub outcome: Outcome,
+    /// The failure tag (see loadtest's `validate`), for a failed request.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The `x-standin-worker` response header (a test aid of the stand-in; real Kong sends none).
+    #[serde(default)]
+    pub worker_pid: Option<u32>,
+    /// The `x-request-id` the upstream echoed back.
+    #[serde(default)]
+    pub echoed_request_id: Option<String>,
+}
+
+impl RequestLine {
+    /// True when it failed.
+    pub fn failed(&self) -> bool {
+        self.outcome == Outcome::Failed
+    }
+}
+
+/// Requests and failures (by reason) of one endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointLoad {
+    /// Requests sent.
+    pub requests: u64,
+    /// Failures by reason.
+    pub failures: BTreeMap<String, u64>,
+}
+
+impl EndpointLoad {
+    /// Failures in all.
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
+}
+
+/// Counts requests and failures per endpoint.
+pub fn per_endpoint(requests: &[RequestLine]) -> BTreeMap<String, EndpointLoad> {
+    let mut out: BTreeMap<String, EndpointLoad> = BTreeMap::new();
+    for r in requests {
+        let e = out.entry(r.endpoint.clone()).or_default();
+        e.requests += 1;
+        if r.failed() {
+            *e.failures.entry(r.reason.clone().unwrap_or_else(|| "unknown".into())).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// The Markdown table of [`per_endpoint`], as the report and the run's summary print it.
+pub fn load_table(requests: &[RequestLine]) -> String {
+    let mut s = String::from("| endpoint | requests | failed | failures by reason |\n|---|---:|---:|---|\n");
+    for (endpoint, load) in per_endpoint(requests) {
+        let why: Vec<String> = load.failures.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        let _ = writeln!(s, "| {endpoint} | {} | {} | {} |", load.requests, load.failed(), why.join(", "));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line exactly as loadtest writes it.
+    const LINE: &str = r#"{"start_unix_ns":1,"end_unix_ns":2,"start_mono_ns":6000,"end_mono_ns":7000,"endpoint":"/js","request_id":"r-1","user":0,"status":200,"outcome":"failed","reason":"plugin header missing","worker_pid":42,"echoed_request_id":"r-1"}"#;
+
+    #[test]
+    fn reads_and_writes_the_same_line() {
+        let r: RequestLine = serde_json::from_str(LINE).unwrap();
+        assert!(r.failed() && r.worker_pid == Some(42));
+        assert_eq!(serde_json::to_string(&r).unwrap(), LINE);
+    }
+
+    #[test]
+    fn counts_per_endpoint() {
+        let r: RequestLine = serde_json::from_str(LINE).unwrap();
+        let ok = RequestLine { outcome: Outcome::Ok, reason: None, ..r.clone() };
+        let t = load_table(&[r.clone(), ok, RequestLine { endpoint: "/go".into(), ..r }]);
+        assert_eq!(
+            t.lines().skip(2).collect::<Vec<_>>(),
+            ["| /go | 1 | 1 | plugin header missing: 1 |", "| /js | 2 | 1 | plugin header missing: 1 |"]
+        );
+    }
+}
