@@ -420,7 +420,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         if reload.is_none() && elapsed >= opts.reload_at {
             let realtime_ns = realtime_ns();
             let instant = shared::reload::Reload {
-                offset_ms: elapsed.as_millis() as f64,
+                offset_ms: elapsed.as_millis() as u64,
                 monotonic_ns: monotonic_ns(),
                 realtime_ns,
                 pump_phase_s: pump_anchor

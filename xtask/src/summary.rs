@@ -47,7 +47,7 @@ pub fn render(dir: &Path) -> String {
     match Reload::read(&dir.join("reload.json")) {
         None => s.push_str("No reload happened during the load.\n\n"),
         Some(r) => {
-            let _ = writeln!(s, "Reload at {:.2} s into the load ({}).\n", r.offset_ms / 1e3, r.how);
+            let _ = writeln!(s, "Reload at {:.2} s into the load ({}).\n", r.offset_ms as f64 / 1e3, r.how);
         }
     }
 

@@ -10,6 +10,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use shared::reload::Reload;
+use shared::requests::RequestLine;
+use shared::truth::{TruthEv, TruthLine, TruthSignal};
 
 /// `timeline.json` holds at most this many failed-request instants (the rest are counted).
 const MAX_REQUEST_INSTANTS: u64 = 3000;
@@ -18,6 +21,10 @@ fn alive(pid: u64) -> bool {
     // A zombie is not alive: it holds no resources and is waiting for its parent.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+fn trace_meta(run_dir: &Path) -> Value {
+    json(&run_dir.join("trace/meta.json"))
 }
 
 fn json(path: &Path) -> Value {
@@ -43,22 +50,32 @@ fn json_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The pid a ground-truth line names: the plugin server's, or the writing process's.
+const SERVER: fn(&TruthLine) -> Option<u32> = |e| e.server_pid;
+const WRITER: fn(&TruthLine) -> Option<u32> = |e| Some(e.pid);
+
 /// What a run left: its report and the independent evidence to check it against.
 struct Run {
     dir: std::path::PathBuf,
     report: Value,
     timeline: Vec<Value>,
     /// `requests.jsonl`: the load test's own log.
-    requests: Vec<Value>,
+    requests: Vec<RequestLine>,
     /// `standin-ground-truth.jsonl`: the stand-in's own log.
-    truth: Vec<Value>,
+    truth: Vec<TruthLine>,
     /// `trace/events.jsonl`: the probe's raw events.
     events: Vec<Value>,
 }
 
 impl Run {
-    fn truth_pids(&self, ev: &str, key: &str, keep: impl Fn(&Value) -> bool) -> BTreeSet<u64> {
-        self.truth.iter().filter(|e| e["ev"] == ev && keep(e)).filter_map(|e| e[key].as_u64()).collect()
+    /// The pids (`pid` picks which) of the stand-in's `ev` lines that `keep` keeps.
+    fn truth_pids(
+        &self,
+        ev: TruthEv,
+        pid: fn(&TruthLine) -> Option<u32>,
+        keep: impl Fn(&TruthLine) -> bool,
+    ) -> BTreeSet<u64> {
+        self.truth.iter().filter(|e| e.ev == ev && keep(e)).filter_map(|e| pid(e).map(u64::from)).collect()
     }
 
     /// Pids the probe saw get `sig` from a sender in `from`.
@@ -114,8 +131,8 @@ fn short_run(dir: &Path, extra: &[&str]) -> Run {
     let run = Run {
         report: json(&out.join("report.json")),
         timeline,
-        requests: json_lines(&out.join("requests.jsonl")),
-        truth: json_lines(&out.join("standin-ground-truth.jsonl")),
+        requests: shared::read_json_lines(&out.join("requests.jsonl")).unwrap(),
+        truth: shared::truth::read(&out.join("standin-ground-truth.jsonl")).unwrap(),
         events: json_lines(&out.join("trace/events.jsonl")),
         dir: out,
     };
@@ -141,38 +158,39 @@ fn common_claims(run: &Run) {
     // Positive controls: the trace saw the reload happen. The HUP reached the master; the
     // stand-in logged two configuration generations, and the analysis found both worker
     // generations and every plugin server the stand-in spawned.
-    let reload = json(&out.join("reload.json"));
-    let offset = reload["offset_ms"].as_u64().unwrap();
+    let reload = Reload::read(&out.join("reload.json")).expect("reload.json");
+    let offset = reload.offset_ms;
     assert!((3000..4000).contains(&offset), "reload at {offset} ms");
-    let master = reload["master"].as_u64().unwrap();
+    let master = u64::from(reload.master);
     assert!(
         run.events
             .iter()
             .any(|e| e["type"] == "signal" && e["sig"] == 1 && e["target"].as_u64() == Some(master)),
         "no SIGHUP to the master {master} in the trace"
     );
-    let configs: BTreeSet<u64> =
-        run.truth.iter().filter(|e| e["ev"] == "master_init").filter_map(|e| e["gen"].as_u64()).collect();
+    let configs: BTreeSet<u32> =
+        run.truth.iter().filter(|e| e.ev == TruthEv::MasterInit).filter_map(|e| e.r#gen).collect();
     assert_eq!(configs, BTreeSet::from([1, 2]), "the stand-in logged two generations");
     let generations = report["timeline"]["generations"].as_array().unwrap();
     assert!(generations.len() >= 2, "worker generations: {generations:?}");
-    let spawned = run.truth_pids("spawn", "server_pid", |_| true);
+    // Every server that bound its socket while the probe watched is in the report: only the
+    // trace is evidence, so a respawn that had not bound when the trace ended is not.
+    let ended = trace_meta(out)["ended_ns"].as_u64().expect("meta.json ended_ns");
+    let bound = run.truth_pids(TruthEv::ServerReady, SERVER, |e| e.mono_ns <= ended);
     let found = numbers(&report["lifecycle"]["servers"], "pid");
-    assert!(
-        !spawned.is_empty() && spawned.is_subset(&found),
-        "servers: stand-in {spawned:?}, found {found:?}"
-    );
+    assert!(!bound.is_empty() && bound.is_subset(&found), "servers: stand-in {bound:?}, found {found:?}");
     // The old generation died inside the trace, after its worker 0 let go of it.
-    let old_worker0 = run.truth_pids("worker_start", "pid", |e| e["gen"] == 1 && e["worker"] == 0);
-    let old_servers = run.truth_pids("spawn", "server_pid", |e| e["gen"] == 1);
-    let stopped = run.truth_pids("kill", "server_pid", |e| e["gen"] == 1);
+    let old = |e: &TruthLine| e.r#gen == Some(1);
+    let old_worker0 = run.truth_pids(TruthEv::WorkerStart, WRITER, |e| old(e) && e.worker == Some(0));
+    let old_servers = run.truth_pids(TruthEv::Spawn, SERVER, old);
+    let stopped = run.truth_pids(TruthEv::Kill, SERVER, old);
     assert_eq!(stopped, old_servers, "the stand-in stopped its whole old generation");
     let handovers = report["lifecycle"]["handovers"].as_array().unwrap();
     let paths: BTreeSet<&str> = run
         .truth
         .iter()
-        .filter(|e| e["ev"] == "spawn" && e["gen"] == 1)
-        .filter_map(|e| e["socket"].as_str())
+        .filter(|e| e.ev == TruthEv::Spawn && old(e))
+        .filter_map(|e| e.socket.as_deref())
         .collect();
     assert_eq!(handovers.len(), paths.len(), "one hand-over per socket path: {handovers:?}");
     for h in handovers {
@@ -180,17 +198,14 @@ fn common_claims(run: &Run) {
         assert!(h["old_exit_s"].is_f64(), "the old server died inside the trace: {h}");
     }
     // Whatever signal stopped the old servers, the probe saw old worker 0 send it.
-    let signal = |name: &str| if name == "SIGTERM" { 15 } else { 9 };
-    let sigs: BTreeSet<u64> = run
-        .truth
-        .iter()
-        .filter(|e| e["ev"] == "kill" && e["gen"] == 1)
-        .map(|e| signal(e["signal"].as_str().unwrap()))
-        .collect();
+    let signal = |e: &TruthLine| match &e.signal {
+        Some(TruthSignal::Name(n)) if n == "SIGTERM" => 15,
+        _ => 9,
+    };
+    let sigs: BTreeSet<u64> =
+        run.truth.iter().filter(|e| e.ev == TruthEv::Kill && old(e)).map(signal).collect();
     for sig in sigs {
-        let sent = run.truth_pids("kill", "server_pid", |e| {
-            e["gen"] == 1 && signal(e["signal"].as_str().unwrap()) == sig
-        });
+        let sent = run.truth_pids(TruthEv::Kill, SERVER, |e| old(e) && signal(e) == sig);
         assert_eq!(run.signalled(sig, &old_worker0), sent, "signal {sig} from old worker 0 {old_worker0:?}");
     }
 
@@ -204,7 +219,7 @@ fn common_claims(run: &Run) {
     // The attribution adds up against the load test's own log, and an exact link's cause is
     // always on the request's own worker.
     let att = &report["attribution"];
-    let failed_in_log = run.requests.iter().filter(|r| r["outcome"] == "failed").count() as u64;
+    let failed_in_log = run.requests.iter().filter(|r| r.failed()).count() as u64;
     assert_eq!(att["failed"].as_u64(), Some(failed_in_log), "failed requests: report vs requests.jsonl");
     assert_eq!(att["requests"].as_u64(), Some(run.requests.len() as u64));
     let n = |k: &str| att[k].as_u64().unwrap();
@@ -242,7 +257,7 @@ fn common_claims(run: &Run) {
         .filter_map(|p| p["pid"].as_u64())
         .collect();
     pids.push(master);
-    pids.extend(run.truth.iter().filter_map(|e| e["pid"].as_u64()));
+    pids.extend(run.truth.iter().map(|e| u64::from(e.pid)));
     assert!(pids.len() > 5, "too few processes to say nothing was left: {pids:?}");
     let left: Vec<u64> = pids.into_iter().filter(|&p| alive(p)).collect();
     assert!(left.is_empty(), "still running after the run: {left:?}");
@@ -256,13 +271,13 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
     let report = &run.report;
 
     // kong-2.7 SIGKILLs the old generation: the probe's SIGKILLs are the stand-in's.
-    let killed = run.truth_pids("kill", "server_pid", |e| e["signal"] == "SIGKILL");
+    let killed = run.truth_pids(TruthEv::Kill, SERVER, |e| e.is_kill_with("SIGKILL"));
     let found = numbers(&report["lifecycle"]["kills"], "target");
     assert!(!killed.is_empty() && killed.is_subset(&found), "SIGKILL: stand-in {killed:?}, trace {found:?}");
     // Spinning workers are exactly those where a request waited a second on a claim, and only
     // those where one waited at all (the stand-in's own marks).
-    let waited_long = run.truth_pids("claim_spin", "pid", |_| true);
-    let waited = run.truth_pids("claim_wait", "pid", |_| true);
+    let waited_long = run.truth_pids(TruthEv::ClaimSpin, WRITER, |_| true);
+    let waited = run.truth_pids(TruthEv::ClaimWait, WRITER, |_| true);
     let spinning = numbers(&report["spins"], "pid");
     assert!(
         waited_long.is_subset(&spinning) && spinning.is_subset(&waited),
@@ -294,8 +309,8 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
     let exposed = run
         .requests
         .iter()
-        .filter(|r| r["endpoint"] == "/js" && r["start_mono_ns"].as_u64().unwrap_or(0) > killed_ns)
-        .filter(|r| r["worker_pid"].as_u64().is_some_and(|w| stale_js.contains(&w)))
+        .filter(|r| r.endpoint == "/js" && r.start_mono_ns > killed_ns)
+        .filter(|r| r.worker_pid.is_some_and(|w| stale_js.contains(&u64::from(w))))
         .count();
     let att = &report["attribution"];
     println!("{exposed} /js requests reached a worker holding an old JS instance after the kill");
@@ -347,10 +362,10 @@ fn a_fixed_run_has_no_spin_no_kill_and_plugin_failures_only_where_old_servers_st
     let run = short_run(dir.path(), &["--behaviour", "fixed", "--js-pdk", "0.6.0"]);
     let report = &run.report;
     // The fixes, seen in the stand-in's own log: no claim ever waited on, no SIGKILL.
-    for ev in ["claim_wait", "claim_leaked"] {
-        assert!(run.truth_pids(ev, "pid", |_| true).is_empty(), "fixed logged {ev}");
+    for ev in [TruthEv::ClaimWait, TruthEv::ClaimLeaked] {
+        assert!(run.truth_pids(ev, WRITER, |_| true).is_empty(), "fixed logged {ev:?}");
     }
-    assert!(run.truth.iter().filter(|e| e["ev"] == "kill").all(|e| e["signal"] == "SIGTERM"));
+    assert!(run.truth.iter().filter(|e| e.ev == TruthEv::Kill).all(|e| e.is_kill_with("SIGTERM")));
     // ...and in the analysis.
     assert_eq!(report["spins"].as_array().map(Vec::len), Some(0), "spins: {}", report["spins"]);
     assert_eq!(report["lifecycle"]["kills"].as_array().map(Vec::len), Some(0), "SIGKILLs");

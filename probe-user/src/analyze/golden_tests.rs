@@ -123,7 +123,7 @@ fn reload_run(dir: &Path) -> Run {
         reload: Some(Reload {
             monotonic_ns: ms(10_000),
             how: "SIGHUP".into(),
-            offset_ms: 2000.0,
+            offset_ms: 2000,
             ..Reload::default()
         }),
         ground_truth,

@@ -125,7 +125,7 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
                 s,
                 "- reload: {} at {:.2} s into the load; time 0 below is the reload",
                 r.how,
-                r.offset_ms / 1e3
+                r.offset_ms as f64 / 1e3
             );
         }
         None => s.push_str(
