@@ -470,11 +470,18 @@ impl std::error::Error for DecodeError {}
 
 /// Reads a `T` from the front of `bytes` if it is long enough.
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
-    if bytes.len() < size_of::<T>() {
+    read_at(bytes, 0, kind)
+}
+
+/// Reads a `T` at `offset` of `bytes` if it is long enough: one field of a large record, so
+/// the record itself is never copied.
+fn read_at<T: Copy>(bytes: &[u8], offset: usize, kind: u32) -> Result<T, DecodeError> {
+    let Some(src) = bytes.get(offset..offset + size_of::<T>()) else {
         return Err(DecodeError::Truncated { kind, len: bytes.len() });
-    }
-    // SAFETY: length checked; T is a repr(C) POD type from probe-common, valid for any bits.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+    };
+    // SAFETY: `src` holds size_of::<T>() bytes; T is a repr(C) POD type from probe-common (or a
+    // field of one), valid for any bits.
+    Ok(unsafe { std::ptr::read_unaligned(src.as_ptr().cast::<T>()) })
 }
 
 /// Decodes one ring-buffer record.
@@ -554,16 +561,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         kind::UNIX_FLOW => Event::UnixFlow(flow_event(&read(bytes, hdr.kind)?)),
         kind::CPU_SAMPLE => {
-            let r: CpuSample = read(bytes, hdr.kind)?;
+            // 8 KiB of stack copy follow the fields: read the fields alone.
+            use std::mem::offset_of;
+            let k = hdr.kind;
+            let comm: [u8; COMM_LEN] = read_at(bytes, offset_of!(CpuSample, comm), k)?;
             Event::CpuSample(CpuSampleEvent {
-                task: task(&r.hdr, &r.comm),
-                kstack_id: r.kstack_id,
-                ustack_id: r.ustack_id,
-                ip: r.ip,
-                sp: r.sp,
-                bp: r.bp,
-                user_mode: r.user_mode != 0,
-                stack_len: r.stack_len.min(r.stack.len() as u32),
+                task: task(&hdr, &comm),
+                kstack_id: read_at(bytes, offset_of!(CpuSample, kstack_id), k)?,
+                ustack_id: read_at(bytes, offset_of!(CpuSample, ustack_id), k)?,
+                ip: read_at(bytes, offset_of!(CpuSample, ip), k)?,
+                sp: read_at(bytes, offset_of!(CpuSample, sp), k)?,
+                bp: read_at(bytes, offset_of!(CpuSample, bp), k)?,
+                user_mode: read_at::<u32>(bytes, offset_of!(CpuSample, user_mode), k)? != 0,
+                stack_len: sample_stack(bytes).len() as u32,
                 stack_offset: 0,
             })
         }
@@ -619,16 +629,15 @@ pub fn flow_event(f: &UnixFlow) -> UnixFlowEvent {
     }
 }
 
-/// The copied user stack of a CPU-sample record (empty for any other record).
+/// The copied user stack of a CPU-sample record, borrowed from it (empty for any other record).
 pub fn sample_stack(bytes: &[u8]) -> &[u8] {
-    match read::<CpuSample>(bytes, kind::CPU_SAMPLE) {
-        Ok(r) if r.hdr.kind == kind::CPU_SAMPLE => {
-            let start = std::mem::offset_of!(CpuSample, stack);
-            let len = (r.stack_len as usize).min(r.stack.len());
-            &bytes[start..start + len]
-        }
-        _ => &[],
-    }
+    use std::mem::offset_of;
+    let k = kind::CPU_SAMPLE;
+    let is_sample = read::<EventHeader>(bytes, k).is_ok_and(|h| h.kind == k);
+    let Ok(len) = read_at::<u32>(bytes, offset_of!(CpuSample, stack_len), k) else { return &[] };
+    let start = offset_of!(CpuSample, stack);
+    let end = start + (len as usize).min(probe_common::sample::USER_STACK_LEN);
+    if is_sample { bytes.get(start..end.min(bytes.len())).unwrap_or(&[]) } else { &[] }
 }
 
 /// A sun_path as text: `@name` for an abstract address, trailing NULs dropped.
@@ -830,6 +839,10 @@ mod tests {
         assert_eq!(sample_stack(&raw), &[9, 8, 7, 6]);
         let Ok(Event::CpuSample(e)) = decode(&raw) else { panic!("wrong kind") };
         assert_eq!((e.kstack_id, e.ustack_id, e.user_mode, e.stack_len), (-14, 3, true, 4));
+        // A record cut right after the bytes the stack copy holds still decodes whole.
+        let cut = &raw[..std::mem::offset_of!(CpuSample, stack) + 4];
+        assert_eq!(decode(cut), decode(&raw));
+        assert_eq!(sample_stack(cut), &[9, 8, 7, 6]);
     }
 
     #[test]

@@ -100,29 +100,24 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Analyze { dir, debug_dirs } => analyze(&dir, &debug_dirs),
-        Cmd::Flamegraph { dir, out, debug_dirs } => reloadscope::flame::run(
-            &dir,
-            out.as_deref(),
-            None,
-            reloadscope::flame::debuginfo::Sources::from_env(&debug_dirs),
-        )
-        .map(|r| {
-            for (pid, stack, n) in &r.heaviest {
-                println!("heaviest pid {pid} ({n} samples): {stack}");
-            }
-            println!(
-                "samples {}, unwound {}, with >=3 user frames {} ({:.1}%), unwind cost {:.1} us/sample",
-                r.samples,
-                r.unwound,
-                r.deep,
-                100.0 * r.success_rate(),
-                r.cost_per_sample().as_secs_f64() * 1e6
-            );
-            println!("{}", reloadscope::flame::debug_info_line(&r.debug_named, &r.debug_notes));
-            let dir_out = out.unwrap_or_else(|| dir.join("flamegraphs"));
-            eprintln!("reloadscope: {} files in {}", r.files.len(), dir_out.display());
-            ExitCode::SUCCESS
-        }),
+        Cmd::Flamegraph { dir, out, debug_dirs } => {
+            flamegraph(&dir, out.as_deref(), &debug_dirs).map(|(r, dir_out)| {
+                for (pid, stack, n) in &r.heaviest {
+                    println!("heaviest pid {pid} ({n} samples): {stack}");
+                }
+                println!(
+                    "samples {}, unwound {}, with >=3 user frames {} ({:.1}%), unwind cost {:.1} us/sample",
+                    r.samples,
+                    r.unwound,
+                    r.deep,
+                    100.0 * r.success_rate(),
+                    r.cost_per_sample().as_secs_f64() * 1e6
+                );
+                println!("{}", reloadscope::flame::debug_info_line(&r.debug_named, &r.debug_notes));
+                eprintln!("reloadscope: {} files in {}", r.files.len(), dir_out.display());
+                ExitCode::SUCCESS
+            })
+        }
         Cmd::Show { dir } => trace::read(&dir).map(|t| {
             let threads = summary::by_thread(&t.events);
             print!("{}", summary::table(&threads, t.meta.window_ns()));
@@ -136,6 +131,20 @@ fn main() -> ExitCode {
     })
 }
 
+/// `reloadscope flamegraph DIR`: the run's analysis names the spinning workers, whose graphs
+/// come first. Returns the report and the directory written.
+fn flamegraph(
+    dir: &std::path::Path,
+    out: Option<&std::path::Path>,
+    debug_dirs: &[PathBuf],
+) -> anyhow::Result<(reloadscope::flame::FlameReport, PathBuf)> {
+    let run = analysis::load(dir)?;
+    let a = analysis::analyze(&run);
+    let sources = reloadscope::flame::debuginfo::Sources::from_env(debug_dirs);
+    let r = reloadscope::flame::run(&analysis::flame_input(&run, &a), out, sources)?;
+    Ok((r, out.map_or_else(|| run.trace_dir.join("flamegraphs"), PathBuf::from)))
+}
+
 /// `reloadscope analyze DIR`: a short summary on stdout, where the files are on stderr.
 fn analyze(dir: &std::path::Path, debug_dirs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
@@ -143,9 +152,8 @@ fn analyze(dir: &std::path::Path, debug_dirs: &[PathBuf]) -> anyhow::Result<Exit
     let mut a = analysis::analyze(&run);
     let analysed = started.elapsed();
     // Flamegraphs after the detectors, which name the spinning workers that get theirs first.
-    let spinning: Vec<u32> = a.spins.iter().map(|s| s.pid).collect();
     let sources = reloadscope::flame::debuginfo::Sources::from_env(debug_dirs);
-    match reloadscope::flame::run(&run.trace_dir, None, Some(&spinning), sources) {
+    match reloadscope::flame::run(&analysis::flame_input(&run, &a), None, sources) {
         Ok(r) if r.samples > 0 => {
             let rel = run.trace_dir.join("flamegraphs");
             let rel = rel.strip_prefix(&run.dir).unwrap_or(&rel).display().to_string();

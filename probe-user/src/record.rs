@@ -1,19 +1,17 @@
 //! `reloadscope record`: trace process trees for a while and write a trace directory.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use probe_common::{Target, target_flag};
 
 use crate::event::{Event, RecordKind, bucket_event, decode, flow_event, sample_stack};
 use crate::model::{self, ProcInfo};
 use crate::probe::{Probe, ProbeOptions};
-use crate::trace::{ClockAnchor, Meta, RecordOptions, TraceWriter};
+use crate::trace::{ClockAnchor, Ending, Meta, RecordOptions, TraceWriter};
 use crate::{preflight, proctree, summary};
 use shared::clock;
 
@@ -71,7 +69,7 @@ fn kind_name(k: u32) -> String {
 }
 
 /// /proc facts about a live process, and a copy of its memory map for later symbolization.
-fn snapshot(pid: u32, maps_dir: &Path) -> Option<ProcInfo> {
+fn snapshot(pid: u32, writer: &TraceWriter) -> Option<ProcInfo> {
     let shared::procstat::Stat { ppid, comm, .. } = shared::procstat::read(pid)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let argv = cmdline
@@ -79,15 +77,8 @@ fn snapshot(pid: u32, maps_dir: &Path) -> Option<ProcInfo> {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into())
         .collect();
-    save_maps(pid, maps_dir);
+    writer.save_maps(pid);
     Some(ProcInfo { ppid, comm, argv })
-}
-
-/// Copies `/proc/PID/maps` into the trace, replacing an older copy.
-fn save_maps(pid: u32, maps_dir: &Path) {
-    if let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) {
-        let _ = std::fs::write(maps_dir.join(format!("{pid}.maps")), maps);
-    }
 }
 
 /// How often a sampled process's memory map is copied again: at an exec the map holds only the
@@ -103,13 +94,10 @@ fn is_process(pid: u32) -> bool {
 /// Everything the recording loop accumulates.
 struct Collector {
     writer: TraceWriter,
-    samples: BufWriter<File>,
-    samples_len: u64,
     events: Vec<Event>,
     decode_errors: u64,
     known: BTreeMap<u32, ProcInfo>,
     seen: BTreeSet<u32>,
-    maps_dir: PathBuf,
     /// When each process's map was last copied.
     maps_at: BTreeMap<u32, Instant>,
 }
@@ -124,10 +112,7 @@ impl Collector {
             }
         };
         if let Event::CpuSample(s) = &mut ev {
-            let stack = sample_stack(bytes);
-            s.stack_offset = self.samples_len;
-            self.samples.write_all(stack)?;
-            self.samples_len += stack.len() as u64;
+            s.stack_offset = self.writer.write_sample_stack(sample_stack(bytes))?;
         }
         // Read /proc for each new process while it lives (argv, memory map), and again after
         // an exec, which replaces both.
@@ -138,14 +123,14 @@ impl Collector {
         };
         if (self.seen.insert(pid) || fresh)
             && is_process(pid)
-            && let Some(info) = snapshot(pid, &self.maps_dir)
+            && let Some(info) = snapshot(pid, &self.writer)
         {
             self.known.insert(pid, info);
             self.maps_at.insert(pid, Instant::now());
         } else if matches!(ev, Event::CpuSample(_))
             && self.maps_at.get(&pid).is_none_or(|t| t.elapsed() >= MAPS_REFRESH)
         {
-            save_maps(pid, &self.maps_dir);
+            self.writer.save_maps(pid);
             self.maps_at.insert(pid, Instant::now());
         }
         self.writer.write(&ev)?;
@@ -175,22 +160,12 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
     }
     install_stop_handlers();
 
-    let writer = TraceWriter::create(&args.out)?;
-    let maps_dir = args.out.join("maps");
-    std::fs::create_dir_all(&maps_dir)?;
-    let samples_path = args.out.join("samples.bin");
-    let samples = BufWriter::new(
-        File::create(&samples_path).with_context(|| format!("cannot write {}", samples_path.display()))?,
-    );
     let mut c = Collector {
-        writer,
-        samples,
-        samples_len: 0,
+        writer: TraceWriter::create(&args.out)?,
         events: Vec::new(),
         decode_errors: 0,
         known: BTreeMap::new(),
         seen: BTreeSet::new(),
-        maps_dir,
         maps_at: BTreeMap::new(),
     };
 
@@ -208,7 +183,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         }
     }
     for &pid in &initial {
-        if let Some(info) = snapshot(pid, &c.maps_dir) {
+        if let Some(info) = snapshot(pid, &c.writer) {
             c.known.insert(pid, info);
             c.seen.insert(pid);
         }
@@ -260,7 +235,6 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         c.writer.write(&ev)?;
         c.events.push(ev);
     }
-    c.samples.flush()?;
     let drops: BTreeMap<String, u64> = probe
         .drops()?
         .into_iter()
@@ -268,9 +242,8 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         .filter(|&(_, n)| n > 0)
         .map(|(k, n)| (kind_name(k as u32), n))
         .collect();
-    write_json(&args.out.join("stacks.json"), &probe.stacks()?)?;
+    let stacks = probe.stacks()?;
     let processes = model::processes(&c.events, roots[0].0, &c.known);
-    write_json(&args.out.join("processes.json"), &processes)?;
 
     let mut meta = Meta {
         tool: format!("reloadscope {}", env!("CARGO_PKG_VERSION")),
@@ -297,16 +270,11 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
     drop(probe);
     let threads = summary::by_thread(&c.events);
     let table = summary::table(&threads, meta.window_ns());
-    c.writer.finish(&mut meta, &threads, &table)?;
+    c.writer.finish(
+        &mut meta,
+        &Ending { threads: &threads, table: &table, stacks: &stacks, processes: &processes },
+    )?;
     Ok(Recorded { meta, table })
-}
-
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut f =
-        BufWriter::new(File::create(path).with_context(|| format!("cannot write {}", path.display()))?);
-    serde_json::to_writer_pretty(&mut f, value)?;
-    f.write_all(b"\n")?;
-    Ok(f.flush()?)
 }
 
 /// One line on what was written and what was lost.

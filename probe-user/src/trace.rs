@@ -1,7 +1,12 @@
-//! The trace directory: a self-describing record of one tracing session.
+//! The trace directory: a self-describing record of one tracing session. This module is its one
+//! owner: [`TraceWriter`] writes every file, and the readers below read them back typed.
 //!
 //! - `meta.json`: [`Meta`], with the schema version, kernel, clock anchor, options and drops;
 //! - `events.jsonl`: one [`Event`] per line;
+//! - `processes.json`: the [`Process`] model;
+//! - `stacks.json`: kernel and frame-pointer stacks by stack id;
+//! - `samples.bin`: the raw user-stack copies of the CPU samples;
+//! - `maps/<pid>.maps`: copies of `/proc/PID/maps`;
 //! - `summary.json` / `summary.txt`: the per-thread epoll summary.
 
 use std::collections::BTreeMap;
@@ -13,7 +18,18 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::model::Process;
 use crate::summary::ThreadSummary;
+
+/// Stack id → instruction pointers, leaf first (`stacks.json`).
+pub type Stacks = BTreeMap<u32, Vec<u64>>;
+
+const META: &str = "meta.json";
+const EVENTS: &str = "events.jsonl";
+const PROCESSES: &str = "processes.json";
+const STACKS: &str = "stacks.json";
+const SAMPLES: &str = "samples.bin";
+const MAPS: &str = "maps";
 
 /// Version of the trace directory's layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -107,15 +123,38 @@ pub struct TraceWriter {
     dir: PathBuf,
     events: BufWriter<File>,
     count: u64,
+    samples: BufWriter<File>,
+    samples_len: u64,
+}
+
+/// What only the end of a recording knows.
+pub struct Ending<'a> {
+    /// The per-thread epoll summary.
+    pub threads: &'a [ThreadSummary],
+    /// It as the table printed.
+    pub table: &'a str,
+    /// The stack map's stacks.
+    pub stacks: &'a Stacks,
+    /// The process model.
+    pub processes: &'a [Process],
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>> {
+    Ok(BufWriter::new(File::create(path).with_context(|| format!("cannot write {}", path.display()))?))
 }
 
 impl TraceWriter {
-    /// Creates `dir` (and parents) and opens `events.jsonl`.
+    /// Creates `dir` (and parents), `maps/`, and opens `events.jsonl` and `samples.bin`.
     pub fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join("events.jsonl");
-        let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Self { dir: dir.to_path_buf(), events: BufWriter::new(file), count: 0 })
+        std::fs::create_dir_all(dir.join(MAPS))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            events: create(&dir.join(EVENTS))?,
+            count: 0,
+            samples: create(&dir.join(SAMPLES))?,
+            samples_len: 0,
+        })
     }
 
     /// Appends one event.
@@ -126,14 +165,26 @@ impl TraceWriter {
         Ok(())
     }
 
-    /// Events written so far.
-    pub fn count(&self) -> u64 {
-        self.count
+    /// Appends a CPU sample's user-stack copy to `samples.bin`; returns its offset there.
+    pub fn write_sample_stack(&mut self, stack: &[u8]) -> Result<u64> {
+        let at = self.samples_len;
+        self.samples.write_all(stack)?;
+        self.samples_len += stack.len() as u64;
+        Ok(at)
     }
 
-    /// Flushes the events and writes meta and summary files.
-    pub fn finish(mut self, meta: &mut Meta, threads: &[ThreadSummary], table: &str) -> Result<()> {
+    /// Copies `/proc/PID/maps` into `maps/`, replacing an older copy; false when it is gone.
+    pub fn save_maps(&self, pid: u32) -> bool {
+        std::fs::read(format!("/proc/{pid}/maps"))
+            .is_ok_and(|maps| std::fs::write(self.dir.join(MAPS).join(format!("{pid}.maps")), maps).is_ok())
+    }
+
+    /// Flushes the events and samples and writes the other files.
+    pub fn finish(mut self, meta: &mut Meta, end: &Ending<'_>) -> Result<()> {
         self.events.flush()?;
+        self.samples.flush()?;
+        write_json(&self.dir.join(STACKS), end.stacks)?;
+        write_json(&self.dir.join(PROCESSES), &end.processes)?;
         meta.schema_version = SCHEMA_VERSION;
         meta.events = self.count;
         meta.files = [
@@ -155,16 +206,15 @@ impl TraceWriter {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        write_json(&self.dir.join("meta.json"), meta)?;
-        write_json(&self.dir.join("summary.json"), &threads)?;
-        std::fs::write(self.dir.join("summary.txt"), table)?;
+        write_json(&self.dir.join(META), meta)?;
+        write_json(&self.dir.join("summary.json"), &end.threads)?;
+        std::fs::write(self.dir.join("summary.txt"), end.table)?;
         Ok(())
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut f =
-        BufWriter::new(File::create(path).with_context(|| format!("cannot write {}", path.display()))?);
+fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    let mut f = create(path)?;
     serde_json::to_writer_pretty(&mut f, value)?;
     f.write_all(b"\n")?;
     Ok(f.flush()?)
@@ -179,9 +229,35 @@ pub struct Trace {
     pub events: Vec<Event>,
 }
 
+/// Reads `processes.json`; `None` for a trace without one.
+pub fn read_processes(dir: &Path) -> Result<Option<Vec<Process>>> {
+    match std::fs::read_to_string(dir.join(PROCESSES)) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).context("cannot parse processes.json")?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Reads `stacks.json` (empty when absent).
+pub fn read_stacks(dir: &Path) -> Stacks {
+    std::fs::read_to_string(dir.join(STACKS))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
+}
+
+/// Reads `samples.bin` (empty when absent).
+pub fn read_sample_stacks(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join(SAMPLES)).unwrap_or_default()
+}
+
+/// Reads the copy of `pid`'s memory map, when one was taken.
+pub fn read_maps(dir: &Path, pid: u32) -> Option<String> {
+    std::fs::read_to_string(dir.join(MAPS).join(format!("{pid}.maps"))).ok()
+}
+
 /// Reads a trace directory written by [`TraceWriter`].
 pub fn read(dir: &Path) -> Result<Trace> {
-    let meta_path = dir.join("meta.json");
+    let meta_path = dir.join(META);
     let meta: Meta = serde_json::from_reader(BufReader::new(
         File::open(&meta_path)
             .with_context(|| format!("{} is not a trace directory (no meta.json)", dir.display()))?,
@@ -194,7 +270,7 @@ pub fn read(dir: &Path) -> Result<Trace> {
             meta.schema_version
         );
     }
-    let events_path = dir.join("events.jsonl");
+    let events_path = dir.join(EVENTS);
     let reader = BufReader::new(
         File::open(&events_path).with_context(|| format!("cannot open {}", events_path.display()))?,
     );
@@ -228,11 +304,18 @@ mod tests {
         w.write(&ev).unwrap();
         let mut meta = Meta { kernel: "6.18".into(), started_ns: 5, ended_ns: 15, ..Meta::default() };
         meta.drops.insert("epoll_bucket".into(), 3);
-        w.finish(&mut meta, &[], "table\n").unwrap();
+        let at = w.write_sample_stack(&[1, 2, 3]).unwrap();
+        assert_eq!((at, w.write_sample_stack(&[4]).unwrap()), (0, 3));
+        let stacks = Stacks::from([(7, vec![0xffff_0001, 0xffff_0002])]);
+        let end = Ending { threads: &[], table: "table\n", stacks: &stacks, processes: &[] };
+        w.finish(&mut meta, &end).unwrap();
         let t = read(&dir.path().join("t")).unwrap();
         assert_eq!(t.events, vec![ev]);
         assert_eq!((t.meta.events, t.meta.window_ns(), t.meta.total_drops()), (1, 10, 3));
         assert!(t.meta.files.contains_key("events.jsonl"));
+        let dir = dir.path().join("t");
+        assert_eq!((read_stacks(&dir), read_sample_stacks(&dir)), (stacks, vec![1, 2, 3, 4]));
+        assert_eq!(read_processes(&dir).unwrap(), Some(vec![]));
     }
 
     #[test]

@@ -73,10 +73,10 @@ impl Run {
 pub fn load(dir: &Path) -> Result<Run> {
     let trace_dir = if dir.join("trace/meta.json").exists() { dir.join("trace") } else { dir.to_path_buf() };
     let trace = crate::trace::read(&trace_dir)?;
-    let processes = match std::fs::read_to_string(trace_dir.join("processes.json")) {
-        Ok(text) => serde_json::from_str(&text).context("cannot parse processes.json")?,
+    let processes = match crate::trace::read_processes(&trace_dir)? {
+        Some(p) => p,
         // Older traces: rebuild the model from the events alone.
-        Err(_) => crate::model::processes(
+        None => crate::model::processes(
             &trace.events,
             trace.meta.options.root_pid,
             &BTreeMap::<u32, ProcInfo>::new(),
@@ -242,6 +242,29 @@ pub fn analyze(run: &Run) -> Analysis {
     }
 }
 
+/// What the flamegraphs of a run are drawn from: its samples, worker generations, reload and
+/// spinning workers.
+pub fn flame_input<'a>(run: &'a Run, a: &Analysis) -> crate::flame::Input<'a> {
+    crate::flame::Input {
+        trace: &run.trace_dir,
+        samples: run
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::CpuSample(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        worker_generations: run
+            .processes
+            .iter()
+            .filter_map(|p| Some((p.pid, p.worker_generation?)))
+            .collect(),
+        reload_ns: run.reload.as_ref().map(|r| r.monotonic_ns),
+        spinning: a.spins.iter().map(|s| s.pid).collect(),
+    }
+}
+
 /// Seconds of `ts_ns` relative to `zero_ns` (negative before it).
 pub fn rel_s(ts_ns: u64, zero_ns: u64) -> f64 {
     (ts_ns as i128 - zero_ns as i128) as f64 / 1e9
@@ -282,7 +305,9 @@ mod tests {
         w.write(&testkit::signal(5_000, 9, 1, 1)).unwrap();
         let mut meta = Meta { started_ns: 1_000, ended_ns: 9_000, ..Meta::default() };
         meta.options.root_pid = 1;
-        w.finish(&mut meta, &[], "").unwrap();
+        let end =
+            crate::trace::Ending { threads: &[], table: "", stacks: &Default::default(), processes: &[] };
+        w.finish(&mut meta, &end).unwrap();
         // A line exactly as loadtest/src/reqlog.rs writes it, and a cut-off last line.
         let line = r#"{"start_unix_ns":1,"end_unix_ns":2,"start_mono_ns":6000,"end_mono_ns":7000,"endpoint":"/js","request_id":"r-1","user":0,"status":200,"outcome":"failed","reason":"plugin header missing","worker_pid":42,"echoed_request_id":"r-1"}"#;
         std::fs::write(dir.path().join("requests.jsonl"), format!("{line}\n{{\"start_mo")).unwrap();

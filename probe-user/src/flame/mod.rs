@@ -17,7 +17,6 @@ pub mod unwind;
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -179,22 +178,6 @@ fn write_index(out: &Path, r: &FlameReport) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn read_samples(trace: &Path) -> Result<Vec<CpuSampleEvent>> {
-    let f = fs::File::open(trace.join("events.jsonl")).context("events.jsonl")?;
-    let mut out = Vec::new();
-    for line in BufReader::new(f).lines() {
-        let line = line?;
-        if line.contains("\"type\":\"cpu_sample\"") {
-            out.push(serde_json::from_str(&line).context("cpu_sample line")?);
-        }
-    }
-    Ok(out)
-}
-
-fn read_json(path: &Path) -> Option<serde_json::Value> {
-    serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
-}
-
 /// Writes `<stem>.folded` and `<stem>.svg` (the SVG only when there are samples); `spinning`
 /// marks a spinning worker's graph.
 fn write_graph(
@@ -262,15 +245,25 @@ fn write_diff(out: &Path, before: &Folded, after: &Folded, files: &mut Vec<PathB
     Ok(())
 }
 
-/// Unwinds, symbolizes and draws the samples of `trace`, writing into `out`
-/// (default `<trace>/flamegraphs`). The `spinning` workers get their graphs first; without them
-/// they come from the run directory's `report.json`, when there is one.
-pub fn run(
-    trace: &Path,
-    out: Option<&Path>,
-    spinning: Option<&[u32]>,
-    debug: debuginfo::Sources,
-) -> Result<FlameReport> {
+/// What the graphs are drawn from, loaded by the caller.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// The trace directory: `samples.bin`, `stacks.json` and `maps/` are read from it.
+    pub trace: &'a Path,
+    /// The CPU samples, in time order.
+    pub samples: Vec<&'a CpuSampleEvent>,
+    /// Worker generation by pid (one graph per generation).
+    pub worker_generations: HashMap<u32, u32>,
+    /// When the reload was sent (graphs before and after it).
+    pub reload_ns: Option<u64>,
+    /// The spinning workers, whose graphs come first.
+    pub spinning: Vec<u32>,
+}
+
+/// Unwinds, symbolizes and draws `input`'s samples, writing into `out`
+/// (default `<trace>/flamegraphs`).
+pub fn run(input: &Input<'_>, out: Option<&Path>, debug: debuginfo::Sources) -> Result<FlameReport> {
+    let trace = input.trace;
     let out = match out {
         Some(o) => o.to_owned(),
         None => {
@@ -286,42 +279,23 @@ pub fn run(
         }
     };
     fs::create_dir_all(&out)?;
-    let samples = read_samples(trace)?;
-    let stack_bytes = fs::read(trace.join("samples.bin")).unwrap_or_default();
-    let kstacks: HashMap<String, Vec<u64>> = fs::read_to_string(trace.join("stacks.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
-    let run_dir = trace.parent().unwrap_or(trace);
-    let reload_ns = read_json(&run_dir.join("reload.json")).and_then(|v| v["monotonic_ns"].as_u64());
-    let spinning: Vec<u32> = match spinning {
-        Some(pids) => pids.to_vec(),
-        None => read_json(&run_dir.join("report.json"))
-            .and_then(|v| v["spins"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|s| s["pid"].as_u64().map(|p| p as u32))
-            .collect(),
-    };
-    let generations: HashMap<u32, u64> = read_json(&trace.join("processes.json"))
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|p| Some((p["pid"].as_u64()? as u32, p["worker_generation"].as_u64()?)))
-        .collect();
+    let samples = &input.samples;
+    let stack_bytes = crate::trace::read_sample_stacks(trace);
+    let kstacks = crate::trace::read_stacks(trace);
+    let (reload_ns, spinning, generations) = (input.reload_ns, &input.spinning, &input.worker_generations);
 
     let mut report = FlameReport { samples: samples.len() as u64, ..Default::default() };
     let mut elfs = ElfCache::default();
     let mut unwinders: HashMap<u32, Option<ProcessUnwinder>> = HashMap::new();
     let mut names = Names::new(debug);
     let mut per_pid: HashMap<u32, (String, Folded)> = HashMap::new();
-    let mut per_gen: BTreeMap<u64, Folded> = BTreeMap::new();
+    let mut per_gen: BTreeMap<u32, Folded> = BTreeMap::new();
     let (mut before, mut after) = (Folded::default(), Folded::default());
 
-    for s in &samples {
+    for &s in samples {
         let pid = s.task.tgid;
         let unwinder = unwinders.entry(pid).or_insert_with(|| {
-            let text = fs::read_to_string(trace.join("maps").join(format!("{pid}.maps"))).ok()?;
+            let text = crate::trace::read_maps(trace, pid)?;
             Some(ProcessUnwinder::new(&parse_maps(&text), &mut elfs))
         });
         let mut user: Vec<Frame> = Vec::new();
@@ -350,8 +324,8 @@ pub fn run(
         if user.len() >= 3 {
             report.deep += 1;
         }
-        let kernel: Vec<Frame> = if s.kstack_id >= 0 {
-            let ips = kstacks.get(&s.kstack_id.to_string()).cloned().unwrap_or_default();
+        let kernel: Vec<Frame> = if let Ok(id) = u32::try_from(s.kstack_id) {
+            let ips = kstacks.get(&id).cloned().unwrap_or_default();
             names.prefetch_kernel(&ips);
             ips.iter().map(|&a| names.kernel_frame(a)).collect()
         } else {
@@ -450,8 +424,14 @@ mod tests {
     #[test]
     fn trace_without_samples_gives_an_empty_report() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("events.jsonl"), "").unwrap();
-        let r = run(dir.path(), None, None, debuginfo::Sources::none()).unwrap();
+        let input = Input {
+            trace: dir.path(),
+            samples: Vec::new(),
+            worker_generations: HashMap::new(),
+            reload_ns: None,
+            spinning: Vec::new(),
+        };
+        let r = run(&input, None, debuginfo::Sources::none()).unwrap();
         assert_eq!((r.samples, r.deep, r.success_rate(), r.cost_per_sample()), (0, 0, 0.0, Duration::ZERO));
         assert!(r.files.is_empty());
     }
