@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::Request;
 use super::fit::{self, CauseKind, FailureClass};
 use super::spin::Spin;
 use super::stale::{ConnectFailure, IoFailure, Stale};
+use super::text::{errno_name, rel_s, short_path};
 use super::timeline::Timeline;
-use super::{Request, rel_s, short_path};
 use crate::event::neg_errno;
 
 /// Slack around a request's window for its own worker's events: clocks are the same
@@ -237,7 +238,7 @@ fn connect_text(c: &ConnectFailure, stale: &Stale, zero_ns: u64) -> String {
     let what = match c.ret {
         r if r == neg_errno(libc::ECONNREFUSED) => "was refused (ECONNREFUSED)".to_string(),
         r if r == neg_errno(libc::ENOENT) => "found no socket file (ENOENT)".to_string(),
-        r => format!("failed with {}", super::errno_name(r)),
+        r => format!("failed with {}", errno_name(r)),
     };
     let clause = stale.connect_episodes.get(c.episode).map(|e| e.state.clause()).unwrap_or_default();
     format!("connect to {} at {:.2} s {what} {clause}", short_path(&c.path), rel_s(c.ts_ns, zero_ns))

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::rel_s;
+use super::text::{rel_s, short_path};
 use crate::event::{Event, sig};
 use crate::model::{FoundBy, Process, ServerSeen, server_generations};
 
@@ -140,7 +140,7 @@ pub struct Handover {
 impl Handover {
     /// One line for the report.
     pub fn sentence(&self) -> String {
-        let path = super::short_path(&self.path);
+        let path = short_path(&self.path);
         match (self.order, self.old_exit_s) {
             (Order::OldDiedFirst, Some(died)) => format!(
                 "{path}: the old server {} (generation {}) died at {died:.2} s ({}), {:.2} s before the new \
@@ -264,7 +264,7 @@ pub fn detect(events: &[Event], processes: &[Process], zero_ns: u64) -> Lifecycl
                 target_role: servers
                     .iter()
                     .find(|g| g.pid == s.target)
-                    .map(|g| format!("{} generation {}", super::short_path(&g.path), g.generation))
+                    .map(|g| format!("{} generation {}", short_path(&g.path), g.generation))
                     .unwrap_or_default(),
             }),
             _ => None,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::rel_s;
+use super::text::rel_s;
 use super::timeline::Timeline;
 use crate::event::{EpollBucketEvent, Event};
 

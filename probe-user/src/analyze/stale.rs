@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::lifecycle::{Lifecycle, ServerGen};
+use super::text::{errno_name, rel_s};
 use super::timeline::Timeline;
-use super::{errno_name, rel_s};
 use crate::event::{Event, UnixOp, neg_errno};
 
 /// Traffic of a worker with a server generation older than the path's owner at that time.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::rel_s;
+use super::text::rel_s;
 use crate::event::Event;
 use crate::model::Process;
 use crate::model::root_hup;

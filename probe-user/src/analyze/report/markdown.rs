@@ -1,51 +1,20 @@
-//! The report files written into the run directory: `report.md` (one GitHub issue comment),
-//! `report.json` (the same as data) and `timeline.json` (Chrome/Perfetto trace events).
+//! `report.md`: the analysis as one GitHub issue comment, a section per function, and the
+//! headline findings shared with the CLI.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use serde_json::{Value, json};
+use super::table::{Align, Table};
+use crate::analyze::correlate::{self, Link};
+use crate::analyze::text::short_path;
+use crate::analyze::{Analysis, Run};
 
-use super::{Analysis, Run, rel_s, short_path};
-use crate::event::Event;
+use Align::{Left, Right};
 
 /// Rows shown per list before "and N more".
 const TOP: usize = 10;
-/// Failed-request instants in `timeline.json` at most.
-const MAX_REQUEST_INSTANTS: usize = 3000;
-/// Socket-error instants in `timeline.json` at most.
-const MAX_SOCKET_INSTANTS: usize = 20_000;
-/// The synthetic track of the load test's failed requests.
-const LOADTEST_PID: u32 = 999_999_999;
-
-/// Paths of the files written.
-#[derive(Debug, Clone)]
-pub struct Written {
-    /// `report.md`.
-    pub markdown: PathBuf,
-    /// `report.json`.
-    pub json: PathBuf,
-    /// `timeline.json`.
-    pub timeline: PathBuf,
-    /// Size of `report.md` in bytes.
-    pub markdown_bytes: usize,
-}
-
-/// Writes the three report files into the run directory.
-pub fn write(run: &Run, a: &Analysis) -> Result<Written> {
-    let md = markdown(run, a);
-    let markdown = run.dir.join("report.md");
-    std::fs::write(&markdown, &md).with_context(|| format!("cannot write {}", markdown.display()))?;
-    let json_path = run.dir.join("report.json");
-    let text = serde_json::to_string_pretty(a)?;
-    std::fs::write(&json_path, text).with_context(|| format!("cannot write {}", json_path.display()))?;
-    let timeline = run.dir.join("timeline.json");
-    let text = serde_json::to_string(&trace_events(run, a))?;
-    std::fs::write(&timeline, text).with_context(|| format!("cannot write {}", timeline.display()))?;
-    Ok(Written { markdown, json: json_path, timeline, markdown_bytes: md.len() })
-}
+/// Most frames of a spinning worker's heaviest stack shown in the report (leaf end).
+const STACK_FRAMES: usize = 16;
 
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
@@ -55,9 +24,42 @@ fn opt_s(x: Option<f64>) -> String {
     x.map_or("–".into(), |v| format!("{v:.2} s"))
 }
 
+/// `1.234` -> `1.23 s`.
+fn secs(x: f64) -> String {
+    format!("{x:.2} s")
+}
+
+/// A generation number, or `–` when unknown.
+fn opt_num(x: Option<u32>) -> String {
+    x.map_or("–".into(), |g| g.to_string())
+}
+
 fn more(s: &mut String, total: usize) {
     if total > TOP {
         let _ = writeln!(s, "\n…and {} more (see `report.json`).", total - TOP);
+    }
+}
+
+/// The first [`TOP`] of `items` as a table, a row of `cells` each, then how many are left out.
+fn top_table<T, const N: usize>(
+    s: &mut String,
+    columns: [(&str, Align); N],
+    items: &[T],
+    cells: impl Fn(&T) -> [String; N],
+) {
+    let mut t = Table::new(&columns);
+    for x in items.iter().take(TOP) {
+        t.row(cells(x));
+    }
+    t.render(s);
+    more(s, items.len());
+}
+
+fn truncate(text: &str, n: usize) -> String {
+    if text.chars().count() <= n {
+        text.to_string()
+    } else {
+        format!("{}…", text.chars().take(n).collect::<String>())
     }
 }
 
@@ -69,6 +71,20 @@ fn behaviour(run: &Run) -> Option<String> {
 /// Renders `report.md`.
 pub fn markdown(run: &Run, a: &Analysis) -> String {
     let mut s = String::from("# reloadscope report\n\n");
+    summary_md(&mut s, a);
+    environment_md(&mut s, run, a);
+    load_test_md(&mut s, run);
+    standin_md(&mut s, a);
+    timeline_md(&mut s, a);
+    findings_md(&mut s, a);
+    attribution_md(&mut s, a);
+    flamegraphs_md(&mut s, a);
+    artifacts_md(&mut s, run);
+    s
+}
+
+/// The bold first line (how many requests failed, how many are explained) and the headlines.
+fn summary_md(s: &mut String, a: &Analysis) {
     let att = &a.attribution;
     if att.failed == 0 {
         let _ = writeln!(s, "**{} requests in the load test's log, none failed.**\n", att.requests);
@@ -89,8 +105,12 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
             pct(att.unexplained_share)
         );
     }
-    headline_findings(&mut s, a);
+    for line in headlines(a) {
+        let _ = writeln!(s, "- {line}");
+    }
+}
 
+fn environment_md(s: &mut String, run: &Run, a: &Analysis) {
     s.push_str("\n## Environment\n\n");
     let m = &run.meta;
     let _ = writeln!(s, "- tool: {}; kernel `{}`", m.tool, m.kernel);
@@ -132,31 +152,31 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
             "- reload: no `reload.json`; time 0 is the first HUP of the root, else the trace start\n",
         ),
     }
+}
 
+fn load_test_md(s: &mut String, run: &Run) {
     s.push_str("\n## Load test\n\n");
     s.push_str(&shared::requests::load_table(&run.requests));
     if run.requests.is_empty() {
         s.push_str("| (no `requests.jsonl`) | | | |\n");
     }
+}
 
-    if !a.ground_truth_check.is_empty() {
-        s.push_str("\n## Checked against the stand-in's own log\n\n| what | stand-in | reloadscope | agrees |\n|---|---|---|---|\n");
-        for c in &a.ground_truth_check {
-            let ok = if c.agrees { "yes" } else { "**no**" };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {ok} |",
-                c.what,
-                truncate(&c.standin, 300),
-                truncate(&c.found, 300)
-            );
-        }
+/// The findings checked against the stand-in's own log, when there is one.
+fn standin_md(s: &mut String, a: &Analysis) {
+    if a.ground_truth_check.is_empty() {
+        return;
     }
-    timeline_md(&mut s, a);
-    findings_md(&mut s, a);
-    attribution_md(&mut s, a);
-    flamegraphs_md(&mut s, a);
+    s.push_str("\n## Checked against the stand-in's own log\n\n");
+    let mut t = Table::new(&[("what", Left), ("stand-in", Left), ("reloadscope", Left), ("agrees", Left)]);
+    for c in &a.ground_truth_check {
+        let ok = if c.agrees { "yes" } else { "**no**" };
+        t.row([c.what.clone(), truncate(&c.standin, 300), truncate(&c.found, 300), ok.into()]);
+    }
+    t.render(s);
+}
 
+fn artifacts_md(s: &mut String, run: &Run) {
     s.push_str("\n## Artifacts\n\n");
     for (file, what) in [
         ("report.json", "this report as data (schema_version 2)"),
@@ -181,11 +201,7 @@ pub fn markdown(run: &Run, a: &Analysis) -> String {
             let _ = writeln!(s, "- [`{file}`]({file}): {what}");
         }
     }
-    s
 }
-
-/// Most frames of a spinning worker's heaviest stack shown in the report (leaf end).
-const STACK_FRAMES: usize = 16;
 
 fn flamegraphs_md(s: &mut String, a: &Analysis) {
     let Some(f) = &a.flamegraphs else { return };
@@ -226,12 +242,6 @@ fn flamegraphs_md(s: &mut String, a: &Analysis) {
     }
     let _ = writeln!(s, "\n{}", crate::flame::LEGEND);
     let _ = writeln!(s, "\n{}", crate::flame::debug_info_line(&f.debug_named, &f.debug_notes));
-}
-
-fn headline_findings(s: &mut String, a: &Analysis) {
-    for line in headlines(a) {
-        let _ = writeln!(s, "- {line}");
-    }
 }
 
 /// One line per kind of finding, for the report's top and the CLI.
@@ -333,82 +343,114 @@ fn timeline_md(s: &mut String, a: &Analysis) {
             h.pid
         );
     }
-    s.push_str("\n| generation | workers | forked | exited | all gone |\n|---:|---|---|---:|---|\n");
+    s.push('\n');
+    let mut gens = Table::new(&[
+        ("generation", Right),
+        ("workers", Left),
+        ("forked", Left),
+        ("exited", Right),
+        ("all gone", Left),
+    ]);
     for g in &t.generations {
         let pids: Vec<String> = g.workers.iter().map(u32::to_string).collect();
-        let forked = g.first_fork_s.map_or("before the trace".into(), |f| format!("{f:.2} s"));
-        let _ = writeln!(
-            s,
-            "| {} | {} | {forked} | {}/{} | {} |",
-            g.generation,
+        gens.row([
+            g.generation.to_string(),
             pids.join(", "),
-            g.exited,
-            g.workers.len(),
-            opt_s(g.all_exited_s)
-        );
+            g.first_fork_s.map_or("before the trace".into(), secs),
+            format!("{}/{}", g.exited, g.workers.len()),
+            opt_s(g.all_exited_s),
+        ]);
     }
-    s.push_str("\n| worker | generation | forked | exit | end |\n|---:|---:|---|---|---|\n");
+    gens.render(s);
+    s.push('\n');
+    let mut workers = Table::new(&[
+        ("worker", Right),
+        ("generation", Right),
+        ("forked", Left),
+        ("exit", Left),
+        ("end", Left),
+    ]);
     for w in t.workers.iter().take(4 * TOP) {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} |",
-            w.pid,
-            w.generation,
+        workers.row([
+            w.pid.to_string(),
+            w.generation.to_string(),
             opt_s(w.forked_s),
             opt_s(w.exit_s),
-            w.end
-        );
+            w.end.to_string(),
+        ]);
     }
+    workers.render(s);
     if t.workers.len() > 4 * TOP {
         let _ = writeln!(s, "\n…and {} more workers (see `report.json`).", t.workers.len() - 4 * TOP);
     }
 }
 
-fn truncate(text: &str, n: usize) -> String {
-    if text.chars().count() <= n {
-        text.to_string()
-    } else {
-        format!("{}…", text.chars().take(n).collect::<String>())
-    }
+fn findings_md(s: &mut String, a: &Analysis) {
+    s.push_str("\n## Findings\n");
+    spins_md(s, a);
+    servers_md(s, a);
+    stale_md(s, a);
 }
 
-fn findings_md(s: &mut String, a: &Analysis) {
-    s.push_str("\n## Findings\n\n### Spinning workers\n\n");
+fn spins_md(s: &mut String, a: &Analysis) {
+    s.push_str("\n### Spinning workers\n\n");
     if a.spins.is_empty() {
         s.push_str(
             "None: no thread made ≥1000 epoll calls/s with ≥90% zero timeouts and zero events for ≥0.5 s.\n",
         );
-    } else {
-        s.push_str("Evidence: `epoll_bucket` events (≥90% zero-timeout, ≥90% zero-event calls, ≥1000 calls/s, ≥0.5 s); CPU from `cpu_sample` events.\n\n");
-        s.push_str("| pid | tid | comm | generation | onset | zero timeouts since | duration | calls/s | zero-timeout | zero-events | CPU | epfd |\n|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
-        for x in a.spins.iter().take(TOP) {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {:.2} s | {:.2} s | {:.2} s | {:.0} | {} | {} | {} ({}) | {} |",
-                x.pid,
-                x.tid,
-                x.comm,
-                x.generation.map_or("–".into(), |g| g.to_string()),
-                x.start_s,
-                x.zero_timeout_since_s,
-                x.duration_s,
-                x.rate_per_s,
-                pct(x.zero_timeout_share),
-                pct(x.zero_event_share),
-                pct(x.cpu_share),
-                x.cpu_source,
-                x.epfd
-            );
-        }
-        more(s, a.spins.len());
+        return;
     }
+    s.push_str("Evidence: `epoll_bucket` events (≥90% zero-timeout, ≥90% zero-event calls, ≥1000 calls/s, ≥0.5 s); CPU from `cpu_sample` events.\n\n");
+    let columns = [
+        ("pid", Right),
+        ("tid", Right),
+        ("comm", Left),
+        ("generation", Right),
+        ("onset", Left),
+        ("zero timeouts since", Left),
+        ("duration", Right),
+        ("calls/s", Right),
+        ("zero-timeout", Right),
+        ("zero-events", Right),
+        ("CPU", Right),
+        ("epfd", Right),
+    ];
+    top_table(s, columns, &a.spins, |x| {
+        [
+            x.pid.to_string(),
+            x.tid.to_string(),
+            x.comm.clone(),
+            opt_num(x.generation),
+            secs(x.start_s),
+            secs(x.zero_timeout_since_s),
+            secs(x.duration_s),
+            format!("{:.0}", x.rate_per_s),
+            pct(x.zero_timeout_share),
+            pct(x.zero_event_share),
+            format!("{} ({})", pct(x.cpu_share), x.cpu_source),
+            x.epfd.to_string(),
+        ]
+    });
+}
 
+/// Plugin-server generations, the hand-over, SIGKILLs, crash loops and orphans.
+fn servers_md(s: &mut String, a: &Analysis) {
     let l = &a.lifecycle;
     s.push_str("\n### Plugin-server generations\n\nEvidence: `unix_sock` events. Servers that bound before the trace (they accept on the path, or connects to it reach them as peer) come first, then each `bind` of the path is the next generation.\n\n");
     if l.servers.is_empty() {
         s.push_str("No plugin server seen.\n");
     } else {
-        s.push_str("| path | generation | pid | parent | bound | exit | end | found by |\n|---|---:|---:|---:|---|---|---|---|\n");
+        let mut t = Table::new(&[
+            ("path", Left),
+            ("generation", Right),
+            ("pid", Right),
+            ("parent", Right),
+            ("bound", Left),
+            ("exit", Left),
+            ("end", Left),
+            ("found by", Left),
+        ]);
+        // The first TOP generations of each path.
         let mut per_path: BTreeMap<&str, usize> = BTreeMap::new();
         let mut hidden = 0;
         for g in &l.servers {
@@ -418,20 +460,19 @@ fn findings_md(s: &mut String, a: &Analysis) {
                 hidden += 1;
                 continue;
             }
-            let bound = g.bound_s.map_or("before the trace".into(), |b| format!("{b:.2} s"));
             let orphan = if g.orphaned { ", orphaned" } else { "" };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {bound} | {} | {}{orphan} | {} |",
-                short_path(&g.path),
-                g.generation,
-                g.pid,
-                g.parent,
+            t.row([
+                short_path(&g.path).to_string(),
+                g.generation.to_string(),
+                g.pid.to_string(),
+                g.parent.to_string(),
+                g.bound_s.map_or("before the trace".into(), secs),
                 opt_s(g.exit_s),
-                g.end,
-                g.found_by
-            );
+                format!("{}{orphan}", g.end),
+                g.found_by.to_string(),
+            ]);
         }
+        t.render(s);
         if hidden > 0 {
             let _ = writeln!(s, "\n…and {hidden} more (see `report.json`).");
         }
@@ -489,51 +530,60 @@ fn findings_md(s: &mut String, a: &Analysis) {
         );
     }
     more(s, l.orphans.len());
+}
 
+/// Stale server generations, old-generation connects, failed connects and failed sends/receives.
+fn stale_md(s: &mut String, a: &Analysis) {
     let st = &a.stale;
     s.push_str("\n### Stale sockets\n\n**Traffic with a superseded server generation** (`unix_flow`/`unix_io` peer pid vs. the path's owner by `bind`):\n\n");
     if st.stale_flows.is_empty() {
         s.push_str("none\n");
     } else {
-        s.push_str("| worker | path | peer (gen) | owner (gen) | first | last | messages |\n|---:|---|---|---|---|---|---:|\n");
-        for f in st.stale_flows.iter().take(TOP) {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} ({}) | {} ({}) | {:.2} s | {:.2} s | {} |",
-                f.pid,
-                short_path(&f.path),
-                f.peer_pid,
-                f.peer_generation,
-                f.owner_pid,
-                f.owner_generation,
-                f.first_s,
-                f.last_s,
-                f.messages
-            );
-        }
-        more(s, st.stale_flows.len());
+        let columns = [
+            ("worker", Right),
+            ("path", Left),
+            ("peer (gen)", Left),
+            ("owner (gen)", Left),
+            ("first", Left),
+            ("last", Left),
+            ("messages", Right),
+        ];
+        top_table(s, columns, &st.stale_flows, |f| {
+            [
+                f.pid.to_string(),
+                short_path(&f.path).to_string(),
+                format!("{} ({})", f.peer_pid, f.peer_generation),
+                format!("{} ({})", f.owner_pid, f.owner_generation),
+                secs(f.first_s),
+                secs(f.last_s),
+                f.messages.to_string(),
+            ]
+        });
     }
     s.push_str("\n**New workers connected to a server of the old worker generation** (instance ids obtained there go stale when it dies):\n\n");
     if st.old_generation_connects.is_empty() {
         s.push_str("none\n");
     } else {
-        s.push_str("| worker (gen) | path | server (gen) | spawned by worker gen | connects | first | last |\n|---|---|---|---:|---:|---|---|\n");
-        for c in st.old_generation_connects.iter().take(TOP) {
-            let _ = writeln!(
-                s,
-                "| {} ({}) | {} | {} ({}) | {} | {} | {:.2} s | {:.2} s |",
-                c.pid,
-                c.worker_generation,
-                short_path(&c.path),
-                c.peer_pid,
-                c.peer_generation,
-                c.peer_worker_generation,
-                c.count,
-                c.first_s,
-                c.last_s
-            );
-        }
-        more(s, st.old_generation_connects.len());
+        let columns = [
+            ("worker (gen)", Left),
+            ("path", Left),
+            ("server (gen)", Left),
+            ("spawned by worker gen", Right),
+            ("connects", Right),
+            ("first", Left),
+            ("last", Left),
+        ];
+        top_table(s, columns, &st.old_generation_connects, |c| {
+            [
+                format!("{} ({})", c.pid, c.worker_generation),
+                short_path(&c.path).to_string(),
+                format!("{} ({})", c.peer_pid, c.peer_generation),
+                c.peer_worker_generation.to_string(),
+                c.count.to_string(),
+                secs(c.first_s),
+                secs(c.last_s),
+            ]
+        });
     }
     let _ = writeln!(
         s,
@@ -543,21 +593,26 @@ fn findings_md(s: &mut String, a: &Analysis) {
     if !st.connect_episodes.is_empty() {
         let mut eps: Vec<_> = st.connect_episodes.iter().collect();
         eps.sort_by_key(|e| std::cmp::Reverse(e.count));
-        s.push_str("| worker | path | error | count | first | last | the path then |\n|---:|---|---|---:|---|---|---|\n");
-        for e in eps.iter().take(TOP) {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {:.2} s | {:.2} s | {} |",
-                e.pid,
-                short_path(&e.path),
-                e.error,
-                e.count,
-                e.first_s,
-                e.last_s,
-                e.state.clause()
-            );
-        }
-        more(s, eps.len());
+        let columns = [
+            ("worker", Right),
+            ("path", Left),
+            ("error", Left),
+            ("count", Right),
+            ("first", Left),
+            ("last", Left),
+            ("the path then", Left),
+        ];
+        top_table(s, columns, &eps, |e| {
+            [
+                e.pid.to_string(),
+                short_path(&e.path).to_string(),
+                e.error.clone(),
+                e.count.to_string(),
+                secs(e.first_s),
+                secs(e.last_s),
+                e.state.clause(),
+            ]
+        });
     }
     let _ = writeln!(
         s,
@@ -565,22 +620,26 @@ fn findings_md(s: &mut String, a: &Analysis) {
         st.io_failures.len()
     );
     if !st.io_failures.is_empty() {
-        s.push_str("| at | worker | op | result | path | peer (gen) | peer's end |\n|---|---:|---|---|---|---|---|\n");
-        for i in st.io_failures.iter().take(TOP) {
-            let _ = writeln!(
-                s,
-                "| {:.3} s | {} | {} | {} | {} | {} ({}) | {} |",
-                i.at_s,
-                i.pid,
-                i.op,
-                i.error,
-                short_path(&i.path),
-                i.peer_pid,
-                i.peer_generation.map_or("–".into(), |g| g.to_string()),
-                i.peer_end
-            );
-        }
-        more(s, st.io_failures.len());
+        let columns = [
+            ("at", Left),
+            ("worker", Right),
+            ("op", Left),
+            ("result", Left),
+            ("path", Left),
+            ("peer (gen)", Left),
+            ("peer's end", Left),
+        ];
+        top_table(s, columns, &st.io_failures, |i| {
+            [
+                format!("{:.3} s", i.at_s),
+                i.pid.to_string(),
+                i.op.to_string(),
+                i.error.clone(),
+                short_path(&i.path).to_string(),
+                format!("{} ({})", i.peer_pid, opt_num(i.peer_generation)),
+                i.peer_end.clone(),
+            ]
+        });
     }
 }
 
@@ -602,16 +661,18 @@ fn attribution_md(s: &mut String, a: &Analysis) {
     if att.table.is_empty() {
         return;
     }
-    s.push_str("| link | explanation | endpoint | failed requests |\n|---|---|---|---:|\n");
+    let mut t =
+        Table::new(&[("link", Left), ("explanation", Left), ("endpoint", Left), ("failed requests", Right)]);
     for r in &att.table {
         let kind = if r.kind.is_empty() { "–" } else { &r.kind };
-        let _ = writeln!(s, "| {} | {kind} | {} | {} |", r.link, r.endpoint, r.count);
+        t.row([r.link.clone(), kind.to_string(), r.endpoint.clone(), r.count.to_string()]);
     }
+    t.render(s);
     for (link, title) in [
         ("exact", "Examples (exact)"),
         ("window", "Linked by time window"),
         ("unexplained", "Unexplained"),
-        (super::correlate::NOT_RELOAD, "Unexplained (not a reload effect)"),
+        (correlate::NOT_RELOAD, "Unexplained (not a reload effect)"),
     ] {
         let rows: Vec<_> = att.links.iter().filter(|l| l.link == link).collect();
         if rows.is_empty() {
@@ -619,7 +680,7 @@ fn attribution_md(s: &mut String, a: &Analysis) {
         }
         let _ = writeln!(s, "\n{title}:\n");
         // One example per explanation, endpoint and worker first, then the earliest.
-        let mut shown: Vec<&super::correlate::Link> = Vec::new();
+        let mut shown: Vec<&Link> = Vec::new();
         for r in &rows {
             if shown.len() < TOP
                 && !shown
@@ -641,127 +702,5 @@ fn attribution_md(s: &mut String, a: &Analysis) {
             let _ = writeln!(s, "- {}", r.sentence);
         }
         more(s, rows.len().max(shown.len()));
-    }
-}
-
-/// Builds the Chrome/Perfetto trace-event document.
-pub fn trace_events(run: &Run, a: &Analysis) -> Value {
-    let t0 = run.meta.started_ns.min(a.zero_ns);
-    let us = |ns: u64| ns.saturating_sub(t0) as f64 / 1e3;
-    let mut ev: Vec<Value> = Vec::new();
-    let mut names: BTreeMap<u32, String> = BTreeMap::new();
-    for p in &run.processes {
-        names.insert(p.pid, p.comm.clone());
-    }
-    names.insert(a.timeline.root, format!("nginx master {}", a.timeline.root));
-    for w in &a.timeline.workers {
-        names.insert(w.pid, format!("worker {} (gen {})", w.pid, w.generation));
-    }
-    for g in &a.lifecycle.servers {
-        names.insert(g.pid, format!("{} {} gen {} ({})", g.comm, short_path(&g.path), g.generation, g.pid));
-        let start = g.bound_ns.unwrap_or(run.meta.started_ns);
-        let end = g.exit_ns.unwrap_or(run.meta.ended_ns);
-        ev.push(json!({"name": format!("{} gen {}", short_path(&g.path), g.generation), "cat": "server",
-            "ph": "X", "pid": g.pid, "tid": g.pid, "ts": us(start), "dur": us(end) - us(start),
-            "args": {"end": g.end, "found_by": g.found_by}}));
-    }
-    names.insert(LOADTEST_PID, "load test: failed requests".into());
-    let mut threads: BTreeMap<(u32, u32), String> = BTreeMap::new();
-    for s in &a.spins {
-        ev.push(
-            json!({"name": "spin: epoll_wait(…, 0)", "cat": "spin", "ph": "X", "pid": s.pid, "tid": s.tid,
-            "ts": us(s.start_ns), "dur": us(s.end_ns) - us(s.start_ns),
-            "args": {"calls_per_s": s.rate_per_s.round(), "cpu_share": s.cpu_share, "epfd": s.epfd}}),
-        );
-        threads.insert((s.pid, s.tid), s.comm.clone());
-    }
-    // Every epoll bucket of a thread that spun at some point: the lead-up is part of the story.
-    for e in &run.events {
-        if let Event::EpollBucket(b) = e
-            && threads.contains_key(&(b.task.tgid, b.task.tid))
-        {
-            ev.push(
-                json!({"name": "epoll", "cat": "epoll", "ph": "X", "pid": b.task.tgid, "tid": b.task.tid,
-                "ts": us(b.start_ns), "dur": us(b.end_ns) - us(b.start_ns),
-                "args": {"calls": b.calls, "zero_timeout": b.zero_timeout, "zero_events": b.zero_events,
-                         "blocked_ms": b.blocked_ns as f64 / 1e6, "epfd": b.epfd}}),
-            );
-        }
-    }
-    for c in a.stale.connect_failures.iter().take(MAX_SOCKET_INSTANTS) {
-        ev.push(json!({"name": format!("connect {}: {}", short_path(&c.path), super::errno_name(c.ret)),
-            "cat": "socket", "ph": "i", "s": "t", "pid": c.pid, "tid": c.pid, "ts": us(c.ts_ns)}));
-    }
-    for i in &a.stale.io_failures {
-        ev.push(json!({"name": format!("{} {}: {}", i.op, short_path(&i.path), i.error), "cat": "socket",
-            "ph": "i", "s": "t", "pid": i.pid, "tid": i.pid, "ts": us(i.ts_ns),
-            "args": {"peer_pid": i.peer_pid, "peer_generation": i.peer_generation}}));
-    }
-    for e in &run.events {
-        if let Event::Signal(sg) = e {
-            // On the receiver's track, so a SIGKILL sits where the process ends.
-            ev.push(json!({"name": format!("{} from {}", sg.name, sg.task.tgid), "cat": "signal", "ph": "i",
-                "s": "p", "pid": sg.target, "tid": sg.target, "ts": us(sg.task.ts_ns),
-                "args": {"from": sg.task.tgid, "from_comm": sg.task.comm}}));
-        }
-    }
-    for h in &a.timeline.hups {
-        ev.push(json!({"name": "reload (SIGHUP to master)", "cat": "reload", "ph": "i", "s": "g",
-            "pid": a.timeline.root, "tid": a.timeline.root, "ts": us(h.ts_ns)}));
-    }
-    let failed: Vec<&super::Request> = run.requests.iter().filter(|r| r.failed()).collect();
-    let by_id: BTreeMap<&str, &super::correlate::Link> =
-        a.attribution.links.iter().map(|l| (l.request_id.as_str(), l)).collect();
-    for r in failed.iter().take(MAX_REQUEST_INSTANTS) {
-        let link = by_id.get(r.request_id.as_str());
-        let pid = r.worker_pid.unwrap_or(LOADTEST_PID);
-        ev.push(json!({"name": format!("failed {}: {}", r.endpoint, r.reason.as_deref().unwrap_or("?")),
-            "cat": "request", "ph": "i", "s": "t", "pid": pid, "tid": LOADTEST_PID, "ts": us(r.start_mono_ns),
-            "args": {"request_id": r.request_id, "link": link.map(|l| l.link.as_str()),
-                     "kind": link.map(|l| l.kind.as_str()), "explanation": link.map(|l| l.sentence.as_str())}}));
-        threads.insert((pid, LOADTEST_PID), "failed requests".into());
-    }
-    for (pid, name) in &names {
-        ev.push(json!({"name": "process_name", "ph": "M", "pid": pid, "tid": pid, "args": {"name": name}}));
-    }
-    for ((pid, tid), name) in &threads {
-        ev.push(json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}));
-    }
-    json!({"traceEvents": ev, "displayTimeUnit": "ms",
-           "otherData": {"zero_s_from_trace_start": rel_s(a.zero_ns, t0), "source": "reloadscope analyze",
-                         // The instants are capped; a reader must know when some are missing.
-                         "failed_requests": failed.len(),
-                         "failed_request_instants": failed.len().min(MAX_REQUEST_INSTANTS)}})
-}
-
-/// Where the files are, relative to the run directory when possible.
-pub fn location(dir: &Path, w: &Written) -> String {
-    format!(
-        "{} ({} bytes), {}, {}",
-        w.markdown.display(),
-        w.markdown_bytes,
-        w.json.strip_prefix(dir).unwrap_or(&w.json).display(),
-        w.timeline.strip_prefix(dir).unwrap_or(&w.timeline).display()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::analyze::analyze;
-
-    #[test]
-    fn an_empty_run_renders_every_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = Run { dir: dir.path().to_path_buf(), ..Run::default() };
-        let a = analyze(&run);
-        let md = markdown(&run, &a);
-        assert!(md.contains("none failed") && md.contains("## Reload timeline"), "{md}");
-        assert!(md.contains("[`timeline.json`](timeline.json)"));
-        let w = write(&run, &a).unwrap();
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(w.json).unwrap()).unwrap();
-        assert_eq!(v["schema_version"], super::super::REPORT_SCHEMA_VERSION);
-        let t: Value = serde_json::from_str(&std::fs::read_to_string(w.timeline).unwrap()).unwrap();
-        assert!(t["traceEvents"].as_array().unwrap().iter().any(|e| e["ph"] == "M"));
     }
 }

@@ -1,0 +1,77 @@
+//! The report files written into the run directory: `report.md` (one GitHub issue comment),
+//! `report.json` (the same as data) and `timeline.json` (Chrome/Perfetto trace events). This
+//! module writes the files; its `markdown` and `perfetto` submodules render them.
+
+mod markdown;
+mod perfetto;
+mod table;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+pub use markdown::{headlines, markdown};
+pub use perfetto::trace_events;
+
+use super::{Analysis, Run};
+
+/// Paths of the files written.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// `report.md`.
+    pub markdown: PathBuf,
+    /// `report.json`.
+    pub json: PathBuf,
+    /// `timeline.json`.
+    pub timeline: PathBuf,
+    /// Size of `report.md` in bytes.
+    pub markdown_bytes: usize,
+}
+
+/// Writes the three report files into the run directory.
+pub fn write(run: &Run, a: &Analysis) -> Result<Written> {
+    let md = markdown(run, a);
+    let markdown = run.dir.join("report.md");
+    std::fs::write(&markdown, &md).with_context(|| format!("cannot write {}", markdown.display()))?;
+    let json_path = run.dir.join("report.json");
+    let text = serde_json::to_string_pretty(a)?;
+    std::fs::write(&json_path, text).with_context(|| format!("cannot write {}", json_path.display()))?;
+    let timeline = run.dir.join("timeline.json");
+    let text = serde_json::to_string(&trace_events(run, a))?;
+    std::fs::write(&timeline, text).with_context(|| format!("cannot write {}", timeline.display()))?;
+    Ok(Written { markdown, json: json_path, timeline, markdown_bytes: md.len() })
+}
+
+/// Where the files are, relative to the run directory when possible.
+pub fn location(dir: &Path, w: &Written) -> String {
+    format!(
+        "{} ({} bytes), {}, {}",
+        w.markdown.display(),
+        w.markdown_bytes,
+        w.json.strip_prefix(dir).unwrap_or(&w.json).display(),
+        w.timeline.strip_prefix(dir).unwrap_or(&w.timeline).display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::analyze::analyze;
+
+    #[test]
+    fn an_empty_run_renders_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = Run { dir: dir.path().to_path_buf(), ..Run::default() };
+        let a = analyze(&run);
+        let md = markdown(&run, &a);
+        assert!(md.contains("none failed") && md.contains("## Reload timeline"), "{md}");
+        assert!(md.contains("[`timeline.json`](timeline.json)"));
+        let w = write(&run, &a).unwrap();
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(w.json).unwrap()).unwrap();
+        assert_eq!(v["schema_version"], crate::analyze::REPORT_SCHEMA_VERSION);
+        let t: Value = serde_json::from_str(&std::fs::read_to_string(w.timeline).unwrap()).unwrap();
+        assert!(t["traceEvents"].as_array().unwrap().iter().any(|e| e["ph"] == "M"));
+    }
+}

@@ -1,0 +1,108 @@
+//! `timeline.json`: the run as Chrome/Perfetto trace events (servers, spins, epoll buckets, socket
+//! errors, signals, the reload and failed requests), for ui.perfetto.dev.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::analyze::correlate::Link;
+use crate::analyze::text::{errno_name, rel_s, short_path};
+use crate::analyze::{Analysis, Request, Run};
+use crate::event::Event;
+
+/// Failed-request instants in `timeline.json` at most.
+const MAX_REQUEST_INSTANTS: usize = 3000;
+/// Socket-error instants in `timeline.json` at most.
+const MAX_SOCKET_INSTANTS: usize = 20_000;
+/// The synthetic track of the load test's failed requests.
+const LOADTEST_PID: u32 = 999_999_999;
+
+/// Builds the Chrome/Perfetto trace-event document.
+pub fn trace_events(run: &Run, a: &Analysis) -> Value {
+    let t0 = run.meta.started_ns.min(a.zero_ns);
+    let us = |ns: u64| ns.saturating_sub(t0) as f64 / 1e3;
+    let mut ev: Vec<Value> = Vec::new();
+    let mut names: BTreeMap<u32, String> = BTreeMap::new();
+    for p in &run.processes {
+        names.insert(p.pid, p.comm.clone());
+    }
+    names.insert(a.timeline.root, format!("nginx master {}", a.timeline.root));
+    for w in &a.timeline.workers {
+        names.insert(w.pid, format!("worker {} (gen {})", w.pid, w.generation));
+    }
+    for g in &a.lifecycle.servers {
+        names.insert(g.pid, format!("{} {} gen {} ({})", g.comm, short_path(&g.path), g.generation, g.pid));
+        let start = g.bound_ns.unwrap_or(run.meta.started_ns);
+        let end = g.exit_ns.unwrap_or(run.meta.ended_ns);
+        ev.push(json!({"name": format!("{} gen {}", short_path(&g.path), g.generation), "cat": "server",
+            "ph": "X", "pid": g.pid, "tid": g.pid, "ts": us(start), "dur": us(end) - us(start),
+            "args": {"end": g.end, "found_by": g.found_by}}));
+    }
+    names.insert(LOADTEST_PID, "load test: failed requests".into());
+    let mut threads: BTreeMap<(u32, u32), String> = BTreeMap::new();
+    for s in &a.spins {
+        ev.push(
+            json!({"name": "spin: epoll_wait(…, 0)", "cat": "spin", "ph": "X", "pid": s.pid, "tid": s.tid,
+            "ts": us(s.start_ns), "dur": us(s.end_ns) - us(s.start_ns),
+            "args": {"calls_per_s": s.rate_per_s.round(), "cpu_share": s.cpu_share, "epfd": s.epfd}}),
+        );
+        threads.insert((s.pid, s.tid), s.comm.clone());
+    }
+    // Every epoll bucket of a thread that spun at some point: the lead-up is part of the story.
+    for e in &run.events {
+        if let Event::EpollBucket(b) = e
+            && threads.contains_key(&(b.task.tgid, b.task.tid))
+        {
+            ev.push(
+                json!({"name": "epoll", "cat": "epoll", "ph": "X", "pid": b.task.tgid, "tid": b.task.tid,
+                "ts": us(b.start_ns), "dur": us(b.end_ns) - us(b.start_ns),
+                "args": {"calls": b.calls, "zero_timeout": b.zero_timeout, "zero_events": b.zero_events,
+                         "blocked_ms": b.blocked_ns as f64 / 1e6, "epfd": b.epfd}}),
+            );
+        }
+    }
+    for c in a.stale.connect_failures.iter().take(MAX_SOCKET_INSTANTS) {
+        ev.push(json!({"name": format!("connect {}: {}", short_path(&c.path), errno_name(c.ret)),
+            "cat": "socket", "ph": "i", "s": "t", "pid": c.pid, "tid": c.pid, "ts": us(c.ts_ns)}));
+    }
+    for i in &a.stale.io_failures {
+        ev.push(json!({"name": format!("{} {}: {}", i.op, short_path(&i.path), i.error), "cat": "socket",
+            "ph": "i", "s": "t", "pid": i.pid, "tid": i.pid, "ts": us(i.ts_ns),
+            "args": {"peer_pid": i.peer_pid, "peer_generation": i.peer_generation}}));
+    }
+    for e in &run.events {
+        if let Event::Signal(sg) = e {
+            // On the receiver's track, so a SIGKILL sits where the process ends.
+            ev.push(json!({"name": format!("{} from {}", sg.name, sg.task.tgid), "cat": "signal", "ph": "i",
+                "s": "p", "pid": sg.target, "tid": sg.target, "ts": us(sg.task.ts_ns),
+                "args": {"from": sg.task.tgid, "from_comm": sg.task.comm}}));
+        }
+    }
+    for h in &a.timeline.hups {
+        ev.push(json!({"name": "reload (SIGHUP to master)", "cat": "reload", "ph": "i", "s": "g",
+            "pid": a.timeline.root, "tid": a.timeline.root, "ts": us(h.ts_ns)}));
+    }
+    let failed: Vec<&Request> = run.requests.iter().filter(|r| r.failed()).collect();
+    let by_id: BTreeMap<&str, &Link> =
+        a.attribution.links.iter().map(|l| (l.request_id.as_str(), l)).collect();
+    for r in failed.iter().take(MAX_REQUEST_INSTANTS) {
+        let link = by_id.get(r.request_id.as_str());
+        let pid = r.worker_pid.unwrap_or(LOADTEST_PID);
+        ev.push(json!({"name": format!("failed {}: {}", r.endpoint, r.reason.as_deref().unwrap_or("?")),
+            "cat": "request", "ph": "i", "s": "t", "pid": pid, "tid": LOADTEST_PID, "ts": us(r.start_mono_ns),
+            "args": {"request_id": r.request_id, "link": link.map(|l| l.link.as_str()),
+                     "kind": link.map(|l| l.kind.as_str()), "explanation": link.map(|l| l.sentence.as_str())}}));
+        threads.insert((pid, LOADTEST_PID), "failed requests".into());
+    }
+    for (pid, name) in &names {
+        ev.push(json!({"name": "process_name", "ph": "M", "pid": pid, "tid": pid, "args": {"name": name}}));
+    }
+    for ((pid, tid), name) in &threads {
+        ev.push(json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}));
+    }
+    json!({"traceEvents": ev, "displayTimeUnit": "ms",
+           "otherData": {"zero_s_from_trace_start": rel_s(a.zero_ns, t0), "source": "reloadscope analyze",
+                         // The instants are capped; a reader must know when some are missing.
+                         "failed_requests": failed.len(),
+                         "failed_request_instants": failed.len().min(MAX_REQUEST_INSTANTS)}})
+}
