@@ -146,20 +146,8 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
     for &pid in &args.pids {
         roots.push((pid, proctree::comm(pid).ok_or_else(|| anyhow!("no process with pid {pid}"))?));
     }
-    let opts = ProbeOptions {
-        bucket_ns: args.bucket.as_nanos() as u64,
-        follow_forks: args.follow_forks,
-        sample_hz: args.sample_hz,
-    };
-    let mut probe = Probe::load(&tracefs, &opts)?;
-    for tp in &probe.degraded.tracepoints {
-        eprintln!("reloadscope: {tp} does not exist on this kernel; that syscall is not traced");
-    }
-    for field in &probe.degraded.struct_fields {
-        eprintln!("reloadscope: this kernel's BTF has no {field}; the event fields read from it stay 0");
-    }
+    let mut probe = load_probe(&tracefs, args)?;
     install_stop_handlers();
-
     let mut c = Collector {
         writer: TraceWriter::create(&args.out)?,
         events: Vec::new(),
@@ -168,26 +156,8 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         seen: BTreeSet::new(),
         maps_at: BTreeMap::new(),
     };
-
     let clock = ClockAnchor { monotonic_ns: clock::monotonic_ns(), realtime_ns: clock::realtime_ns() };
-    let started_ns = clock.monotonic_ns;
-    // Roots first: from here on the kernel adds their new children itself.
-    let table = proctree::scan();
-    let mut initial = Vec::new();
-    for &(root, _) in &roots {
-        for pid in std::iter::once(root).chain(proctree::descendants(root, &table)) {
-            if !initial.contains(&pid) {
-                probe.add_target(pid, Target { parent: 0, flags: target_flag::FROM_USER })?;
-                initial.push(pid);
-            }
-        }
-    }
-    for &pid in &initial {
-        if let Some(info) = snapshot(pid, &c.writer) {
-            c.known.insert(pid, info);
-            c.seen.insert(pid);
-        }
-    }
+    let initial = c.target_trees(&mut probe, &roots)?;
     let names: Vec<String> = roots.iter().map(|(p, comm)| format!("{p} ({comm})")).collect();
     eprintln!(
         "reloadscope: tracing pid {} and {} descendant(s) for {:.1?}; writing {}",
@@ -196,45 +166,8 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         args.duration,
         args.out.display()
     );
+    let ended_ns = c.collect(&mut probe, Instant::now() + args.duration)?;
 
-    let deadline = Instant::now() + args.duration;
-    let mut io_error = None;
-    while !STOP.load(Ordering::SeqCst) && !END.load(Ordering::SeqCst) && Instant::now() < deadline {
-        let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
-        probe.poll(wait, |b| {
-            if let Err(e) = c.handle(b) {
-                io_error.get_or_insert(e);
-            }
-        })?;
-    }
-    // Stop the kernel side first, so nothing changes while the rest is read. Emptying the
-    // targets stops every program at once; detaching takes far longer and happens on drop.
-    probe.clear_targets()?;
-    let ended_ns = clock::monotonic_ns();
-    probe.drain(|b| {
-        if let Err(e) = c.handle(b) {
-            io_error.get_or_insert(e);
-        }
-    });
-    if let Some(e) = io_error {
-        return Err(e);
-    }
-    // What the kernel still aggregates goes out as if its bucket had ended now.
-    let mut open: Vec<Event> = Vec::new();
-    for bucket in probe.open_buckets()? {
-        let mut ev = bucket_event(&bucket);
-        ev.task.ts_ns = ended_ns;
-        open.push(Event::EpollBucket(ev));
-    }
-    for flow in probe.open_flows()? {
-        let mut ev = flow_event(&flow);
-        ev.task.ts_ns = ended_ns;
-        open.push(Event::UnixFlow(ev));
-    }
-    for ev in open {
-        c.writer.write(&ev)?;
-        c.events.push(ev);
-    }
     let drops: BTreeMap<String, u64> = probe
         .drops()?
         .into_iter()
@@ -244,12 +177,11 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         .collect();
     let stacks = probe.stacks()?;
     let processes = model::processes(&c.events, roots[0].0, &c.known);
-
     let mut meta = Meta {
         tool: format!("reloadscope {}", env!("CARGO_PKG_VERSION")),
         kernel: preflight::kernel_release(),
         clock,
-        started_ns,
+        started_ns: clock.monotonic_ns,
         ended_ns,
         options: RecordOptions {
             root_pid: roots[0].0,
@@ -275,6 +207,89 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         &Ending { threads: &threads, table: &table, stacks: &stacks, processes: &processes },
     )?;
     Ok(Recorded { meta, table })
+}
+
+/// Loads and attaches the programs, saying what this kernel lacks.
+fn load_probe(tracefs: &std::path::Path, args: &RecordArgs) -> Result<Probe> {
+    let opts = ProbeOptions {
+        bucket_ns: args.bucket.as_nanos() as u64,
+        follow_forks: args.follow_forks,
+        sample_hz: args.sample_hz,
+    };
+    let probe = Probe::load(tracefs, &opts)?;
+    for tp in &probe.degraded.tracepoints {
+        eprintln!("reloadscope: {tp} does not exist on this kernel; that syscall is not traced");
+    }
+    for field in &probe.degraded.struct_fields {
+        eprintln!("reloadscope: this kernel's BTF has no {field}; the event fields read from it stay 0");
+    }
+    Ok(probe)
+}
+
+impl Collector {
+    /// Targets the roots and their descendants now in /proc (from here on the kernel adds new
+    /// children itself), and snapshots each; returns them.
+    fn target_trees(&mut self, probe: &mut Probe, roots: &[(u32, String)]) -> Result<Vec<u32>> {
+        let table = proctree::scan();
+        let mut initial = Vec::new();
+        for &(root, _) in roots {
+            for pid in std::iter::once(root).chain(proctree::descendants(root, &table)) {
+                if !initial.contains(&pid) {
+                    probe.add_target(pid, Target { parent: 0, flags: target_flag::FROM_USER })?;
+                    initial.push(pid);
+                }
+            }
+        }
+        for &pid in &initial {
+            if let Some(info) = snapshot(pid, &self.writer) {
+                self.known.insert(pid, info);
+                self.seen.insert(pid);
+            }
+        }
+        Ok(initial)
+    }
+
+    /// Takes events until `deadline`, SIGUSR1 or Ctrl-C, then stops the kernel side and takes
+    /// what it still holds; returns the monotonic end of the window.
+    fn collect(&mut self, probe: &mut Probe, deadline: Instant) -> Result<u64> {
+        let mut io_error = None;
+        while !STOP.load(Ordering::SeqCst) && !END.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            probe.poll(wait, |b| {
+                if let Err(e) = self.handle(b) {
+                    io_error.get_or_insert(e);
+                }
+            })?;
+        }
+        // Stop the kernel side first, so nothing changes while the rest is read. Emptying the
+        // targets stops every program at once; detaching takes far longer and happens on drop.
+        probe.clear_targets()?;
+        let ended_ns = clock::monotonic_ns();
+        probe.drain(|b| {
+            if let Err(e) = self.handle(b) {
+                io_error.get_or_insert(e);
+            }
+        });
+        if let Some(e) = io_error {
+            return Err(e);
+        }
+        // What the kernel still aggregates goes out as if its bucket had ended now.
+        let buckets = probe.open_buckets()?.into_iter().map(|b| {
+            let mut e = bucket_event(&b);
+            e.task.ts_ns = ended_ns;
+            Event::EpollBucket(e)
+        });
+        let flows = probe.open_flows()?.into_iter().map(|f| {
+            let mut e = flow_event(&f);
+            e.task.ts_ns = ended_ns;
+            Event::UnixFlow(e)
+        });
+        for ev in buckets.chain(flows).collect::<Vec<_>>() {
+            self.writer.write(&ev)?;
+            self.events.push(ev);
+        }
+        Ok(ended_ns)
+    }
 }
 
 /// One line on what was written and what was lost.

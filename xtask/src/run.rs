@@ -129,14 +129,20 @@ pub fn preflight(opts: &RunOptions) -> Result<()> {
 }
 
 /// What a run started and must stop, whatever happens.
+#[derive(Default)]
 struct Teardown {
-    children: Vec<(String, Child)>,
+    /// `reloadscope record`.
+    recorder: Option<Child>,
+    /// The load test.
+    loadtest: Option<Child>,
+    /// Whether we brought the gateway up (and so take it down).
     stack_started: bool,
 }
 
 impl Teardown {
     fn stop_children(&mut self) {
-        for (name, child) in &mut self.children {
+        let children = [("reloadscope", self.recorder.take()), ("loadtest", self.loadtest.take())];
+        for (name, mut child) in children.into_iter().filter_map(|(n, c)| Some((n, c?))) {
             if child.try_wait().ok().flatten().is_none() {
                 // SIGINT first: the load test and the recorder both save what they have.
                 // SAFETY: signalling our own child.
@@ -152,7 +158,6 @@ impl Teardown {
                 }
             }
         }
-        self.children.clear();
     }
 }
 
@@ -286,6 +291,11 @@ fn settle(master: u32) {
     }
 }
 
+/// Stops the run where it is when Ctrl-C came.
+fn check_stop() -> Result<()> {
+    if STOP.load(Ordering::SeqCst) { bail!("interrupted") } else { Ok(()) }
+}
+
 /// Runs the whole job; see the module documentation.
 pub fn run(opts: &RunOptions) -> Result<()> {
     preflight(opts)?;
@@ -298,201 +308,30 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
-    let mut teardown = Teardown { children: Vec::new(), stack_started: false };
+    let mut teardown = Teardown::default();
     let bin = workspace_root().join("target/release");
 
-    // 1. The gateway.
-    let master = match target {
-        RunTarget::Attach => {
-            let pid = opts.pid.expect("validated");
-            check_master(pid)?;
-            pid
-        }
-        RunTarget::Local | RunTarget::Compose | RunTarget::Auto => {
-            println!("run: [up] bringing the gateway up");
-            stack::down()?;
-            if target == RunTarget::Local && TcpListener::bind(GATEWAY).is_err() {
-                bail!("port {GATEWAY} is already in use by another program; stop it and run again");
-            }
-            teardown.stack_started = true;
-            stack::up(&UpOptions {
-                target: if target == RunTarget::Compose {
-                    stack::Target::Compose
-                } else {
-                    stack::Target::Local
-                },
-                gateway: opts.gateway.clone(),
-                listen: GATEWAY.into(),
-                reflection: "127.0.0.1:9000".into(),
-            })?;
-            stack::master_pid()?
-        }
-    };
+    let master = gateway_up(opts, target, &mut teardown)?;
     // `up` already said "Go plugin skipped: ..." where Go is missing.
     let go = if target == RunTarget::Attach { Ok(()) } else { stack::go_available() };
-    if STOP.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-
-    // 2. The probe, on the master's whole tree (workers, plugin servers, later generations).
-    println!("run: [attach] reloadscope record --pid {master}");
-    let (attached_tx, attached_rx) = std::sync::mpsc::channel();
-    // At most this long: the run ends the recording with SIGUSR1 once the load is over.
-    let record_for = opts.duration + Duration::from_secs(300);
-    let recorder = spawn_logged(
-        Command::new(bin.join("reloadscope"))
-            .args(["record", "--pid", &master.to_string(), "--out"])
-            .arg(out.join("trace"))
-            .args(["--duration", &format!("{}ms", record_for.as_millis())]),
-        &out.join("reloadscope.log"),
-        move |line| {
-            if line.contains("reloadscope: tracing") {
-                let _ = attached_tx.send(());
-            }
-        },
-    )?;
-    teardown.children.push(("reloadscope".into(), recorder));
-    attached_rx
-        .recv_timeout(Duration::from_secs(60))
-        .context("the probe did not attach within 60 s (see reloadscope.log)")?;
-
-    // 3. The reload's phase in old worker 0's pump windows (stand-in only: its servers' output
-    // files are ours to read), then the load, with the reload at its offset.
+    check_stop()?;
+    attach_probe(&bin, master, &out, opts.duration, &mut teardown)?;
     let endpoints = if go.is_ok() { "go,python,js" } else { "python,js" };
-    let pump_anchor = if target == RunTarget::Local {
-        let plugins: Vec<(&str, &str)> = endpoints
-            .split(',')
-            .map(|e| {
-                (
-                    e,
-                    match e {
-                        "go" => "goplugin",
-                        "python" => "pythonplugin",
-                        _ => "jsplugin",
-                    },
-                )
-            })
-            .collect();
-        Some(stack::align_reload_phase(
-            GATEWAY,
-            &plugins,
-            opts.gateway.workers,
-            opts.reload_at,
-            opts.reload_phase,
-        )?)
-    } else {
-        None
+    let pump_anchor = align_phase(opts, target, endpoints)?;
+    check_stop()?;
+    teardown.loadtest = Some(start_load(&bin, &out, opts, endpoints)?);
+    let reload = ReloadPlan { opts, target, master, pump_anchor, out: &out };
+    let Some(load_status) = drive_load(&reload, &mut teardown)? else {
+        return Err(interrupted(teardown, &out));
     };
-    if STOP.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    println!(
-        "run: [load] {} users on {endpoints} for {}, reload at {}",
-        opts.users,
-        shared::duration::format(opts.duration),
-        shared::duration::format(opts.reload_at)
-    );
-    let request_log = out.join("requests.jsonl");
-    let loadtest = spawn_logged(
-        Command::new(bin.join("loadtest"))
-            .args(["--host", &format!("http://{GATEWAY}"), "-u", &opts.users.to_string()])
-            .args(["-t", &format!("{}s", opts.duration.as_secs_f64().ceil() as u64)])
-            // All users at once, so the reload offset means the same as in the reproduction.
-            .args(["--increase-rate", &opts.users.to_string()])
-            .args(["--no-reset-metrics", "--endpoints", endpoints, "--request-log-out"])
-            .arg(&request_log)
-            .arg("--report-file")
-            .arg(out.join("goose-report.json"))
-            .arg("--report-file")
-            .arg(out.join("goose-report.html")),
-        &out.join("loadtest.log"),
-        |_| {},
-    )?;
-    teardown.children.push(("loadtest".into(), loadtest));
-    let load_start = Instant::now();
-    let mut reload: Option<std::thread::JoinHandle<Result<()>>> = None;
-    let mut last_print = Instant::now() - Duration::from_secs(1);
-    let load_status = loop {
-        if STOP.load(Ordering::SeqCst) {
-            return Err(interrupted(teardown, &out));
-        }
-        let elapsed = load_start.elapsed();
-        if reload.is_none() && elapsed >= opts.reload_at {
-            let realtime_ns = realtime_ns();
-            let instant = shared::reload::Reload {
-                offset_ms: elapsed.as_millis() as u64,
-                monotonic_ns: monotonic_ns(),
-                realtime_ns,
-                pump_phase_s: pump_anchor
-                    .map(|a| phase::phase_at(a, realtime_ns as f64 / 1e9, phase::WINDOW.as_secs_f64())),
-                master,
-                how: match (&opts.reload_cmd, target) {
-                    (Some(cmd), _) => cmd.clone(),
-                    (None, RunTarget::Compose) => "docker compose exec kong kong reload".into(),
-                    (None, _) => format!("SIGHUP to nginx master {master}"),
-                },
-            };
-            instant.write(&out.join("reload.json"))?;
-            println!("run: [reload] at {:.2} s", elapsed.as_secs_f64());
-            let cmd = opts.reload_cmd.clone();
-            reload = Some(std::thread::spawn(move || match (cmd, target) {
-                (Some(cmd), _) => crate::util::run(Command::new("sh").args(["-c", &cmd])),
-                (None, RunTarget::Attach) => {
-                    // SAFETY: signalling the gateway the user named.
-                    if unsafe { libc::kill(master as i32, libc::SIGHUP) } != 0 {
-                        bail!("cannot send SIGHUP to {master}: {}", std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                }
-                (None, _) => stack::reload(),
-            }));
-        }
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            let (requests, failures) = progress(&request_log);
-            let phase = if reload.is_some() { "after reload" } else { "load" };
-            println!(
-                "run: [{phase}] {:>5.1} s / {:.0} s: {requests} requests logged, {failures} failed",
-                elapsed.as_secs_f64(),
-                opts.duration.as_secs_f64()
-            );
-            last_print = Instant::now();
-        }
-        let child = &mut teardown.children[1].1;
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if elapsed > opts.duration + Duration::from_secs(60) {
-            bail!("the load test did not end within a minute of its duration");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    if !load_status.success() {
-        eprintln!("run: the load test exited with {load_status} (see loadtest.log)");
-    }
-    if let Some(r) = reload {
-        match r.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("run: the reload failed: {e:#}"),
-            Err(_) => eprintln!("run: the reload thread panicked"),
-        }
-    } else {
-        eprintln!("run: the load ended before the reload offset; no reload happened");
-    }
 
-    // 4. Let the old workers finish shutting down (their exits, and the kills they cause, are
-    // part of the reload), stop the probe, keep the stand-in's own log, summarise, tear down.
+    // Let the old workers finish shutting down (their exits, and the kills they cause, are part
+    // of the reload), stop the probe, keep the stand-in's own log, summarise, tear down.
     settle(master);
     if STOP.load(Ordering::SeqCst) {
         return Err(interrupted(teardown, &out));
     }
-    println!("run: [stop] the load is over: ending the probe's window");
-    let recorder = &mut teardown.children[0].1;
-    // SAFETY: signalling our own child; SIGUSR1 ends its recording normally.
-    unsafe { libc::kill(recorder.id() as i32, libc::SIGUSR1) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while recorder.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    end_probe(&mut teardown)?;
     teardown.stop_children();
     if target == RunTarget::Local {
         let _ = std::fs::copy(stack::truth_log(), out.join("standin-ground-truth.jsonl"));
@@ -510,6 +349,210 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     );
     if !load_status.success() {
         bail!("the load test failed ({load_status})");
+    }
+    Ok(())
+}
+
+/// Phase 1, the gateway: the user's (attach), or ours brought up; returns its master's pid.
+fn gateway_up(opts: &RunOptions, target: RunTarget, teardown: &mut Teardown) -> Result<u32> {
+    if target == RunTarget::Attach {
+        let pid = opts.pid.expect("validated");
+        check_master(pid)?;
+        return Ok(pid);
+    }
+    println!("run: [up] bringing the gateway up");
+    stack::down()?;
+    if target == RunTarget::Local && TcpListener::bind(GATEWAY).is_err() {
+        bail!("port {GATEWAY} is already in use by another program; stop it and run again");
+    }
+    teardown.stack_started = true;
+    stack::up(&UpOptions {
+        target: if target == RunTarget::Compose { stack::Target::Compose } else { stack::Target::Local },
+        gateway: opts.gateway.clone(),
+        listen: GATEWAY.into(),
+        reflection: "127.0.0.1:9000".into(),
+    })?;
+    stack::master_pid()
+}
+
+/// Phase 2, the probe on the master's whole tree (workers, plugin servers, later generations);
+/// returns once it traces.
+fn attach_probe(bin: &Path, master: u32, out: &Path, load: Duration, teardown: &mut Teardown) -> Result<()> {
+    println!("run: [attach] reloadscope record --pid {master}");
+    let (attached_tx, attached_rx) = std::sync::mpsc::channel();
+    // At most this long: the run ends the recording with SIGUSR1 once the load is over.
+    let record_for = load + Duration::from_secs(300);
+    let recorder = spawn_logged(
+        Command::new(bin.join("reloadscope"))
+            .args(["record", "--pid", &master.to_string(), "--out"])
+            .arg(out.join("trace"))
+            .args(["--duration", &format!("{}ms", record_for.as_millis())]),
+        &out.join("reloadscope.log"),
+        move |line| {
+            if line.contains("reloadscope: tracing") {
+                let _ = attached_tx.send(());
+            }
+        },
+    )?;
+    // In the teardown before the wait, so a failure stops it.
+    teardown.recorder = Some(recorder);
+    attached_rx
+        .recv_timeout(Duration::from_secs(60))
+        .context("the probe did not attach within 60 s (see reloadscope.log)")
+}
+
+/// Phase 3a (stand-in only: its servers' output files are ours to read): waits until the reload
+/// will land at the asked phase of old worker 0's pump windows; returns the windows' anchor.
+fn align_phase(opts: &RunOptions, target: RunTarget, endpoints: &str) -> Result<Option<f64>> {
+    if target != RunTarget::Local {
+        return Ok(None);
+    }
+    let plugins: Vec<(&str, &str)> = endpoints
+        .split(',')
+        .map(|e| {
+            let server = match e {
+                "go" => "goplugin",
+                "python" => "pythonplugin",
+                _ => "jsplugin",
+            };
+            (e, server)
+        })
+        .collect();
+    Ok(Some(stack::align_reload_phase(
+        GATEWAY,
+        &plugins,
+        opts.gateway.workers,
+        opts.reload_at,
+        opts.reload_phase,
+    )?))
+}
+
+/// Phase 3b: starts the load test.
+fn start_load(bin: &Path, out: &Path, opts: &RunOptions, endpoints: &str) -> Result<Child> {
+    println!(
+        "run: [load] {} users on {endpoints} for {}, reload at {}",
+        opts.users,
+        shared::duration::format(opts.duration),
+        shared::duration::format(opts.reload_at)
+    );
+    spawn_logged(
+        Command::new(bin.join("loadtest"))
+            .args(["--host", &format!("http://{GATEWAY}"), "-u", &opts.users.to_string()])
+            .args(["-t", &format!("{}s", opts.duration.as_secs_f64().ceil() as u64)])
+            // All users at once, so the reload offset means the same as in the reproduction.
+            .args(["--increase-rate", &opts.users.to_string()])
+            .args(["--no-reset-metrics", "--endpoints", endpoints, "--request-log-out"])
+            .arg(out.join("requests.jsonl"))
+            .arg("--report-file")
+            .arg(out.join("goose-report.json"))
+            .arg("--report-file")
+            .arg(out.join("goose-report.html")),
+        &out.join("loadtest.log"),
+        |_| {},
+    )
+}
+
+/// What the reload needs to know.
+struct ReloadPlan<'a> {
+    opts: &'a RunOptions,
+    target: RunTarget,
+    master: u32,
+    pump_anchor: Option<f64>,
+    out: &'a Path,
+}
+
+impl ReloadPlan<'_> {
+    /// Writes `reload.json` and sends the reload from a thread (a `kong reload` takes a while).
+    fn send(&self, elapsed: Duration) -> Result<std::thread::JoinHandle<Result<()>>> {
+        let (target, master) = (self.target, self.master);
+        let realtime_ns = realtime_ns();
+        let instant = shared::reload::Reload {
+            offset_ms: elapsed.as_millis() as u64,
+            monotonic_ns: monotonic_ns(),
+            realtime_ns,
+            pump_phase_s: self
+                .pump_anchor
+                .map(|a| phase::phase_at(a, realtime_ns as f64 / 1e9, phase::WINDOW.as_secs_f64())),
+            master,
+            how: match (&self.opts.reload_cmd, target) {
+                (Some(cmd), _) => cmd.clone(),
+                (None, RunTarget::Compose) => "docker compose exec kong kong reload".into(),
+                (None, _) => format!("SIGHUP to nginx master {master}"),
+            },
+        };
+        instant.write(&self.out.join("reload.json"))?;
+        println!("run: [reload] at {:.2} s", elapsed.as_secs_f64());
+        let cmd = self.opts.reload_cmd.clone();
+        Ok(std::thread::spawn(move || match (cmd, target) {
+            (Some(cmd), _) => crate::util::run(Command::new("sh").args(["-c", &cmd])),
+            (None, RunTarget::Attach) => {
+                // SAFETY: signalling the gateway the user named.
+                if unsafe { libc::kill(master as i32, libc::SIGHUP) } != 0 {
+                    bail!("cannot send SIGHUP to {master}: {}", std::io::Error::last_os_error());
+                }
+                Ok(())
+            }
+            (None, _) => stack::reload(),
+        }))
+    }
+}
+
+/// Phase 4: the load runs, the reload goes out at its offset, progress every second; returns
+/// the load test's exit status, or `None` on Ctrl-C.
+fn drive_load(plan: &ReloadPlan<'_>, teardown: &mut Teardown) -> Result<Option<std::process::ExitStatus>> {
+    let opts = plan.opts;
+    let request_log = plan.out.join("requests.jsonl");
+    let load_start = Instant::now();
+    let mut reload: Option<std::thread::JoinHandle<Result<()>>> = None;
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    let status = loop {
+        if STOP.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let elapsed = load_start.elapsed();
+        if reload.is_none() && elapsed >= opts.reload_at {
+            reload = Some(plan.send(elapsed)?);
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            let (requests, failures) = progress(&request_log);
+            let phase = if reload.is_some() { "after reload" } else { "load" };
+            println!(
+                "run: [{phase}] {:>5.1} s / {:.0} s: {requests} requests logged, {failures} failed",
+                elapsed.as_secs_f64(),
+                opts.duration.as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+        let loadtest = teardown.loadtest.as_mut().expect("the load test was started");
+        if let Some(status) = loadtest.try_wait()? {
+            break status;
+        }
+        if elapsed > opts.duration + Duration::from_secs(60) {
+            bail!("the load test did not end within a minute of its duration");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !status.success() {
+        eprintln!("run: the load test exited with {status} (see loadtest.log)");
+    }
+    match reload.map(std::thread::JoinHandle::join) {
+        Some(Ok(Ok(()))) => {}
+        Some(Ok(Err(e))) => eprintln!("run: the reload failed: {e:#}"),
+        Some(Err(_)) => eprintln!("run: the reload thread panicked"),
+        None => eprintln!("run: the load ended before the reload offset; no reload happened"),
+    }
+    Ok(Some(status))
+}
+
+/// Phase 5: ends the probe's window normally (SIGUSR1), waiting up to 30 s for it to write.
+fn end_probe(teardown: &mut Teardown) -> Result<()> {
+    println!("run: [stop] the load is over: ending the probe's window");
+    let recorder = teardown.recorder.as_mut().expect("the probe was started");
+    // SAFETY: signalling our own child; SIGUSR1 ends its recording normally.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGUSR1) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while recorder.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
 }
