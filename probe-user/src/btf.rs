@@ -235,7 +235,8 @@ impl Btf {
         u32::try_from(bits / 8).with_context(|| format!("offset of `{walked}` overflows u32"))
     }
 
-    /// Size in bytes of a named struct or union.
+    /// Size in bytes of a named struct or union (the tests check the parser with it).
+    #[cfg(test)]
     pub fn size_of(&self, type_name: &str) -> Result<u32> {
         Ok(self.get(self.lookup(type_name)?)?.size_or_type)
     }

@@ -129,12 +129,8 @@ pub enum CallReason {
 pub mod sig {
     /// nginx: reload the configuration.
     pub const HUP: u32 = libc::SIGHUP as u32;
-    /// nginx: graceful shutdown of a worker.
-    pub const QUIT: u32 = libc::SIGQUIT as u32;
     /// Cannot be caught.
     pub const KILL: u32 = libc::SIGKILL as u32;
-    /// Polite stop.
-    pub const TERM: u32 = libc::SIGTERM as u32;
 }
 
 /// A syscall's `-errno` return for `libc`'s `errno`.

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use reloadscope::record::{RecordArgs, footer, record};
-use reloadscope::{analyze as analysis, summary, trace};
+use reloadscope::{RecordArgs, footer, record};
 use shared::duration;
 
 #[derive(Parser)]
@@ -118,9 +117,9 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
-        Cmd::Show { dir } => trace::read(&dir).map(|t| {
-            let threads = summary::by_thread(&t.events);
-            print!("{}", summary::table(&threads, t.meta.window_ns()));
+        Cmd::Show { dir } => reloadscope::read_trace(&dir).map(|t| {
+            let threads = reloadscope::by_thread(&t.events);
+            print!("{}", reloadscope::table(&threads, t.meta.window_ns()));
             eprintln!("reloadscope: {}", footer(&t.meta, &dir));
             ExitCode::SUCCESS
         }),
@@ -138,22 +137,22 @@ fn flamegraph(
     out: Option<&std::path::Path>,
     debug_dirs: &[PathBuf],
 ) -> anyhow::Result<(reloadscope::flame::FlameReport, PathBuf)> {
-    let run = analysis::load(dir)?;
-    let a = analysis::analyze(&run);
+    let run = reloadscope::load(dir)?;
+    let a = reloadscope::analyze(&run);
     let sources = reloadscope::flame::debuginfo::Sources::from_env(debug_dirs);
-    let r = reloadscope::flame::run(&analysis::flame_input(&run, &a), out, sources)?;
+    let r = reloadscope::flame::run(&reloadscope::flame_input(&run, &a), out, sources)?;
     Ok((r, out.map_or_else(|| run.trace_dir.join("flamegraphs"), PathBuf::from)))
 }
 
 /// `reloadscope analyze DIR`: a short summary on stdout, where the files are on stderr.
 fn analyze(dir: &std::path::Path, debug_dirs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
-    let run = analysis::load(dir)?;
-    let mut a = analysis::analyze(&run);
+    let run = reloadscope::load(dir)?;
+    let mut a = reloadscope::analyze(&run);
     let analysed = started.elapsed();
     // Flamegraphs after the detectors, which name the spinning workers that get theirs first.
     let sources = reloadscope::flame::debuginfo::Sources::from_env(debug_dirs);
-    match reloadscope::flame::run(&analysis::flame_input(&run, &a), None, sources) {
+    match reloadscope::flame::run(&reloadscope::flame_input(&run, &a), None, sources) {
         Ok(r) if r.samples > 0 => {
             let rel = run.trace_dir.join("flamegraphs");
             let rel = rel.strip_prefix(&run.dir).unwrap_or(&rel).display().to_string();
@@ -162,7 +161,7 @@ fn analyze(dir: &std::path::Path, debug_dirs: &[PathBuf]) -> anyhow::Result<Exit
         Ok(_) => {}
         Err(e) => eprintln!("reloadscope: no flamegraphs: {e:#}"),
     }
-    let written = analysis::report::write(&run, &a)?;
+    let written = reloadscope::write_report(&run, &a)?;
     let att = &a.attribution;
     if att.failed == 0 {
         println!("{} requests in the log, none failed: nothing to attribute", att.requests);
@@ -182,12 +181,12 @@ fn analyze(dir: &std::path::Path, debug_dirs: &[PathBuf]) -> anyhow::Result<Exit
             att.unexplained
         );
     }
-    for line in analysis::report::headlines(&a) {
+    for line in reloadscope::headlines(&a) {
         println!("- {line}");
     }
     eprintln!(
         "reloadscope: wrote {} in {:.2} s (analysis {:.2} s, flamegraphs {:.2} s)",
-        analysis::report::location(dir, &written),
+        reloadscope::location(dir, &written),
         started.elapsed().as_secs_f64(),
         analysed.as_secs_f64(),
         (started.elapsed() - analysed).as_secs_f64()

@@ -177,10 +177,10 @@ impl Recording {
     }
 
     /// Waits for the recording to end and reads the trace back.
-    pub fn finish(mut self) -> reloadscope::trace::Trace {
+    pub fn finish(mut self) -> reloadscope::Trace {
         let status = self.child.wait().unwrap();
         assert!(status.success(), "reloadscope record failed: {status}");
-        reloadscope::trace::read(&self.out).unwrap()
+        reloadscope::read_trace(&self.out).unwrap()
     }
 }
 
@@ -247,7 +247,7 @@ macro_rules! events_of {
             .events
             .iter()
             .filter_map(|e| match e {
-                reloadscope::event::Event::$variant(x) => Some(x),
+                reloadscope::Event::$variant(x) => Some(x),
                 _ => None,
             })
             .collect::<Vec<_>>()

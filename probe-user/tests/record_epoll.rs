@@ -6,8 +6,7 @@ use std::process::Command;
 
 use common::*;
 use probe_common::Syscall;
-use reloadscope::summary::ThreadSummary;
-use reloadscope::trace;
+use reloadscope::ThreadSummary;
 
 fn thread(threads: &[ThreadSummary], tid: u32) -> &ThreadSummary {
     threads
@@ -46,7 +45,7 @@ fn spinner_and_blocker_are_told_apart() {
     let shell = family.child.id();
     let output = record(shell, "2s", &out);
     let lines = family.finish();
-    let t = trace::read(&out).unwrap();
+    let t = reloadscope::read_trace(&out).unwrap();
     let threads = summaries(&out);
     let window = t.meta.window_ns();
     eprintln!("{}", String::from_utf8_lossy(&output.stdout));
@@ -109,9 +108,10 @@ fn follows_forks_after_attach() {
     assert_eq!(s.timeout_ns, 0);
     assert!(s.calls > 10_000, "calls {}", s.calls);
     // The fork that made it, seen from its (sub)shell parent.
-    let forked = t.events.iter().any(
-        |e| matches!(e, reloadscope::event::Event::ProcFork(f) if f.child == pid && f.task.tgid == shell),
-    );
+    let forked = t
+        .events
+        .iter()
+        .any(|e| matches!(e, reloadscope::Event::ProcFork(f) if f.child == pid && f.task.tgid == shell));
     assert!(forked, "no fork event from the shell {shell} to pid {pid}");
 }
 

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use reloadscope::model::Process;
+use reloadscope::Process;
 use shared::clock::monotonic_ns;
 
 fn processes(dir: &std::path::Path) -> Vec<Process> {

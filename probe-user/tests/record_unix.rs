@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use reloadscope::event::UnixOp;
+use reloadscope::UnixOp;
 
 const EPIPE: i64 = 32;
 const ECONNREFUSED: i64 = 111;
@@ -75,7 +75,7 @@ fn stale_socket_after_rebind_and_sigkill() {
         .fold((0, 0), |(s, b), f| (s + f.sends, b + f.send_bytes));
     assert!(sends >= 1 && bytes == sends * 5, "{sends} pings of 5 bytes, {bytes} bytes");
     // A's death is in the process model, killed by the spawner.
-    let procs: Vec<reloadscope::model::Process> =
+    let procs: Vec<reloadscope::Process> =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("trace/processes.json")).unwrap())
             .unwrap();
     let pa = procs.iter().find(|p| p.pid == a).expect("A in processes.json");

@@ -85,9 +85,6 @@ pub struct Spin {
     /// `zero_timeout_since_s` in CLOCK_MONOTONIC ns.
     #[serde(skip)]
     pub since_ns: u64,
-    /// The buckets of the spin: (start ns, end ns, calls).
-    #[serde(skip)]
-    pub buckets: Vec<(u64, u64, u64)>,
 }
 
 fn spinning(b: &EpollBucketEvent, p: &Params) -> bool {
@@ -195,7 +192,6 @@ fn flush(
             start_ns: start,
             end_ns: end,
             since_ns: start,
-            buckets: run.iter().map(|b| (b.start_ns, b.end_ns, b.calls)).collect(),
         });
     }
     run.clear();

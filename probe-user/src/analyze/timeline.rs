@@ -84,11 +84,6 @@ impl Timeline {
     pub fn worker_generation(&self, pid: u32) -> Option<u32> {
         self.workers.binary_search_by_key(&pid, |w| w.pid).ok().map(|i| self.workers[i].generation)
     }
-
-    /// True when `pid` is a worker of the root.
-    pub fn is_worker(&self, pid: u32) -> bool {
-        self.worker_generation(pid).is_some()
-    }
 }
 
 /// Builds the timeline from the events and the process table.

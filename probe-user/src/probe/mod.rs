@@ -12,9 +12,7 @@ use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use aya::programs::{PerfEvent, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
-use probe_common::{
-    EpollBucket, EpollThread, FlowKey, KernelOffsets, ProbeConfig, Target, UnixFlow, drop_slot, names,
-};
+use probe_common::{EpollBucket, EpollThread, FlowKey, ProbeConfig, Target, UnixFlow, drop_slot, names};
 
 use crate::btf::Btf;
 use crate::offsets::{Formats, kernel_offsets, probe_config};
@@ -73,8 +71,6 @@ pub struct Probe {
     targets: HashMap<MapData, u32, Target>,
     /// What this kernel lacks.
     pub degraded: Degraded,
-    /// The kernel struct offsets in use.
-    pub offsets: KernelOffsets,
 }
 
 /// Reads the tracepoint formats the probe needs from tracefs; optional epoll variants that are
@@ -146,7 +142,7 @@ impl Probe {
         let samples = RingBuf::try_from(ebpf.take_map(names::SAMPLES).context("map SAMPLES")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::TARGETS).context("map TARGETS")?)?;
         let degraded = Degraded { tracepoints: missing, struct_fields: missing_fields };
-        Ok(Self { ebpf, events, samples, targets, degraded, offsets })
+        Ok(Self { ebpf, events, samples, targets, degraded })
     }
 
     /// Traces `pid` from now on.
