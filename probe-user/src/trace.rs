@@ -45,7 +45,7 @@ pub struct ClockAnchor {
 
 impl ClockAnchor {
     /// Wall-clock ns for a monotonic timestamp.
-    pub fn to_realtime(&self, monotonic_ns: u64) -> u64 {
+    pub fn to_realtime(self, monotonic_ns: u64) -> u64 {
         (self.realtime_ns as i128 + monotonic_ns as i128 - self.monotonic_ns as i128) as u64
     }
 }

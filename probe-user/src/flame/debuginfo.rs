@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use object::Object;
 use serde::Serialize;
 
+use super::elf::ElfFile;
+
 /// Where distributions install debug files.
 pub const SYSTEM_DEBUG_DIR: &str = "/usr/lib/debug";
 /// The environment variable naming debuginfod servers (space-separated URLs).
@@ -116,9 +118,8 @@ struct Ids {
     has_symbols: bool,
 }
 
-fn ids(binary: &Path) -> Option<Ids> {
-    let data = std::fs::read(binary).ok()?;
-    let file = object::File::parse(&*data).ok()?;
+fn ids(binary: &ElfFile) -> Option<Ids> {
+    let file = binary.object()?;
     let build_id = file.build_id().ok().flatten().map(hex);
     let debuglink = file
         .gnu_debuglink()
@@ -151,17 +152,18 @@ impl DebugFiles {
     }
 
     /// The debug file of `binary`, when one is found (looked up once per binary).
-    pub fn lookup(&mut self, binary: &Path) -> Option<(PathBuf, Origin)> {
-        if let Some(f) = self.found.get(binary) {
+    pub fn lookup(&mut self, binary: &ElfFile) -> Option<(PathBuf, Origin)> {
+        if let Some(f) = self.found.get(&binary.path) {
             return f.clone();
         }
         let f = self.search(binary);
-        self.found.insert(binary.to_owned(), f.clone());
+        self.found.insert(binary.path.clone(), f.clone());
         f
     }
 
-    fn search(&mut self, binary: &Path) -> Option<(PathBuf, Origin)> {
-        let ids = ids(binary)?;
+    fn search(&mut self, elf: &ElfFile) -> Option<(PathBuf, Origin)> {
+        let binary = elf.path.as_path();
+        let ids = ids(elf)?;
         if ids.has_symbols {
             return None;
         }
@@ -290,11 +292,9 @@ mod tests {
     #[test]
     fn a_binary_with_symbols_needs_no_debug_file_and_no_server_is_asked_without_urls() {
         // The test binary itself carries its symbol table.
-        let me = std::env::current_exe().unwrap();
+        let me = ElfFile::load(&std::env::current_exe().unwrap()).unwrap();
         let mut d = DebugFiles::new(Sources::from_env(&[]));
         assert_eq!(d.lookup(&me), None);
-        let mut d = DebugFiles::new(Sources::none());
-        assert_eq!(d.lookup(Path::new("/nonexistent")), None);
         assert!(d.notes.is_empty());
     }
 }

@@ -2,6 +2,7 @@
 //! `.eh_frame` (no frame pointers needed), kernel stacks from the stack map, symbolized with blazesym
 //! and drawn with inferno.
 //!
+//! - [`elf`]: each ELF file read once per run, shared by the unwinder and the names;
 //! - [`unwind`]: maps parsing and framehop unwinding;
 //! - [`symbolize`]: blazesym names for user (ELF) and kernel (kallsyms) addresses;
 //! - [`stripped`]: names where a stripped file has no symbol (nginx module tables, LuaJIT's VM,
@@ -9,6 +10,7 @@
 //! - [`fold`]: frames → folded stacks (pure).
 
 pub mod debuginfo;
+pub mod elf;
 pub mod fold;
 pub mod stripped;
 pub mod symbolize;
@@ -18,6 +20,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs,
     path::{Path, PathBuf},
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -27,7 +30,7 @@ use serde::Serialize;
 use crate::event::CpuSampleEvent;
 use fold::{Folded, Frame, fold_stack};
 use symbolize::Names;
-use unwind::{ElfCache, ProcessUnwinder, parse_maps};
+use unwind::{ProcessUnwinder, parse_maps};
 
 /// Most frames unwound per sample.
 const MAX_FRAMES: usize = 128;
@@ -285,9 +288,9 @@ pub fn run(input: &Input<'_>, out: Option<&Path>, debug: debuginfo::Sources) -> 
     let (reload_ns, spinning, generations) = (input.reload_ns, &input.spinning, &input.worker_generations);
 
     let mut report = FlameReport { samples: samples.len() as u64, ..Default::default() };
-    let mut elfs = ElfCache::default();
+    let elfs = Rc::new(elf::Elfs::default());
     let mut unwinders: HashMap<u32, Option<ProcessUnwinder>> = HashMap::new();
-    let mut names = Names::new(debug);
+    let mut names = Names::new(debug, elfs.clone());
     let mut per_pid: HashMap<u32, (String, Folded)> = HashMap::new();
     let mut per_gen: BTreeMap<u32, Folded> = BTreeMap::new();
     let (mut before, mut after) = (Folded::default(), Folded::default());
@@ -296,7 +299,7 @@ pub fn run(input: &Input<'_>, out: Option<&Path>, debug: debuginfo::Sources) -> 
         let pid = s.task.tgid;
         let unwinder = unwinders.entry(pid).or_insert_with(|| {
             let text = crate::trace::read_maps(trace, pid)?;
-            Some(ProcessUnwinder::new(&parse_maps(&text), &mut elfs))
+            Some(ProcessUnwinder::new(&parse_maps(&text), &elfs))
         });
         let mut user: Vec<Frame> = Vec::new();
         if let Some(u) = unwinder.as_mut()

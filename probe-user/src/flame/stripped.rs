@@ -12,31 +12,24 @@
 //! - `fn@0x…`, the start of its `.eh_frame` FDE, so samples of one unnamed function fold into one
 //!   frame instead of one per instruction.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, path::Path, rc::Rc};
 
-use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian, UnwindSection};
 use object::{
     Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, RelocationFlags, RelocationTarget, SymbolKind,
     elf,
 };
 
+use super::elf::{ElfFile, Elfs};
+
 /// The name of the LuaJIT interpreter frame.
 pub const LUAJIT_VM: &str = "lj_vm(interpreter)";
-
-/// One function's extent from `.eh_frame`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fde {
-    start: u64,
-    end: u64,
-    personality: bool,
-}
 
 /// Fallback names for one ELF file, addressed by virtual offset (svma).
 #[derive(Debug, Default)]
 pub struct Fallback {
-    fdes: Vec<Fde>,
+    /// The file, whose FDEs are the functions; `None` when it cannot be read.
+    elf: Option<Rc<ElfFile>>,
     tables: BTreeMap<u64, Vec<String>>,
-    luajit: bool,
 }
 
 /// Most table slots named in one frame (generic handlers fill hundreds of command slots).
@@ -45,16 +38,19 @@ const MAX_SLOTS: usize = 3;
 impl Fallback {
     /// Reads the file's `.eh_frame` and nginx module tables; empty when it cannot be read.
     pub fn load(path: &Path) -> Self {
-        let Ok(data) = std::fs::read(path) else { return Self::default() };
-        let Ok(obj) = object::File::parse(&*data) else { return Self::default() };
-        let mut fdes = fdes(&obj);
-        fdes.sort_by_key(|f| f.start);
-        Fallback { fdes, tables: nginx_tables(&obj), luajit: is_luajit(path) }
+        Elfs::default().get(path).map_or_else(Self::default, Self::new)
+    }
+
+    /// The fallback names of `elf`: its `.eh_frame` and nginx module tables.
+    pub fn new(elf: Rc<ElfFile>) -> Self {
+        let tables = elf.object().map(|obj| nginx_tables(&obj)).unwrap_or_default();
+        Fallback { elf: Some(elf), tables }
     }
 
     /// A name for `svma`, or `None` when no FDE covers it.
     pub fn name(&self, svma: u64) -> Option<String> {
-        let fde = self.fde_at(svma)?;
+        let elf = self.elf.as_ref()?;
+        let fde = elf.fde_at(svma)?;
         if let Some(slots) = self.tables.get(&fde.start) {
             let mut name = slots[..slots.len().min(MAX_SLOTS)].join("/");
             if slots.len() > MAX_SLOTS {
@@ -62,7 +58,7 @@ impl Fallback {
             }
             return Some(name);
         }
-        if self.luajit && fde.personality {
+        if is_luajit(&elf.path) && fde.personality {
             return Some(LUAJIT_VM.to_owned());
         }
         Some(format!("fn@{:#x}", fde.start))
@@ -75,12 +71,7 @@ impl Fallback {
 
     /// The start of the function (FDE) covering `svma`.
     pub fn function_start(&self, svma: u64) -> Option<u64> {
-        self.fde_at(svma).map(|f| f.start)
-    }
-
-    fn fde_at(&self, svma: u64) -> Option<Fde> {
-        let i = self.fdes.partition_point(|f| f.start <= svma).checked_sub(1)?;
-        Some(self.fdes[i]).filter(|f| svma < f.end)
+        self.elf.as_ref()?.fde_at(svma).map(|f| f.start)
     }
 }
 
@@ -88,40 +79,12 @@ fn is_luajit(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n.to_string_lossy().contains("luajit"))
 }
 
-/// The svma range of LuaJIT's interpreter when `path` is a LuaJIT library.
-pub fn luajit_vm(path: &Path, obj: &object::File<'_>) -> Option<std::ops::Range<u64>> {
-    if !is_luajit(path) {
+/// The svma range of LuaJIT's interpreter when `elf` is a LuaJIT library.
+pub fn luajit_vm(elf: &ElfFile) -> Option<std::ops::Range<u64>> {
+    if !is_luajit(&elf.path) {
         return None;
     }
-    fdes(obj).into_iter().find(|f| f.personality).map(|f| f.start..f.end)
-}
-
-/// Every FDE of `.eh_frame`; stops at the first entry gimli cannot parse.
-fn fdes(obj: &object::File<'_>) -> Vec<Fde> {
-    let Some(eh) = obj.section_by_name(".eh_frame") else { return Vec::new() };
-    let Ok(data) = eh.data() else { return Vec::new() };
-    let addr_of = |name| obj.section_by_name(name).map(|s| s.address());
-    let mut bases = BaseAddresses::default().set_eh_frame(eh.address());
-    if let Some(a) = addr_of(".text") {
-        bases = bases.set_text(a);
-    }
-    if let Some(a) = addr_of(".got") {
-        bases = bases.set_got(a);
-    }
-    let section = EhFrame::new(data, LittleEndian);
-    let mut entries = section.entries(&bases);
-    let mut out = Vec::new();
-    while let Ok(Some(entry)) = entries.next() {
-        if let CieOrFde::Fde(partial) = entry {
-            let Ok(fde) = partial.parse(|s, b, o| s.cie_from_offset(b, o)) else { break };
-            out.push(Fde {
-                start: fde.initial_address(),
-                end: fde.initial_address() + fde.len(),
-                personality: fde.personality().is_some(),
-            });
-        }
-    }
-    out
+    elf.first_fde_with_personality().map(|f| f.start..f.end)
 }
 
 /// Size of `ngx_module_t` on 64-bit targets (NGX_MODULE_V1 ABI).
@@ -305,11 +268,14 @@ fn nginx_tables(obj: &object::File<'_>) -> BTreeMap<u64, Vec<String>> {
 mod tests {
     use super::*;
 
+    use crate::flame::elf::Fde;
+
     fn with(fdes: &[(u64, u64, bool)], tables: &[(u64, &str)], luajit: bool) -> Fallback {
+        let fdes = fdes.iter().map(|&(start, end, personality)| Fde { start, end, personality }).collect();
+        let path = if luajit { "/lib/libluajit-5.1.so.2" } else { "/lib/libc.so.6" };
         Fallback {
-            fdes: fdes.iter().map(|&(start, end, personality)| Fde { start, end, personality }).collect(),
+            elf: Some(Rc::new(ElfFile::with_fdes(path, fdes))),
             tables: tables.iter().map(|&(a, n)| (a, n.split('/').map(str::to_owned).collect())).collect(),
-            luajit,
         }
     }
 

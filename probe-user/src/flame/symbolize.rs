@@ -6,6 +6,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
+    rc::Rc,
 };
 
 use blazesym::symbolize::{
@@ -15,6 +16,7 @@ use blazesym::symbolize::{
 
 use super::{
     debuginfo::{DebugFiles, Origin, Sources},
+    elf::Elfs,
     fold::{Frame, FrameKind},
     stripped::Fallback,
 };
@@ -25,18 +27,21 @@ pub struct Names {
     user: HashMap<(PathBuf, u64), String>,
     kernel: HashMap<u64, String>,
     fallback: HashMap<PathBuf, Fallback>,
+    elfs: Rc<Elfs>,
     debug: DebugFiles,
     named_from: BTreeMap<String, Origin>,
 }
 
 impl Names {
-    /// A symbolizer with demangling on, looking for debug files in `sources`.
-    pub fn new(sources: Sources) -> Self {
+    /// A symbolizer with demangling on, looking for debug files in `sources`; the files are read
+    /// through `elfs`.
+    pub fn new(sources: Sources, elfs: Rc<Elfs>) -> Self {
         Names {
             symbolizer: Symbolizer::new(),
             user: HashMap::new(),
             kernel: HashMap::new(),
             fallback: HashMap::new(),
+            elfs,
             debug: DebugFiles::new(sources),
             named_from: BTreeMap::new(),
         }
@@ -66,8 +71,9 @@ impl Names {
             return;
         }
         // The debug file keeps the binary's addresses: the same virtual offsets resolve there.
+        let elf = self.elfs.get(path);
         let mut found = vec![None; missing.len()];
-        if let Some((debug_file, origin)) = self.debug.lookup(path) {
+        if let Some((debug_file, origin)) = elf.as_ref().and_then(|e| self.debug.lookup(e)) {
             found = names(
                 &self.symbolizer,
                 &Source::Elf(Elf::new(&debug_file)),
@@ -90,7 +96,10 @@ impl Names {
         }
         for (a, n) in missing.into_iter().zip(found) {
             let n = n.or_else(|| {
-                let fallback = self.fallback.entry(path.to_owned()).or_insert_with(|| Fallback::load(path));
+                let fallback = self
+                    .fallback
+                    .entry(path.to_owned())
+                    .or_insert_with(|| elf.clone().map_or_else(Fallback::default, Fallback::new));
                 fallback.name(a)
             });
             self.user.insert((path.to_owned(), a), n.unwrap_or_else(|| format!("{a:#x}")));

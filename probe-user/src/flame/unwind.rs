@@ -1,16 +1,13 @@
 //! DWARF (`.eh_frame`) unwinding of the copied user stacks with framehop, from a process's saved maps.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::path::Path;
 
 use framehop::{
     ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
-use object::{Object, ObjectSection, ObjectSegment};
+
+use super::elf::{Elfs, Section, SectionBytes};
 
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,76 +43,19 @@ pub fn parse_maps(text: &str) -> Vec<MapEntry> {
         .collect()
 }
 
-/// What we keep of one ELF file.
-#[derive(Debug)]
-pub struct ElfInfo {
-    /// LOAD segments: (file offset, vaddr, file size).
-    pub loads: Vec<(u64, u64, u64)>,
-    text: Option<(std::ops::Range<u64>, Arc<[u8]>)>,
-    eh_frame: Option<(std::ops::Range<u64>, Arc<[u8]>)>,
-    eh_frame_hdr: Option<(std::ops::Range<u64>, Arc<[u8]>)>,
-    got: Option<std::ops::Range<u64>>,
-    /// LuaJIT's interpreter (svma), when the file is a LuaJIT library.
-    vm: Option<std::ops::Range<u64>>,
-}
-
-impl ElfInfo {
-    /// Reads the sections and segments we need.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let data = std::fs::read(path)?;
-        let obj = object::File::parse(&*data)?;
-        let section = |name: &str| {
-            obj.section_by_name(name).and_then(|s| {
-                let d = s.data().ok()?;
-                Some((s.address()..s.address() + s.size(), Arc::<[u8]>::from(d)))
-            })
-        };
-        let loads = obj
-            .segments()
-            .map(|s| {
-                let (off, size) = s.file_range();
-                (off, s.address(), size)
-            })
-            .collect();
-        Ok(ElfInfo {
-            loads,
-            text: section(".text"),
-            eh_frame: section(".eh_frame"),
-            eh_frame_hdr: section(".eh_frame_hdr"),
-            got: obj.section_by_name(".got").map(|s| s.address()..s.address() + s.size()),
-            vm: super::stripped::luajit_vm(path, &obj),
+/// Load bias (avma − svma) of a file with LOAD segments `loads` (file offset, vaddr, file size)
+/// given one of its mappings, from the segment that contains the mapping's file offset.
+pub fn bias_for(loads: &[(u64, u64, u64)], map: &MapEntry) -> Option<u64> {
+    let page = |x: u64| x & !0xfff;
+    // The segment that starts on the mapping's page; else the last one containing its offset
+    // (segments can share a page, as lld lays them out).
+    loads
+        .iter()
+        .find(|&&(off, _, _)| page(off) == map.offset)
+        .or_else(|| {
+            loads.iter().rfind(|&&(off, _, size)| page(off) <= map.offset && map.offset < off + size.max(1))
         })
-    }
-
-    /// Load bias (avma − svma) of the file given one of its mappings, from the LOAD segment that
-    /// contains the mapping's file offset.
-    pub fn bias_for(&self, map: &MapEntry) -> Option<u64> {
-        let page = |x: u64| x & !0xfff;
-        // The segment that starts on the mapping's page; else the last one containing its offset
-        // (segments can share a page, as lld lays them out).
-        self.loads
-            .iter()
-            .find(|&&(off, _, _)| page(off) == map.offset)
-            .or_else(|| {
-                self.loads
-                    .iter()
-                    .rfind(|&&(off, _, size)| page(off) <= map.offset && map.offset < off + size.max(1))
-            })
-            .map(|&(off, vaddr, _)| map.start.wrapping_sub(map.offset).wrapping_add(off).wrapping_sub(vaddr))
-    }
-}
-
-/// ELF files loaded once per path.
-#[derive(Default)]
-pub struct ElfCache {
-    files: HashMap<PathBuf, Option<Arc<ElfInfo>>>,
-}
-
-impl ElfCache {
-    /// The file's info, or None when it cannot be read or parsed.
-    pub fn get(&mut self, path: &Path) -> Option<Arc<ElfInfo>> {
-        self.files.entry(path.to_owned()).or_insert_with(|| ElfInfo::load(path).ok().map(Arc::new)).clone()
-    }
+        .map(|&(off, vaddr, _)| map.start.wrapping_sub(map.offset).wrapping_add(off).wrapping_sub(vaddr))
 }
 
 /// An executable mapping of an ELF file in a process: its path, address range and load bias.
@@ -131,7 +71,7 @@ pub struct Mapped {
 
 /// The unwinder of one process.
 pub struct ProcessUnwinder {
-    unwinder: UnwinderX86_64<Arc<[u8]>>,
+    unwinder: UnwinderX86_64<SectionBytes>,
     cache: CacheX86_64,
     /// The modules, sorted by address.
     pub modules: Vec<Mapped>,
@@ -145,24 +85,31 @@ impl ProcessUnwinder {
     /// Builds one module per executable mapping of an ELF file in `maps`. Each mapping gets its
     /// own load bias: a file's text can be mapped twice (node remaps part of its text onto huge
     /// pages, far from the rest), and the gap between two mappings is not the file's.
-    pub fn new(maps: &[MapEntry], elfs: &mut ElfCache) -> Self {
+    pub fn new(maps: &[MapEntry], elfs: &Elfs) -> Self {
         let mut unwinder = UnwinderX86_64::new();
         let (mut modules, mut vms) = (Vec::new(), Vec::new());
         for m in maps.iter().filter(|m| m.path.starts_with('/') && m.perms.contains('x')) {
             let Some(elf) = elfs.get(Path::new(&m.path)) else { continue };
-            let Some(bias) = elf.bias_for(m) else { continue };
+            let Some(bias) = bias_for(&elf.loads, m) else { continue };
+            let svma = |s: &Option<Section>| s.as_ref().map(|s| s.svma.clone());
+            let bytes = |s: &Option<Section>| s.as_ref().map(|s| SectionBytes::new(&elf, s));
             let info = ExplicitModuleSectionInfo {
                 base_svma: 0,
-                text_svma: elf.text.as_ref().map(|(r, _)| r.clone()),
-                text: elf.text.as_ref().map(|(_, d)| d.clone()),
+                text_svma: svma(&elf.text),
+                text: bytes(&elf.text),
                 got_svma: elf.got.clone(),
-                eh_frame_svma: elf.eh_frame.as_ref().map(|(r, _)| r.clone()),
-                eh_frame: elf.eh_frame.as_ref().map(|(_, d)| d.clone()),
-                eh_frame_hdr_svma: elf.eh_frame_hdr.as_ref().map(|(r, _)| r.clone()),
-                eh_frame_hdr: elf.eh_frame_hdr.as_ref().map(|(_, d)| d.clone()),
-                ..Default::default()
+                eh_frame_svma: svma(&elf.eh_frame),
+                eh_frame: bytes(&elf.eh_frame),
+                eh_frame_hdr_svma: svma(&elf.eh_frame_hdr),
+                eh_frame_hdr: bytes(&elf.eh_frame_hdr),
+                stubs_svma: None,
+                stub_helper_svma: None,
+                unwind_info: None,
+                debug_frame: None,
+                text_segment_svma: None,
+                text_segment: None,
             };
-            if let Some(vm) = &elf.vm {
+            if let Some(vm) = super::stripped::luajit_vm(&elf) {
                 let abs = vm.start.wrapping_add(bias)..vm.end.wrapping_add(bias);
                 if abs.start < m.end && m.start < abs.end {
                     vms.push(abs);
@@ -262,20 +209,13 @@ garbage line
     #[test]
     fn bias_from_load_segment() {
         // A PIE whose text LOAD segment is at file offset 0x2a000, vaddr 0x2b000 (gap of one page).
-        let elf = ElfInfo {
-            loads: vec![(0, 0, 0x29000), (0x2a000, 0x2b000, 0xf5000)],
-            text: None,
-            eh_frame: None,
-            eh_frame_hdr: None,
-            got: None,
-            vm: None,
-        };
+        let loads = [(0, 0, 0x29000), (0x2a000, 0x2b000, 0xf5000)];
         let m = &parse_maps(MAPS)[1];
-        assert_eq!(elf.bias_for(m), Some(0x55d0c0a2a000 - 0x2b000));
+        assert_eq!(bias_for(&loads, m), Some(0x55d0c0a2a000 - 0x2b000));
         let m0 = &parse_maps(MAPS)[0];
-        assert_eq!(elf.bias_for(m0), Some(0x55d0c0a00000));
+        assert_eq!(bias_for(&loads, m0), Some(0x55d0c0a00000));
         // lld: the text segment shares the page of the end of the first one (burn's layout).
-        let lld = ElfInfo { loads: vec![(0, 0, 0x17160), (0x17160, 0x18160, 0x402a0)], ..elf };
+        let lld = [(0, 0, 0x17160), (0x17160, 0x18160, 0x402a0)];
         let m = MapEntry {
             start: 0x55a096858000,
             end: 0x55a096899000,
@@ -283,12 +223,12 @@ garbage line
             offset: 0x17000,
             path: String::new(),
         };
-        assert_eq!(lld.bias_for(&m), Some(0x55a096858000 - 0x17000 + 0x17160 - 0x18160));
+        assert_eq!(bias_for(&lld, &m), Some(0x55a096858000 - 0x17000 + 0x17160 - 0x18160));
     }
 
     #[test]
     fn read_outside_copy_fails_and_unknown_ip_gives_one_frame() {
-        let mut u = ProcessUnwinder::new(&[], &mut ElfCache::default());
+        let mut u = ProcessUnwinder::new(&[], &Elfs::default());
         assert!(u.module_of(5).is_none());
         let frames = u.unwind(0x1000, 0x7000, 0, &[0u8; 16], 64);
         assert_eq!(frames.first(), Some(&0x1000));
@@ -296,7 +236,7 @@ garbage line
 
     #[test]
     fn luajit_vm_helper_leaf_steps_to_its_return_address() {
-        let mut u = ProcessUnwinder::new(&[], &mut ElfCache::default());
+        let mut u = ProcessUnwinder::new(&[], &Elfs::default());
         u.vms.push(0x1000..0x2000);
         // In a helper: the top of the stack returns into the VM.
         let mut stack = [0u8; 16];
@@ -312,14 +252,14 @@ garbage line
         // This test binary's biggest LOAD segment, mapped twice far apart (as node remaps part of
         // its text onto huge pages): two modules, and nothing in between.
         let exe = std::env::current_exe().unwrap();
-        let elf = ElfInfo::load(&exe).unwrap();
+        let elf = crate::flame::elf::ElfFile::load(&exe).unwrap();
         let &(off, vaddr, _) = elf.loads.iter().max_by_key(|l| l.2).unwrap();
         let page = off & !0xfff;
         let line = |start: u64, offset: u64| {
             format!("{start:x}-{:x} r-xp {offset:08x} fe:00 1 {}\n", start + 0x1000, exe.display())
         };
         let maps = parse_maps(&(line(0x1000_0000, page) + &line(0x7f00_0000_0000, page + 0x1000)));
-        let u = ProcessUnwinder::new(&maps, &mut ElfCache::default());
+        let u = ProcessUnwinder::new(&maps, &Elfs::default());
         assert_eq!(u.modules.len(), 2);
         let bias = |a: u64| u.module_of(a).map(|m| m.bias);
         assert_eq!(bias(0x1000_0010), Some(0x1000_0000 - page + off - vaddr));
@@ -334,7 +274,7 @@ garbage line
              7f0000000000-7f0000010000 r-xp 00000000 00:00 0 \n\
              7f1000000000-7f1000010000 rw-p 00000000 00:00 0 \n",
         );
-        let u = ProcessUnwinder::new(&maps, &mut ElfCache::default());
+        let u = ProcessUnwinder::new(&maps, &Elfs::default());
         assert_eq!(u.pseudo_of(0x7ffd1c1f0100), Some("[vdso]"));
         assert_eq!(u.pseudo_of(0x7f0000000100), Some("[anonymous code]"));
         assert_eq!(u.pseudo_of(0x7f1000000100), None, "data is not code");
