@@ -19,8 +19,7 @@ const MAX_REQUEST_INSTANTS: u64 = 3000;
 
 fn alive(pid: u64) -> bool {
     // A zombie is not alive: it holds no resources and is waiting for its parent.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    u32::try_from(pid).ok().and_then(shared::procstat::read).is_some_and(|s| s.is_alive())
 }
 
 fn trace_meta(run_dir: &Path) -> Value {

@@ -109,10 +109,7 @@ fn worker0_pids(all: &[Value], generation: u64) -> BTreeSet<i64> {
 
 /// Alive and not a zombie, by /proc.
 fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
-        .is_some_and(|zombie| !zombie)
+    u32::try_from(pid).ok().and_then(shared::procstat::read).is_some_and(|s| s.is_alive())
 }
 
 fn now() -> f64 {
@@ -400,8 +397,8 @@ fn down_leaves_no_nginx_reflection_or_plugin_server_process() {
         std::thread::sleep(Duration::from_millis(100));
     }
     for &pid in &orphans {
-        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        println!("orphaned server {pid}: alive {} stat {}", alive(pid), ppid.trim());
+        let stat = u32::try_from(pid).ok().and_then(shared::procstat::read);
+        println!("orphaned server {pid}: alive {} stat {stat:?}", alive(pid));
     }
 
     let all = truth();
