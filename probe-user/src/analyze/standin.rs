@@ -33,20 +33,29 @@ fn pid_list(set: &BTreeSet<(String, u32)>) -> String {
 
 /// Compares servers, kills, crashes and spinning workers with the stand-in's ground truth.
 ///
-/// Only lines logged inside the trace's window (`until_ns`) count: what the stand-in did after
-/// the probe stopped (teardown kills, say) has no evidence in the trace.
+/// Only lines logged inside the trace's window (`until_ns`) must have evidence in it: what the
+/// stand-in did after the probe stopped (teardown kills, say) cannot. A kill or crash the trace
+/// saw must be in the log, though it may be logged a little after the window (the stand-in logs
+/// an exit when it reaps the server, after the kernel saw it).
 pub fn ground_truth_check(gt: &[TruthLine], l: &Lifecycle, spins: &[Spin], until_ns: u64) -> Vec<Check> {
     if gt.is_empty() {
         return Vec::new();
     }
-    let gt: Vec<&TruthLine> = gt.iter().filter(|v| until_ns == 0 || v.mono_ns <= until_ns).collect();
+    let all: Vec<&TruthLine> = gt.iter().collect();
+    let within: Vec<&TruthLine> = gt.iter().filter(|v| until_ns == 0 || v.mono_ns <= until_ns).collect();
     // (socket, pid) of the lines of `ev` that `keep` keeps; `pid` picks the pid the line names.
-    let gt_set = |ev: TruthEv, keep: &dyn Fn(&TruthLine) -> bool, pid: fn(&TruthLine) -> Option<u32>| {
-        gt.iter()
+    let set_of = |lines: &[&TruthLine],
+                  ev: TruthEv,
+                  keep: &dyn Fn(&TruthLine) -> bool,
+                  pid: fn(&TruthLine) -> Option<u32>| {
+        lines
+            .iter()
             .filter(|v| v.ev == ev && keep(v))
             .filter_map(|v| Some((v.socket.clone().unwrap_or_default(), pid(v)?)))
             .collect::<BTreeSet<(String, u32)>>()
     };
+    let gt_set = |ev, keep: &dyn Fn(&TruthLine) -> bool, pid| set_of(&within, ev, keep, pid);
+    let gt_all = |ev, keep: &dyn Fn(&TruthLine) -> bool, pid| set_of(&all, ev, keep, pid);
     let server = |v: &TruthLine| v.server_pid;
     let writer = |v: &TruthLine| Some(v.pid);
     // The stand-in names a server's socket in `spawn` and `server_ready` only: key the other sets by pid.
@@ -57,7 +66,9 @@ pub fn ground_truth_check(gt: &[TruthLine], l: &Lifecycle, spins: &[Spin], until
     // ended left no socket evidence to compare.
     let servers_gt = gt_set(TruthEv::ServerReady, &|_| true, server);
     let servers: BTreeSet<(String, u32)> = l.servers.iter().map(|s| (s.path.clone(), s.pid)).collect();
-    let kills_gt = strip(gt_set(TruthEv::Kill, &|v| v.is_kill_with("SIGKILL"), server));
+    let sigkill = |v: &TruthLine| v.is_kill_with("SIGKILL");
+    let kills_gt = strip(gt_set(TruthEv::Kill, &sigkill, server));
+    let kills_logged = strip(gt_all(TruthEv::Kill, &sigkill, server));
     let server_pids: BTreeSet<u32> = l.servers.iter().map(|s| s.pid).collect();
     let kills: BTreeSet<(String, u32)> = l
         .kills
@@ -65,7 +76,9 @@ pub fn ground_truth_check(gt: &[TruthLine], l: &Lifecycle, spins: &[Spin], until
         .filter(|k| server_pids.contains(&k.target))
         .map(|k| (String::new(), k.target))
         .collect();
-    let crashes_gt = strip(gt_set(TruthEv::ServerExit, &|v| v.code.is_some_and(|c| c != 0), server));
+    let non_zero = |v: &TruthLine| v.code.is_some_and(|c| c != 0);
+    let crashes_gt = strip(gt_set(TruthEv::ServerExit, &non_zero, server));
+    let crashes_logged = strip(gt_all(TruthEv::ServerExit, &non_zero, server));
     let crashes: BTreeSet<(String, u32)> =
         l.servers.iter().filter(|s| s.crashed).map(|s| (String::new(), s.pid)).collect();
     // A request that busy-waited a whole second must show as a spin (the detector needs half a
@@ -77,8 +90,13 @@ pub fn ground_truth_check(gt: &[TruthLine], l: &Lifecycle, spins: &[Spin], until
         && spinning.is_subset(&waited.union(&waited_long).cloned().collect());
     [
         ("plugin servers (socket:pid)", servers_gt.is_subset(&servers), servers_gt, servers),
-        ("servers SIGKILLed", kills_gt == kills, kills_gt, kills),
-        ("servers that exited non-zero", crashes_gt == crashes, crashes_gt, crashes),
+        ("servers SIGKILLed", kills_gt.is_subset(&kills) && kills.is_subset(&kills_logged), kills_gt, kills),
+        (
+            "servers that exited non-zero",
+            crashes_gt.is_subset(&crashes) && crashes.is_subset(&crashes_logged),
+            crashes_gt,
+            crashes,
+        ),
         (
             "workers where a request busy-waited on an instance claim for 1 s vs. spinning workers",
             spins_agree,
@@ -167,5 +185,18 @@ mod tests {
         let c = check(&c, "servers SIGKILLed");
         assert!(!c.agrees, "{c:?}");
         assert_eq!((c.standin.as_str(), c.found.as_str()), ("20, 21", "20"));
+    }
+
+    #[test]
+    fn a_crash_the_trace_saw_may_be_logged_after_it_ended_but_must_be_logged() {
+        // The stand-in logs an exit when it reaps the server: after the kernel saw it.
+        let gt = [json!({"ev":"server_exit","code":1,"server_pid":20,"mono_ns":600})].map(truth);
+        let crashed = |pid| lifecycle::ServerGen { pid, crashed: true, ..Default::default() };
+        let l = lifecycle::Lifecycle { servers: vec![crashed(20)], ..Default::default() };
+        let what = "servers that exited non-zero";
+        assert!(check(&ground_truth_check(&gt, &l, &[], 500), what).agrees);
+        // A crash the log never mentions is a disagreement.
+        let l = lifecycle::Lifecycle { servers: vec![crashed(20), crashed(22)], ..Default::default() };
+        assert!(!check(&ground_truth_check(&gt, &l, &[], 500), what).agrees);
     }
 }
