@@ -8,11 +8,13 @@
 pub mod epoll;
 pub mod proc;
 pub mod sample;
+pub mod tcp;
 pub mod unix;
 
 pub use epoll::{EpollBucket, EpollCall, EpollEnter, EpollThread, Syscall};
 pub use proc::{ProcExec, ProcExit, ProcFork, Signal};
 pub use sample::CpuSample;
+pub use tcp::{ConnKey, ConnState, HttpChunk, TcpConn};
 pub use unix::{FlowKey, SockIdentity, UnixFlow, UnixIo, UnixSock};
 
 /// Length of a task's `comm` as the kernel stores it.
@@ -40,6 +42,10 @@ pub mod kind {
     pub const CPU_SAMPLE: u32 = 9;
     /// [`crate::UnixFlow`]: one thread's unix traffic on one socket over a bucket.
     pub const UNIX_FLOW: u32 = 10;
+    /// [`crate::TcpConn`]: a TCP connection accepted or closed by a target.
+    pub const TCP_CONN: u32 = 11;
+    /// [`crate::HttpChunk`]: the start of an HTTP request read or response written.
+    pub const HTTP_CHUNK: u32 = 12;
 }
 
 /// Indices into the `DROPS` per-CPU array: one counter per record kind that could not be sent.
@@ -133,8 +139,8 @@ pub struct ProbeConfig {
     pub off_signal: [u32; 4],
     /// Bytes of user stack to copy per CPU sample (at most [`sample::USER_STACK_LEN`]).
     pub sample_stack_bytes: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// 1: trace the TCP connections targets accept and the HTTP requests on them.
+    pub http: u32,
 }
 
 /// Offset value meaning "this field does not exist on this kernel": the probe leaves it zero.
@@ -188,6 +194,18 @@ pub struct KernelOffsets {
     pub uaddr_name: u32,
     /// `pid.numbers` plus `upid.nr`: the pid number in the initial namespace.
     pub pid_nr: u32,
+    /// `sock.__sk_common.skc_daddr`: the IPv4 peer address.
+    pub sock_daddr: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`: the IPv4 local address.
+    pub sock_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_dport`: the peer port (network order).
+    pub sock_dport: u32,
+    /// `sock.__sk_common.skc_num`: the local port (host order).
+    pub sock_num: u32,
+    /// `sock.__sk_common.skc_v6_daddr`: the IPv6 peer address.
+    pub sock_v6_daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`: the IPv6 local address.
+    pub sock_v6_rcv_saddr: u32,
     /// Explicit padding.
     pub _pad: u32,
 }
@@ -216,6 +234,12 @@ impl KernelOffsets {
         uaddr_len: MISSING,
         uaddr_name: MISSING,
         pid_nr: MISSING,
+        sock_daddr: MISSING,
+        sock_rcv_saddr: MISSING,
+        sock_dport: MISSING,
+        sock_num: MISSING,
+        sock_v6_daddr: MISSING,
+        sock_v6_rcv_saddr: MISSING,
         _pad: 0,
     };
 }
@@ -238,4 +262,7 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
+const _: () = assert!(core::mem::size_of::<TcpConn>() == 104);
+const _: () = assert!(core::mem::size_of::<HttpChunk>() == 1072);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 24);

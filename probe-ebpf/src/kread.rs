@@ -10,6 +10,10 @@ use crate::KOFFSETS;
 
 /// `AF_UNIX`.
 pub const AF_UNIX: u16 = 1;
+/// `AF_INET`.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`.
+pub const AF_INET6: u16 = 10;
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 
@@ -43,9 +47,10 @@ pub fn current_exit_code() -> Option<i32> {
     read(task, KOFFSETS.load().task_exit_code)
 }
 
-/// The `struct sock *` behind the current process's `fd`, when it is an AF_UNIX socket.
+/// The `struct sock *` behind the current process's `fd` and its address family, when the fd
+/// is a socket.
 #[inline(always)]
-pub fn unix_sock_of_fd(fd: i64) -> Option<u64> {
+pub fn sock_of_fd(fd: i64) -> Option<(u64, u16)> {
     let k = KOFFSETS.load();
     // SAFETY: an argument-less helper; the task pointer is only read through `read`.
     let task = unsafe { bpf_get_current_task() };
@@ -64,7 +69,13 @@ pub fn unix_sock_of_fd(fd: i64) -> Option<u64> {
     }
     let socket: u64 = read(file, k.file_private_data)?;
     let sk: u64 = read(socket, k.socket_sk)?;
-    (read::<u16>(sk, k.sock_family)? == AF_UNIX).then_some(sk)
+    Some((sk, read::<u16>(sk, k.sock_family)?))
+}
+
+/// The `struct sock *` behind the current process's `fd`, when it is an AF_UNIX socket.
+#[inline(always)]
+pub fn unix_sock_of_fd(fd: i64) -> Option<u64> {
+    sock_of_fd(fd).and_then(|(sk, family)| (family == AF_UNIX).then_some(sk))
 }
 
 /// The inode number of a `struct sock`'s socket.

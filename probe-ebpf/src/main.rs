@@ -11,6 +11,7 @@ mod epoll;
 mod kread;
 mod proc;
 mod sample;
+mod tcp;
 mod unix;
 
 use aya_ebpf::{
@@ -51,7 +52,7 @@ static CONFIG: Global<ProbeConfig> = Global::new(ProbeConfig {
     off_exec_filename: 8,
     off_signal: [8, 36, 16, 44],
     sample_stack_bytes: 8192,
-    _pad: 0,
+    http: 1,
 });
 
 /// Kernel struct offsets from BTF, set by user space at load time.

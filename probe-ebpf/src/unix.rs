@@ -15,7 +15,7 @@ use probe_common::{
 };
 
 use crate::KOFFSETS;
-use crate::kread::{AF_UNIX, identity, read, read_path, unix_sock_of_fd};
+use crate::kread::{AF_UNIX, identity, read, read_path, sock_of_fd, unix_sock_of_fd};
 use crate::{CONFIG, EVENTS, count_drop, current_ids, header, is_target, send};
 
 /// A connect or bind in progress: the address asked for.
@@ -172,8 +172,10 @@ pub fn unix_accept_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
     // rather than faults on a bad offset; any bytes are a valid i64.
     let ret = unsafe { ctx.read_at::<i64>(off) }.unwrap_or(-1);
-    if let Some(sk) = unix_sock_of_fd(ret) {
-        send_sock(&ctx, op::ACCEPT, ret, ret, sk, tgid, tid);
+    match sock_of_fd(ret) {
+        Some((sk, AF_UNIX)) => send_sock(&ctx, op::ACCEPT, ret, ret, sk, tgid, tid),
+        Some((sk, family)) => crate::tcp::on_accept(&ctx, ret, sk, family, tgid, tid),
+        None => {}
     }
     0
 }
@@ -185,6 +187,9 @@ pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let fd = arg(&ctx, 0) as i64;
+    if crate::tcp::on_close(&ctx, fd, tgid, tid) {
+        return 0;
+    }
     if let Some(sk) = unix_sock_of_fd(fd) {
         send_sock(&ctx, op::CLOSE, fd, 0, sk, tgid, tid);
         // The socket's memory may soon hold another socket: its flow must end here, or the next

@@ -4,8 +4,8 @@
 //! per line, tagged by `type`.
 
 use probe_common::{
-    COMM_LEN, CpuSample, EpollBucket, EpollCall, EventHeader, ProcExec, ProcExit, ProcFork, Signal, Syscall,
-    UnixFlow, UnixIo, UnixSock,
+    COMM_LEN, CpuSample, EpollBucket, EpollCall, EventHeader, HttpChunk, ProcExec, ProcExit, ProcFork,
+    Signal, Syscall, TcpConn, UnixFlow, UnixIo, UnixSock,
     epoll::call_reason,
     kind,
     unix::{self, PATH_LEN},
@@ -37,6 +37,12 @@ pub enum RecordKind {
     CpuSample,
     /// [`UnixFlowEvent`].
     UnixFlow,
+    /// [`TcpConnEvent`].
+    TcpConn,
+    /// The start of an HTTP request or response: parsed by the recorder at once, never stored.
+    HttpChunk,
+    /// [`HttpRequestEvent`]: made by the recorder from the chunks of one request.
+    HttpRequest,
 }
 
 impl RecordKind {
@@ -53,6 +59,8 @@ impl RecordKind {
             kind::UNIX_IO => Self::UnixIo,
             kind::CPU_SAMPLE => Self::CpuSample,
             kind::UNIX_FLOW => Self::UnixFlow,
+            kind::TCP_CONN => Self::TcpConn,
+            kind::HTTP_CHUNK => Self::HttpChunk,
             _ => return None,
         })
     }
@@ -365,6 +373,115 @@ pub struct CpuSampleEvent {
     pub stack_offset: u64,
 }
 
+/// Whether a TCP connection was accepted or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnOp {
+    /// A target accepted it.
+    Accept,
+    /// A target closed it.
+    Close,
+}
+
+/// A TCP connection a target accepted or closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConnEvent {
+    /// Who and when.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Accept or close.
+    pub op: ConnOp,
+    /// The fd in the target.
+    pub fd: i32,
+    /// The socket's inode: the connection's identity.
+    pub conn: u64,
+    /// `ip:port` of the target's end (accept only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local: String,
+    /// `ip:port` of the client (accept only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer: String,
+    /// At close: requests read on it.
+    #[serde(default)]
+    pub requests: u32,
+    /// At close: a request had been read and not answered.
+    #[serde(default)]
+    pub unanswered: bool,
+}
+
+/// One HTTP request a target read, with its response when one was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequestEvent {
+    /// The thread that read it, and when (the read's return).
+    #[serde(flatten)]
+    pub task: Task,
+    /// The fd in the target.
+    pub fd: i32,
+    /// The connection's socket inode.
+    pub conn: u64,
+    /// The request line's method.
+    pub method: String,
+    /// The request line's path (cut to a bounded length).
+    pub path: String,
+    /// The request-id header's value, when the request carried one.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// When its response started (the first write after it).
+    #[serde(default)]
+    pub response_ns: Option<u64>,
+    /// The status the target wrote.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// When the target closed the connection with this request unanswered.
+    #[serde(default)]
+    pub closed_ns: Option<u64>,
+}
+
+/// The bytes of a request's or response's start, borrowed from the ring buffer: the recorder
+/// parses them at once; they never reach the trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpChunkView<'a> {
+    /// Who read or wrote, and when.
+    pub hdr: EventHeader,
+    /// True for a request read, false for a response written.
+    pub request: bool,
+    /// The fd in the target.
+    pub fd: i32,
+    /// The connection's socket inode.
+    pub conn: u64,
+    /// The first bytes.
+    pub data: &'a [u8],
+}
+
+/// The HTTP chunk a record holds, when it is one.
+pub fn http_chunk(bytes: &[u8]) -> Option<HttpChunkView<'_>> {
+    use std::mem::offset_of;
+    let k = kind::HTTP_CHUNK;
+    let hdr = read::<EventHeader>(bytes, k).ok().filter(|h| h.kind == k)?;
+    let len = read_at::<u32>(bytes, offset_of!(HttpChunk, len), k).ok()? as usize;
+    let start = offset_of!(HttpChunk, data);
+    let end = start + len.min(probe_common::tcp::HTTP_CHUNK_LEN);
+    Some(HttpChunkView {
+        hdr,
+        request: read_at::<u32>(bytes, offset_of!(HttpChunk, dir), k).ok()?
+            == probe_common::tcp::dir::REQUEST,
+        fd: read_at(bytes, offset_of!(HttpChunk, fd), k).ok()?,
+        conn: read_at(bytes, offset_of!(HttpChunk, inode), k).ok()?,
+        data: bytes.get(start..end.min(bytes.len()))?,
+    })
+}
+
+/// `ip:port` of an address the kernel gave (4 bytes used for IPv4, 16 for IPv6).
+fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> String {
+    const AF_INET: u16 = libc::AF_INET as u16;
+    if family == AF_INET {
+        let ip = std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
+        std::net::SocketAddr::from((ip, port)).to_string()
+    } else {
+        std::net::SocketAddr::from((std::net::Ipv6Addr::from(*addr), port)).to_string()
+    }
+}
+
 /// Any event of the trace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -389,6 +506,10 @@ pub enum Event {
     CpuSample(CpuSampleEvent),
     /// See [`UnixFlowEvent`].
     UnixFlow(UnixFlowEvent),
+    /// See [`TcpConnEvent`].
+    TcpConn(TcpConnEvent),
+    /// See [`HttpRequestEvent`].
+    HttpRequest(HttpRequestEvent),
 }
 
 impl Event {
@@ -405,6 +526,8 @@ impl Event {
             Event::UnixIo(_) => RecordKind::UnixIo,
             Event::CpuSample(_) => RecordKind::CpuSample,
             Event::UnixFlow(_) => RecordKind::UnixFlow,
+            Event::TcpConn(_) => RecordKind::TcpConn,
+            Event::HttpRequest(_) => RecordKind::HttpRequest,
         }
     }
 
@@ -421,6 +544,8 @@ impl Event {
             Event::UnixIo(e) => &e.task,
             Event::CpuSample(e) => &e.task,
             Event::UnixFlow(e) => &e.task,
+            Event::TcpConn(e) => &e.task,
+            Event::HttpRequest(e) => &e.task,
         }
     }
 }
@@ -446,6 +571,8 @@ pub enum DecodeError {
     },
     /// A kind this build does not know.
     UnknownKind(u32),
+    /// HTTP bytes, which are no event: see [`http_chunk`].
+    Payload,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -455,6 +582,7 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "record of kind {kind} truncated to {len} bytes")
             }
             DecodeError::UnknownKind(k) => write!(f, "unknown record kind {k}"),
+            DecodeError::Payload => f.write_str("HTTP bytes are parsed, not decoded as an event"),
             DecodeError::UnknownValue { kind, field, value } => {
                 write!(f, "record of kind {kind}: unknown {field} {value}")
             }
@@ -556,6 +684,25 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             })
         }
         kind::UNIX_FLOW => Event::UnixFlow(flow_event(&read(bytes, hdr.kind)?)),
+        kind::TCP_CONN => {
+            let r: TcpConn = read(bytes, hdr.kind)?;
+            let accept = r.op == probe_common::tcp::conn_op::ACCEPT;
+            Event::TcpConn(TcpConnEvent {
+                task: task(&r.hdr, &r.comm),
+                op: if accept { ConnOp::Accept } else { ConnOp::Close },
+                fd: r.fd,
+                conn: r.inode,
+                local: if accept {
+                    socket_addr(r.family, &r.local_addr, r.local_port)
+                } else {
+                    String::new()
+                },
+                peer: if accept { socket_addr(r.family, &r.peer_addr, r.peer_port) } else { String::new() },
+                requests: r.requests,
+                unanswered: !accept && r.phase == probe_common::tcp::conn_phase::AWAIT_RESPONSE,
+            })
+        }
+        kind::HTTP_CHUNK => return Err(DecodeError::Payload),
         kind::CPU_SAMPLE => {
             // 8 KiB of stack copy follow the fields: read the fields alone.
             use std::mem::offset_of;
@@ -876,11 +1023,68 @@ mod tests {
                 };
                 raw[off..off + 4].copy_from_slice(&probe_common::unix::op::BIND.to_ne_bytes());
             }
+            if k == kind::HTTP_CHUNK {
+                // Payload, never an event: only the chunk reader takes it.
+                assert_eq!(decode(&raw), Err(DecodeError::Payload));
+                assert!(http_chunk(&raw).is_some_and(|c| c.data.is_empty()));
+                continue;
+            }
             let ev = decode(&raw).unwrap_or_else(|e| panic!("{rk:?}: {e}"));
             assert_eq!(ev.kind(), rk);
             let line = serde_json::to_string(&ev).unwrap();
             assert!(line.starts_with(&format!(r#"{{"type":"{}""#, rk.name())), "{line}");
         }
+    }
+
+    #[test]
+    fn decodes_tcp_connections_and_reads_http_chunks() {
+        let mut c = TcpConn {
+            hdr: hdr(kind::TCP_CONN),
+            comm: comm("nginx"),
+            op: probe_common::tcp::conn_op::ACCEPT,
+            fd: 12,
+            inode: 900,
+            family: libc::AF_INET as u16,
+            local_port: 8000,
+            peer_port: 41000,
+            _pad: 0,
+            local_addr: [0; 16],
+            peer_addr: [0; 16],
+            phase: 0,
+            requests: 0,
+        };
+        c.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        c.peer_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let Ok(Event::TcpConn(e)) = decode(&bytes(&c)) else { panic!("wrong kind") };
+        assert_eq!(
+            (e.op, e.conn, e.local.as_str(), e.peer.as_str()),
+            (ConnOp::Accept, 900, "127.0.0.1:8000", "10.1.2.3:41000")
+        );
+        c.family = libc::AF_INET6 as u16;
+        c.peer_addr = std::net::Ipv6Addr::LOCALHOST.octets();
+        let Ok(Event::TcpConn(e)) = decode(&bytes(&c)) else { panic!("wrong kind") };
+        assert_eq!(e.peer, "[::1]:41000");
+        let c = TcpConn { op: probe_common::tcp::conn_op::CLOSE, phase: 1, requests: 3, ..c };
+        let Ok(Event::TcpConn(e)) = decode(&bytes(&c)) else { panic!("wrong kind") };
+        assert!(e.op == ConnOp::Close && e.unanswered && e.requests == 3 && e.peer.is_empty());
+
+        let mut h = HttpChunk {
+            hdr: hdr(kind::HTTP_CHUNK),
+            dir: probe_common::tcp::dir::REQUEST,
+            fd: 12,
+            inode: 900,
+            len: 5,
+            _pad: 0,
+            data: [0; probe_common::tcp::HTTP_CHUNK_LEN],
+        };
+        h.data[..5].copy_from_slice(b"GET /");
+        let raw = bytes(&h);
+        let v = http_chunk(&raw).unwrap();
+        assert_eq!((v.request, v.fd, v.conn, v.data), (true, 12, 900, &b"GET /"[..]));
+        // A length beyond the buffer is cut to it.
+        let h = HttpChunk { len: u32::MAX, ..h };
+        assert_eq!(http_chunk(&bytes(&h)).unwrap().data.len(), probe_common::tcp::HTTP_CHUNK_LEN);
+        assert!(http_chunk(&bytes(&c)).is_none(), "a TCP record is no chunk");
     }
 
     #[test]

@@ -16,6 +16,8 @@ mod analyze;
 mod btf;
 mod event;
 pub mod flame;
+mod http;
+mod http_events;
 mod model;
 mod offsets;
 mod preflight;
@@ -28,7 +30,7 @@ mod tracefs;
 
 pub use analyze::report::{headlines, location, write as write_report};
 pub use analyze::{Analysis, Run, analyze, flame_input, load};
-pub use event::{Event, UnixOp};
+pub use event::{ConnOp, Event, HttpRequestEvent, TcpConnEvent, UnixOp};
 pub use model::Process;
 pub use record::{RecordArgs, footer, record};
 pub use summary::{ThreadSummary, by_thread, table};

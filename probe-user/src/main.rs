@@ -43,6 +43,12 @@ enum Cmd {
         /// CPU sampling frequency in Hz (0 turns sampling off).
         #[arg(long, default_value_t = 99)]
         sample_hz: u64,
+        /// Do not trace TCP connections and HTTP requests (no payload byte is then copied).
+        #[arg(long)]
+        no_http: bool,
+        /// The request header whose value identifies a request (matched without case).
+        #[arg(long, default_value = "x-request-id", value_parser = header_name)]
+        request_id_header: String,
     },
     /// Analyse a run directory: link failed requests to their causes and write report.md,
     /// report.json and timeline.json into it (no root needed).
@@ -90,8 +96,26 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.cmd {
-        Cmd::Record { pids, duration, out, bucket, no_follow_forks, sample_hz } => {
-            let args = RecordArgs { pids, duration, out, bucket, follow_forks: !no_follow_forks, sample_hz };
+        Cmd::Record {
+            pids,
+            duration,
+            out,
+            bucket,
+            no_follow_forks,
+            sample_hz,
+            no_http,
+            request_id_header,
+        } => {
+            let args = RecordArgs {
+                pids,
+                duration,
+                out,
+                bucket,
+                follow_forks: !no_follow_forks,
+                sample_hz,
+                http: !no_http,
+                request_id_header,
+            };
             record(&args).map(|r| {
                 print!("{}", r.table);
                 eprintln!("reloadscope: {}", footer(&r.meta, &args.out));
@@ -192,4 +216,16 @@ fn analyze(dir: &std::path::Path, debug_dirs: &[PathBuf]) -> anyhow::Result<Exit
         (started.elapsed() - analysed).as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// An HTTP header name: a token of letters, digits and `-`/`_`.
+fn header_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!("'{s}' is not a header name (letters, digits, - and _)"))
+    }
 }

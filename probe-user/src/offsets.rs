@@ -45,7 +45,7 @@ pub fn probe_config(f: &Formats, bucket_ns: u64, follow_forks: bool) -> Result<P
             sized(&f.signal, "result", 4)?,
         ],
         sample_stack_bytes: USER_STACK_LEN as u32,
-        _pad: 0,
+        http: 1,
     };
     for fmt in &f.epoll_enter {
         for (name, off) in
@@ -129,6 +129,12 @@ pub fn kernel_offsets(lookup: impl Fn(&str, &str) -> Result<u32>) -> (KernelOffs
             let (numbers, nr) = (get("pid", "numbers"), get("upid", "nr"));
             sum(numbers, nr)
         },
+        sock_daddr: get("sock", "__sk_common.skc_daddr"),
+        sock_rcv_saddr: get("sock", "__sk_common.skc_rcv_saddr"),
+        sock_dport: get("sock", "__sk_common.skc_dport"),
+        sock_num: get("sock", "__sk_common.skc_num"),
+        sock_v6_daddr: get("sock", "__sk_common.skc_v6_daddr"),
+        sock_v6_rcv_saddr: get("sock", "__sk_common.skc_v6_rcv_saddr"),
         _pad: 0,
     };
     (k, missing)

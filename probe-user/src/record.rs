@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use probe_common::{Target, target_flag};
 
-use crate::event::{Event, RecordKind, bucket_event, decode, flow_event, sample_stack};
+use crate::event::{Event, RecordKind, bucket_event, decode, flow_event, http_chunk, sample_stack};
+use crate::http_events::Pairing;
 use crate::model::{self, ProcInfo};
 use crate::probe::{Probe, ProbeOptions};
 use crate::trace::{ClockAnchor, Ending, Meta, RecordOptions, TraceWriter};
@@ -30,6 +31,10 @@ pub struct RecordArgs {
     pub follow_forks: bool,
     /// CPU sampling frequency (0: off).
     pub sample_hz: u64,
+    /// Trace accepted TCP connections and the HTTP requests on them.
+    pub http: bool,
+    /// The request header whose value identifies a request.
+    pub request_id_header: String,
 }
 
 /// The result of a recording.
@@ -100,10 +105,18 @@ struct Collector {
     seen: BTreeSet<u32>,
     /// When each process's map was last copied.
     maps_at: BTreeMap<u32, Instant>,
+    /// HTTP requests read and not yet answered.
+    http: Pairing,
 }
 
 impl Collector {
     fn handle(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Some(chunk) = http_chunk(bytes) {
+            for ev in self.http.chunk(&chunk) {
+                self.keep(ev)?;
+            }
+            return Ok(());
+        }
         let mut ev = match decode(bytes) {
             Ok(ev) => ev,
             Err(_) => {
@@ -133,6 +146,16 @@ impl Collector {
             self.writer.save_maps(pid);
             self.maps_at.insert(pid, Instant::now());
         }
+        let unanswered = match &ev {
+            Event::TcpConn(c) => self.http.closed(c),
+            _ => None,
+        };
+        self.keep(ev)?;
+        unanswered.map_or(Ok(()), |ev| self.keep(ev))
+    }
+
+    /// Writes an event and keeps it for the process model and the summary.
+    fn keep(&mut self, ev: Event) -> Result<()> {
         self.writer.write(&ev)?;
         self.events.push(ev);
         Ok(())
@@ -155,6 +178,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         known: BTreeMap::new(),
         seen: BTreeSet::new(),
         maps_at: BTreeMap::new(),
+        http: Pairing::new(&args.request_id_header),
     };
     let clock = ClockAnchor { monotonic_ns: clock::monotonic_ns(), realtime_ns: clock::realtime_ns() };
     let initial = c.target_trees(&mut probe, &roots)?;
@@ -190,6 +214,8 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
             bucket_ms: args.bucket.as_millis() as u64,
             follow_forks: args.follow_forks,
             sample_hz: args.sample_hz,
+            http: args.http,
+            request_id_header: args.request_id_header.clone(),
         },
         root_comm: roots[0].1.clone(),
         initial_targets: initial,
@@ -215,6 +241,7 @@ fn load_probe(tracefs: &std::path::Path, args: &RecordArgs) -> Result<Probe> {
         bucket_ns: args.bucket.as_nanos() as u64,
         follow_forks: args.follow_forks,
         sample_hz: args.sample_hz,
+        http: args.http,
     };
     let probe = Probe::load(tracefs, &opts)?;
     for tp in &probe.degraded.tracepoints {
@@ -284,9 +311,9 @@ impl Collector {
             e.task.ts_ns = ended_ns;
             Event::UnixFlow(e)
         });
-        for ev in buckets.chain(flows).collect::<Vec<_>>() {
-            self.writer.write(&ev)?;
-            self.events.push(ev);
+        let unanswered = std::mem::replace(&mut self.http, Pairing::new("")).finish();
+        for ev in buckets.chain(flows).collect::<Vec<_>>().into_iter().chain(unanswered) {
+            self.keep(ev)?;
         }
         Ok(ended_ns)
     }

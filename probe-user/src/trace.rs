@@ -67,6 +67,12 @@ pub struct RecordOptions {
     /// CPU sampling frequency in Hz (0: off).
     #[serde(default)]
     pub sample_hz: u64,
+    /// Whether TCP connections and HTTP requests were traced.
+    #[serde(default)]
+    pub http: bool,
+    /// The request header whose value identifies a request.
+    #[serde(default)]
+    pub request_id_header: String,
 }
 
 /// `meta.json`.

@@ -1,10 +1,12 @@
 //! Links each failed request of the load test to the worker that served it and to the kernel
 //! events that explain it.
 //!
-//! Exact linking: the response's `x-standin-worker` header (`worker_pid` in `requests.jsonl`)
-//! names the worker, and only that worker's events within the request's time window (± a small
-//! slack) count. Requests without a response (timeouts, closed connections) have no worker, so
-//! they fall back to a time window across all workers, and say so.
+//! Exact linking: the worker that read the request is known, and only that worker's events
+//! within the request's time window (± a small slack) count. The kernel names it first (the
+//! request id the probe read from the worker's TCP socket, [`LinkMethod::Kernel`]), timeouts and
+//! closed connections included; else the gateway's own worker header, where it sends one (the
+//! stand-in's `x-standin-worker`, [`LinkMethod::GatewayHeader`]). A request neither names falls
+//! back to a time window across all workers ([`LinkMethod::Window`]), and says so.
 //!
 //! Either way a cause is blamed only for failures it can produce ([`fit`]); a failure that no
 //! cause can produce (a foreign body, a 4xx) is "not a reload effect" and counts apart.
@@ -19,6 +21,7 @@ use super::spin::Spin;
 use super::stale::{ConnectFailure, IoFailure, Stale};
 use super::text::{errno_name, rel_s, short_path};
 use super::timeline::Timeline;
+use crate::event::HttpRequestEvent;
 use crate::event::neg_errno;
 
 /// Slack around a request's window for its own worker's events: clocks are the same
@@ -26,6 +29,35 @@ use crate::event::neg_errno;
 pub const EXACT_SLACK_NS: u64 = 10_000_000;
 /// Slack for the time-window fallback (e.g. a keep-alive connection closed by an exiting worker).
 pub const WINDOW_SLACK_NS: u64 = 50_000_000;
+
+/// How a failed request's worker was known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkMethod {
+    /// The probe read the request's id from that worker's socket.
+    Kernel,
+    /// The gateway's response named its worker (the stand-in only).
+    GatewayHeader,
+    /// Neither: linked by time window.
+    #[default]
+    Window,
+}
+
+/// The requests the probe read, by request id (the first read of each id).
+pub type KernelRequests<'a> = BTreeMap<&'a str, &'a HttpRequestEvent>;
+
+/// The requests the probe read that carried an id; the first read of an id counts.
+pub fn kernel_requests(events: &[crate::event::Event]) -> KernelRequests<'_> {
+    let mut out = KernelRequests::new();
+    for e in events {
+        if let crate::event::Event::HttpRequest(h) = e
+            && let Some(id) = h.request_id.as_deref()
+        {
+            out.entry(id).or_insert(h);
+        }
+    }
+    out
+}
 
 /// One failed request and what explains it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -42,6 +74,8 @@ pub struct Link {
     pub reason: String,
     /// The worker that served it, when known.
     pub worker_pid: Option<u32>,
+    /// How that worker was known.
+    pub method: LinkMethod,
     /// That worker's generation.
     pub worker_generation: Option<u32>,
     /// `exact`, `window`, `unexplained`, or `not_reload` (no cause can produce its reason).
@@ -86,6 +120,12 @@ pub struct Attribution {
     pub with_worker: u64,
     /// Failed requests without a worker (timeouts, closed connections).
     pub without_worker: u64,
+    /// Failed requests whose worker the kernel named.
+    pub by_kernel: u64,
+    /// Failed requests whose worker only the gateway's header named.
+    pub by_header: u64,
+    /// Failed requests linked by time window.
+    pub by_window: u64,
     /// Explained through their own worker's events.
     pub exact: u64,
     /// Explained by the time-window fallback.
@@ -150,6 +190,7 @@ struct Index<'a> {
 /// Links every failed request.
 pub fn correlate(
     requests: &[Request],
+    kernel: &KernelRequests<'_>,
     timeline: &Timeline,
     spins: &[Spin],
     stale: &Stale,
@@ -174,15 +215,30 @@ pub fn correlate(
     for r in failed {
         att.failed += 1;
         let class = fit::classify(r.reason.as_deref().unwrap_or_default());
-        match r.worker_pid {
+        let read = kernel.get(r.request_id.as_str()).copied();
+        let worker = match (read, r.worker_pid) {
+            (Some(k), _) => Some((k.task.tgid, LinkMethod::Kernel)),
+            (None, Some(w)) => Some((w, LinkMethod::GatewayHeader)),
+            (None, None) => None,
+        };
+        match worker.map(|(_, m)| m).unwrap_or_default() {
+            LinkMethod::Kernel => att.by_kernel += 1,
+            LinkMethod::GatewayHeader => att.by_header += 1,
+            LinkMethod::Window => att.by_window += 1,
+        }
+        match worker {
             Some(_) => att.with_worker += 1,
             None => att.without_worker += 1,
         }
-        let link = match r.worker_pid {
+        let mut link = match worker {
             _ if !fit::reload_can_cause(class) => not_reload(r, zero_ns),
-            Some(w) => explain_exact(r, w, class, timeline, spins, stale, &ix, zero_ns),
+            Some((w, m)) => explain_exact(r, (w, m, read), class, timeline, spins, stale, &ix, zero_ns),
             None => explain_window(r, class, timeline, spins, stale, &ix, zero_ns),
         };
+        link.method = worker.map(|(_, m)| m).unwrap_or_default();
+        if let Some((w, _)) = worker {
+            link.worker_pid = Some(w);
+        }
         match link.link.as_str() {
             "exact" => att.exact += 1,
             "window" => att.window += 1,
@@ -271,7 +327,7 @@ fn spin_text(s: &Spin) -> String {
 #[allow(clippy::too_many_arguments)]
 fn explain_exact(
     r: &Request,
-    w: u32,
+    (w, method, read): (u32, LinkMethod, Option<&HttpRequestEvent>),
     class: FailureClass,
     timeline: &Timeline,
     spins: &[Spin],
@@ -283,10 +339,34 @@ fn explain_exact(
     l.worker_generation = timeline.worker_generation(w);
     let (lo, hi) = (r.start_mono_ns.saturating_sub(EXACT_SLACK_NS), r.end_mono_ns + EXACT_SLACK_NS);
     let wgen = l.worker_generation.map_or(String::new(), |g| format!(" (generation {g})"));
-    let served = format!("{}: served by worker {w}{wgen}", head(&l));
+    let served = match (method, read) {
+        (LinkMethod::Kernel, Some(k)) => {
+            let answer = match (k.response_ns, k.closed_ns) {
+                (Some(t), _) => format!(
+                    ", answered {} at {:.2} s",
+                    k.status.map_or("?".into(), |s| s.to_string()),
+                    rel_s(t, zero_ns)
+                ),
+                (None, Some(_)) => ", never answered".to_string(),
+                (None, None) => ", never answered while traced".to_string(),
+            };
+            format!("{}: reached worker {w}{wgen} at {:.2} s{answer}", head(&l), rel_s(k.task.ts_ns, zero_ns))
+        }
+        _ => format!("{}: served by worker {w}{wgen}", head(&l)),
+    };
     let can = |k: CauseKind| fit::fits(k, class);
     let mut found = None;
-    if can(CauseKind::FailedConnect)
+    if can(CauseKind::WorkerClosed)
+        && let Some(t) = read.and_then(|k| k.closed_ns)
+    {
+        found = Some((
+            CauseKind::WorkerClosed,
+            t,
+            format!("{served}; the worker closed its connection at {:.2} s", rel_s(t, zero_ns)),
+        ));
+    }
+    if found.is_none()
+        && can(CauseKind::FailedConnect)
         && let Some(v) = ix.connects.get(&w)
         && let Some(c) = pick_near(v, |c| c.ts_ns, r, EXACT_SLACK_NS, |c| &c.path)
     {
@@ -544,7 +624,7 @@ mod tests {
             req("c", ms(2295), ms(2305), Some(12), "plugin header missing"),
             req("d", ms(2295), ms(2305), Some(11), ""),
         ];
-        let a = correlate(&requests, &timeline(), &[spin()], &stale(), ms(1000));
+        let a = correlate(&requests, &KernelRequests::new(), &timeline(), &[spin()], &stale(), ms(1000));
         assert_eq!((a.requests, a.failed, a.with_worker, a.without_worker), (4, 3, 2, 1));
         assert_eq!((a.exact, a.window, a.unexplained), (1, 1, 1));
         let l = &a.links[0];
@@ -597,7 +677,7 @@ mod tests {
             // A closed connection with a failed plugin connect on its worker: plugins fail open.
             req("closed2", ms(2295), ms(2305), Some(11), "connection reset by peer"),
         ];
-        let a = correlate(&requests, &t, &[], &stale(), 0);
+        let a = correlate(&requests, &KernelRequests::new(), &t, &[], &stale(), 0);
         let by = |id: &str| a.links.iter().find(|l| l.request_id == id).unwrap();
         let got = |id: &str| (by(id).link.clone(), by(id).kind.clone());
         let pair = |l: &str, k: &str| (l.to_string(), k.to_string());
@@ -618,7 +698,14 @@ mod tests {
 
     #[test]
     fn no_failures_no_links() {
-        let a = correlate(&[req("d", 1, 2, Some(11), "")], &timeline(), &[], &Stale::default(), 0);
+        let a = correlate(
+            &[req("d", 1, 2, Some(11), "")],
+            &KernelRequests::new(),
+            &timeline(),
+            &[],
+            &Stale::default(),
+            0,
+        );
         assert_eq!((a.failed, a.links.len(), a.exact_share), (0, 0, 0.0));
     }
 }

@@ -4,6 +4,7 @@
 //! | cause | failures it can produce |
 //! |---|---|
 //! | an old worker's exit (its idle keep-alive closes) | the connection closed or reset |
+//! | the worker closed the request's connection unanswered | the connection closed or reset |
 //! | a spinning worker | a timeout |
 //! | a failed plugin connect, failed plugin I/O, a stale server generation | the plugin's header missing, a 5xx |
 //! | (none) | a body that is not the upstream's, a 4xx or other non-200, an unknown client error |
@@ -43,6 +44,8 @@ pub enum CauseKind {
     Spin,
     /// An old worker exited during the reload.
     OldWorkerExit,
+    /// The worker that read the request closed its connection without answering (kernel).
+    WorkerClosed,
 }
 
 impl CauseKind {
@@ -54,6 +57,7 @@ impl CauseKind {
             CauseKind::StaleFlow => "stale_flow",
             CauseKind::Spin => "spin",
             CauseKind::OldWorkerExit => "old_worker_exit",
+            CauseKind::WorkerClosed => "worker_closed",
         }
     }
 
@@ -98,7 +102,7 @@ pub fn fits(cause: CauseKind, class: FailureClass) -> bool {
     match class {
         HeaderMissing | ServerError => cause.is_plugin(),
         TimedOut => cause == Spin,
-        Closed => cause == OldWorkerExit,
+        Closed => matches!(cause, OldWorkerExit | WorkerClosed),
         NotReloadable => false,
     }
 }
@@ -114,7 +118,7 @@ mod tests {
     use CauseKind::*;
     use FailureClass::*;
 
-    const CAUSES: [CauseKind; 5] = [FailedConnect, FailedIo, StaleFlow, Spin, OldWorkerExit];
+    const CAUSES: [CauseKind; 6] = [FailedConnect, FailedIo, StaleFlow, Spin, OldWorkerExit, WorkerClosed];
 
     fn fitting(class: FailureClass) -> Vec<CauseKind> {
         CAUSES.into_iter().filter(|&c| fits(c, class)).collect()
@@ -138,7 +142,7 @@ mod tests {
 
     #[test]
     fn each_row_of_the_table() {
-        assert_eq!(fitting(Closed), vec![OldWorkerExit]);
+        assert_eq!(fitting(Closed), vec![OldWorkerExit, WorkerClosed]);
         assert_eq!(fitting(TimedOut), vec![Spin]);
         assert_eq!(fitting(HeaderMissing), vec![FailedConnect, FailedIo, StaleFlow]);
         assert_eq!(fitting(ServerError), vec![FailedConnect, FailedIo, StaleFlow]);

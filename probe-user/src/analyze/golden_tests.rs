@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::testkit::*;
 use super::*;
+use crate::event::Event;
 use crate::model::{ProcInfo, processes};
 use shared::requests::Outcome;
 
@@ -84,6 +85,12 @@ fn reload_run(dir: &Path) -> Run {
         exit(ms(12_000), OLD[1], 0, ROOT),
     ];
     events.extend((0..20).map(|i| bucket(NEW[1], 11_000 + 100 * i, 800, 800)));
+    // What the kernel read of the requests: the timeout reached the spinning worker and was
+    // never answered; the closed /python request was read by old worker 10, which closed its
+    // connection on its way out.
+    events.push(http(ms(11_201), NEW[1], "/js", "r-7", None, None));
+    events.push(http(ms(11_491), OLD[0], "/python", "r-6", None, Some(ms(11_499))));
+    events.push(http(ms(9_101), OLD[0], "/js", "r-1", Some((ms(9_108), 200)), None));
     events.sort_by_key(|e| e.task().ts_ns);
     let processes = processes(&events, ROOT, &known);
     let mut meta = crate::trace::Meta {
@@ -128,6 +135,21 @@ fn reload_run(dir: &Path) -> Run {
         }),
         ground_truth,
     }
+}
+
+/// A request the kernel read: (response time, status) or the close that left it unanswered.
+fn http(ts: u64, pid: u32, path: &str, id: &str, answer: Option<(u64, u16)>, closed: Option<u64>) -> Event {
+    Event::HttpRequest(crate::event::HttpRequestEvent {
+        task: crate::event::Task { ts_ns: ts, cpu: 0, tgid: pid, tid: pid, comm: String::new() },
+        fd: 7,
+        conn: 1000 + u64::from(pid),
+        method: "GET".into(),
+        path: path.into(),
+        request_id: Some(id.into()),
+        response_ns: answer.map(|a| a.0),
+        status: answer.map(|a| a.1),
+        closed_ns: closed,
+    })
 }
 
 /// Compares `actual` with the golden file `name`, or writes it when blessing.
@@ -186,6 +208,13 @@ fn the_golden_run_shows_each_kind_of_finding() {
     assert_eq!(a.lifecycle.kills.iter().map(|k| k.target).collect::<Vec<_>>(), vec![JS_OLD]);
     assert_eq!((a.attribution.failed, a.attribution.not_reload), (4, 1));
     assert!(a.ground_truth_check.iter().all(|c| c.agrees), "{:?}", a.ground_truth_check);
+    // The kernel named the workers of the timeout and the closed request; the header the rest.
+    let att = &a.attribution;
+    assert_eq!((att.by_kernel, att.by_header, att.by_window), (2, 2, 0));
+    let kind =
+        |id: &str| att.links.iter().find(|l| l.request_id == id).map(|l| (l.link.clone(), l.kind.clone()));
+    assert_eq!(kind("r-7"), Some(("exact".into(), "spin".into())));
+    assert_eq!(kind("r-6"), Some(("exact".into(), "worker_closed".into())));
     let js: Vec<(u32, u32)> =
         a.lifecycle.servers.iter().filter(|s| s.path == JS).map(|s| (s.pid, s.generation)).collect();
     assert_eq!(js, vec![(JS_OLD, 1), (JS_NEW, 2)]);

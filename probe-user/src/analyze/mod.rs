@@ -8,6 +8,7 @@
 pub mod correlate;
 pub mod fit;
 pub mod lifecycle;
+mod linked;
 pub mod report;
 pub mod spin;
 pub mod stale;
@@ -140,7 +141,8 @@ pub fn analyze(run: &Run) -> Analysis {
     let spins =
         spin::detect(&run.events, &timeline, spin::Params::new(run.meta.options.sample_hz, bucket_ns), zero);
     let stale = stale::detect(&run.events, &timeline, &lifecycle, zero);
-    let attribution = correlate::correlate(&run.requests, &timeline, &spins, &stale, zero);
+    let kernel = correlate::kernel_requests(&run.events);
+    let attribution = correlate::correlate(&run.requests, &kernel, &timeline, &spins, &stale, zero);
     let ground_truth_check =
         standin::ground_truth_check(&run.ground_truth, &lifecycle, &spins, run.meta.ended_ns);
     Analysis {

@@ -39,6 +39,18 @@ const TRACEPOINTS: [(&str, &str, &[&str]); 9] = [
     ("unix_close_enter", "syscalls", &["sys_enter_close"]),
 ];
 
+/// The HTTP programs, attached unless `--no-http`: (program, tracepoints). `recvfrom` and
+/// `sendto` take their buffer where `read` and `write` do.
+const HTTP_TRACEPOINTS: [(&str, &[&str]); 7] = [
+    ("http_read_enter", &["sys_enter_read", "sys_enter_recvfrom"]),
+    ("http_readv_enter", &["sys_enter_readv"]),
+    ("http_recvmsg_enter", &["sys_enter_recvmsg"]),
+    ("http_read_exit", &["sys_exit_read", "sys_exit_readv", "sys_exit_recvfrom", "sys_exit_recvmsg"]),
+    ("http_write_enter", &["sys_enter_write", "sys_enter_sendto"]),
+    ("http_writev_enter", &["sys_enter_writev"]),
+    ("http_sendmsg_enter", &["sys_enter_sendmsg"]),
+];
+
 /// Raw tracepoints (program, tracepoint): TP_PROTO arguments, no trace record to build.
 const RAW_TRACEPOINTS: [(&str, &str); 2] =
     [("unix_send", "sock_send_length"), ("unix_recv", "sock_recv_length")];
@@ -52,6 +64,8 @@ pub struct ProbeOptions {
     pub follow_forks: bool,
     /// CPU sampling frequency in Hz; 0 disables sampling.
     pub sample_hz: u64,
+    /// Trace accepted TCP connections and the HTTP requests on them.
+    pub http: bool,
 }
 
 /// What the running kernel lacks, so the probe degraded: reported in meta.json.
@@ -109,7 +123,8 @@ impl Probe {
             );
         }
         let (formats, missing) = read_formats(tracefs)?;
-        let config: ProbeConfig = probe_config(&formats, opts.bucket_ns, opts.follow_forks)?;
+        let mut config: ProbeConfig = probe_config(&formats, opts.bucket_ns, opts.follow_forks)?;
+        config.http = opts.http as u32;
         let btf = Btf::from_file(Path::new(KERNEL_BTF))?;
         let (offsets, missing_fields) = kernel_offsets(|ty, path| btf.member_offset(ty, path));
         let mut ebpf = EbpfLoader::new()
@@ -133,6 +148,11 @@ impl Probe {
         }
         for (prog, tp) in RAW_TRACEPOINTS {
             attach_raw(&mut ebpf, prog, tp)?;
+        }
+        if opts.http {
+            for (prog, tps) in HTTP_TRACEPOINTS {
+                attach(&mut ebpf, prog, "syscalls", tps)?;
+            }
         }
         if opts.sample_hz > 0 {
             attach_sampler(&mut ebpf, opts.sample_hz)?;

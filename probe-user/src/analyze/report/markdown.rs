@@ -185,6 +185,10 @@ fn artifacts_md(s: &mut String, run: &Run) {
             "open in ui.perfetto.dev: spins, epoll buckets, socket errors, signals, failed requests",
         ),
         ("requests.jsonl", "every request of the load test"),
+        (
+            "requests-linked.jsonl",
+            "every request beside the worker that read it (by the kernel), the worker the gateway's header named, and when the worker read and answered it",
+        ),
         ("reload.json", "when the reload was sent"),
         ("trace/meta.json", "the trace's metadata"),
         ("trace/events.jsonl", "every kernel event"),
@@ -648,10 +652,11 @@ fn attribution_md(s: &mut String, a: &Analysis) {
     s.push_str("\n## Failure attribution\n\n");
     let _ = writeln!(
         s,
-        "{} failed requests: {} named their worker (`x-standin-worker`), {} did not (timeouts, closed connections) and were linked by time window. A cause is blamed only for failures it can produce: an old worker's exit for a closed or reset connection, a spin for a timeout, a plugin socket's trouble (failed connect or I/O, a stale server generation) for its own endpoint's missing header or a 5xx. {} failed in ways no reload effect produces (`not_reload`: a foreign body, a 4xx) and count apart. Of the other {}: **{} exact, {} window, {} unexplained**.\n",
+        "{} failed requests. Their worker was named by the kernel for {} (the request id read from the worker's own socket), by the gateway's worker header alone for {} (`x-standin-worker`, the stand-in only), by neither for {}, which were linked by time window. A cause is blamed only for failures it can produce: an old worker's exit, or the worker closing the request's own connection, for a closed or reset connection, a spin for a timeout, a plugin socket's trouble (failed connect or I/O, a stale server generation) for its own endpoint's missing header or a 5xx. {} failed in ways no reload effect produces (`not_reload`: a foreign body, a 4xx) and count apart. Of the other {}: **{} exact, {} window, {} unexplained**.\n",
         att.failed,
-        att.with_worker,
-        att.without_worker,
+        att.by_kernel,
+        att.by_header,
+        att.by_window,
         att.not_reload,
         att.reload_failed,
         pct(att.exact_share),

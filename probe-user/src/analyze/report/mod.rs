@@ -28,8 +28,16 @@ pub struct Written {
     pub markdown_bytes: usize,
 }
 
-/// Writes the three report files into the run directory.
+/// Writes the three report files, and `requests-linked.jsonl` when there is a request log, into
+/// the run directory.
 pub fn write(run: &Run, a: &Analysis) -> Result<Written> {
+    if !run.requests.is_empty() {
+        let kernel = super::correlate::kernel_requests(&run.events);
+        super::linked::write(
+            &run.dir.join("requests-linked.jsonl"),
+            &super::linked::lines(&run.requests, &kernel),
+        )?;
+    }
     let md = markdown(run, a);
     let markdown = run.dir.join("report.md");
     std::fs::write(&markdown, &md).with_context(|| format!("cannot write {}", markdown.display()))?;

@@ -1,0 +1,130 @@
+//! TCP connections a target accepts, and the start of each HTTP/1.x request read from them and
+//! of each response written on them.
+//!
+//! The kernel keeps one [`ConnState`] per accepted connection (keyed by [`ConnKey`]) and copies
+//! bytes only at the two moments that matter: the first reads of a request (at most
+//! [`REQUEST_CHUNKS`] reads of [`HTTP_CHUNK_LEN`] bytes, until its response starts) and the first
+//! write of its response (the status line). User space parses them at once and keeps only the
+//! method, path, request id and status.
+
+use crate::{COMM_LEN, EventHeader};
+
+/// Most bytes copied from the start of a request.
+pub const HTTP_CHUNK_LEN: usize = 1024;
+/// Bytes copied from the start of a response: `HTTP/1.1 200` fits.
+pub const STATUS_LEN: usize = 16;
+/// Reads copied per request, at most: a client may write its header block in pieces.
+pub const REQUEST_CHUNKS: u32 = 4;
+
+/// What a [`TcpConn`] record says happened.
+pub mod conn_op {
+    /// The target accepted the connection.
+    pub const ACCEPT: u32 = 1;
+    /// The target closed it.
+    pub const CLOSE: u32 = 2;
+}
+
+/// Where a connection is in its request/response cycle.
+pub mod conn_phase {
+    /// Waiting for a request's first bytes.
+    pub const AWAIT_REQUEST: u32 = 0;
+    /// A request was read; its response has not started.
+    pub const AWAIT_RESPONSE: u32 = 1;
+}
+
+/// Which syscall family a pending read or write is (the buffer argument differs).
+pub mod buf_kind {
+    /// `read`/`write`/`recvfrom`/`sendto`: a plain buffer.
+    pub const PLAIN: u32 = 0;
+    /// `readv`/`writev`: an iovec array (the first element is used).
+    pub const IOVEC: u32 = 1;
+    /// `recvmsg`/`sendmsg`: a `user_msghdr` (its first iovec is used).
+    pub const MSGHDR: u32 = 2;
+}
+
+/// Key of the `CONNS` map: a connection by its process and fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// The process.
+    pub tgid: u32,
+    /// Its fd.
+    pub fd: u32,
+}
+
+/// Value of the `CONNS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    /// The socket's inode: the connection's identity across records.
+    pub inode: u64,
+    /// One of [`conn_phase`].
+    pub phase: u32,
+    /// Requests read on it so far.
+    pub requests: u32,
+    /// Reads copied of the current request (up to [`REQUEST_CHUNKS`]).
+    pub chunks: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// A TCP connection accepted or closed by a target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpConn {
+    /// `kind` is [`crate::kind::TCP_CONN`].
+    pub hdr: EventHeader,
+    /// The thread's comm.
+    pub comm: [u8; COMM_LEN],
+    /// One of [`conn_op`].
+    pub op: u32,
+    /// The fd in the target.
+    pub fd: i32,
+    /// The socket's inode.
+    pub inode: u64,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port (host order).
+    pub local_port: u16,
+    /// Peer port (host order).
+    pub peer_port: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// Local address: 4 bytes for IPv4, 16 for IPv6 (network order).
+    pub local_addr: [u8; 16],
+    /// Peer address.
+    pub peer_addr: [u8; 16],
+    /// At close: the connection's [`conn_phase`] (a request read and not answered is
+    /// [`conn_phase::AWAIT_RESPONSE`]).
+    pub phase: u32,
+    /// At close: requests read on it.
+    pub requests: u32,
+}
+
+/// The start of a request read, or of a response written, on a traced connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpChunk {
+    /// `kind` is [`crate::kind::HTTP_CHUNK`]; `ts_ns` is the read's exit or the write's entry.
+    pub hdr: EventHeader,
+    /// 1 for a request read, 2 for a response written.
+    pub dir: u32,
+    /// The fd in the target.
+    pub fd: i32,
+    /// The connection's socket inode.
+    pub inode: u64,
+    /// Bytes copied into `data`.
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The first bytes.
+    pub data: [u8; HTTP_CHUNK_LEN],
+}
+
+/// [`HttpChunk::dir`] values.
+pub mod dir {
+    /// Bytes a target read: a request's start.
+    pub const REQUEST: u32 = 1;
+    /// Bytes a target wrote: a response's start.
+    pub const RESPONSE: u32 = 2;
+}

@@ -1,0 +1,301 @@
+//! TCP connections targets accept, and where each HTTP/1.x request and response starts on them.
+//!
+//! A connection is known from its accept on: `CONNS` keys it by (tgid, fd), so every read and
+//! write pays one lookup to learn whether it is a traced connection at all. Bytes are copied
+//! only at the first read after a response (a request's start, at most `HTTP_CHUNK_LEN`) and
+//! the first write after a request (the status line).
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use probe_common::{
+    COMM_LEN, ConnKey, ConnState, HttpChunk, TcpConn, kind,
+    tcp::{HTTP_CHUNK_LEN, REQUEST_CHUNKS, STATUS_LEN, buf_kind, conn_op, conn_phase, dir},
+};
+
+use crate::kread::{AF_INET, AF_INET6, read, sock_inode};
+use crate::{CONFIG, EVENTS, KOFFSETS, count_drop, current_ids, header, is_target};
+
+/// Connections targets accepted, by (tgid, fd).
+#[map]
+static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// A read on a traced connection in progress: where its bytes will be.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PendingRead {
+    key: ConnKey,
+    buf: u64,
+    kind: u32,
+    _pad: u32,
+}
+
+/// Reads in progress by tid, consumed at exit.
+#[map]
+static HTTP_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_entries(4096, 0);
+
+/// `struct iovec` and the offset of `msg_iov` in `struct user_msghdr`: user-space ABI, fixed.
+const IOVEC_LEN_OFF: u64 = 8;
+const MSGHDR_IOV_OFF: u64 = 16;
+
+/// The n-th syscall argument (8-byte slots).
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: u32) -> u64 {
+    let off = CONFIG.load().off_syscall_args + 8 * n;
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid u64.
+    unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0)
+}
+
+/// A user pointer's target, or 0.
+#[inline(always)]
+fn user_u64(addr: u64) -> u64 {
+    // SAFETY: bpf_probe_read_user copies fault-safely; any bytes are a valid u64.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+}
+
+/// Where the bytes of a read or write start, and at most how many there are.
+#[inline(always)]
+fn first_buffer(kind: u32, arg: u64, count: u64) -> (u64, u64) {
+    match kind {
+        buf_kind::IOVEC => (user_u64(arg), user_u64(arg + IOVEC_LEN_OFF)),
+        buf_kind::MSGHDR => {
+            let iov = user_u64(arg + MSGHDR_IOV_OFF);
+            (user_u64(iov), user_u64(iov + IOVEC_LEN_OFF))
+        }
+        _ => (arg, count),
+    }
+}
+
+/// The traced connection `fd` of the current target, if it is one.
+#[inline(always)]
+fn conn(tgid: u32, fd: u64) -> Option<(ConnKey, *mut ConnState)> {
+    let key = ConnKey { tgid, fd: fd as u32 };
+    CONNS.get_ptr_mut(key).map(|c| (key, c))
+}
+
+/// Called at the exit of accept/accept4 for a socket that is not AF_UNIX: a TCP connection to
+/// trace from now on.
+#[inline(always)]
+pub fn on_accept(ctx: &TracePointContext, fd: i64, sk: u64, family: u16, tgid: u32, tid: u32) {
+    if CONFIG.load().http == 0 || (family != AF_INET && family != AF_INET6) {
+        return;
+    }
+    let inode = sock_inode(sk);
+    let state = ConnState { inode, phase: conn_phase::AWAIT_REQUEST, requests: 0, chunks: 0, _pad: 0 };
+    let _ = CONNS.insert(ConnKey { tgid, fd: fd as u32 }, state, 0);
+    let Some(mut entry) = EVENTS.reserve::<TcpConn>(0) else {
+        count_drop(kind::TCP_CONN);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    let hdr = header(kind::TCP_CONN, tgid, tid);
+    let comm = aya_ebpf::EbpfContext::command(ctx).unwrap_or([0; COMM_LEN]);
+    let k = KOFFSETS.load();
+    let (local_port, peer_port) =
+        (read::<u16>(sk, k.sock_num).unwrap_or(0), u16::from_be(read::<u16>(sk, k.sock_dport).unwrap_or(0)));
+    let mut local_addr = [0u8; 16];
+    let mut peer_addr = [0u8; 16];
+    if family == AF_INET {
+        local_addr[..4].copy_from_slice(&read::<[u8; 4]>(sk, k.sock_rcv_saddr).unwrap_or([0; 4]));
+        peer_addr[..4].copy_from_slice(&read::<[u8; 4]>(sk, k.sock_daddr).unwrap_or([0; 4]));
+    } else {
+        local_addr = read::<[u8; 16]>(sk, k.sock_v6_rcv_saddr).unwrap_or([0; 16]);
+        peer_addr = read::<[u8; 16]>(sk, k.sock_v6_daddr).unwrap_or([0; 16]);
+    }
+    // SAFETY: `r` is our reserved ring-buffer record (non-null, sized and aligned for a
+    // TcpConn), ours alone until submit; plain field stores.
+    unsafe {
+        (*r).hdr = hdr;
+        (*r).comm = comm;
+        (*r).op = conn_op::ACCEPT;
+        (*r).fd = fd as i32;
+        (*r).inode = inode;
+        (*r).family = family;
+        (*r).local_port = local_port;
+        (*r).peer_port = peer_port;
+        (*r)._pad = 0;
+        (*r).local_addr = local_addr;
+        (*r).peer_addr = peer_addr;
+        (*r).phase = conn_phase::AWAIT_REQUEST;
+        (*r).requests = 0;
+    }
+    entry.submit(0);
+}
+
+/// Called at the entry of close: true when `fd` was a traced TCP connection (now forgotten).
+#[inline(always)]
+pub fn on_close(ctx: &TracePointContext, fd: i64, tgid: u32, tid: u32) -> bool {
+    let Some((key, state)) = conn(tgid, fd as u64) else { return false };
+    // SAFETY: a live map value keyed by this process's fd; copied out before the remove below.
+    let state = unsafe { *state };
+    let _ = CONNS.remove(key);
+    let Some(mut entry) = EVENTS.reserve::<TcpConn>(0) else {
+        count_drop(kind::TCP_CONN);
+        return true;
+    };
+    let r = entry.as_mut_ptr();
+    let hdr = header(kind::TCP_CONN, tgid, tid);
+    let comm = aya_ebpf::EbpfContext::command(ctx).unwrap_or([0; COMM_LEN]);
+    // SAFETY: `r` is our reserved ring-buffer record (non-null, sized and aligned for a
+    // TcpConn), ours alone until submit; plain field stores.
+    unsafe {
+        (*r).hdr = hdr;
+        (*r).comm = comm;
+        (*r).op = conn_op::CLOSE;
+        (*r).fd = fd as i32;
+        (*r).inode = state.inode;
+        (*r).family = 0;
+        (*r).local_port = 0;
+        (*r).peer_port = 0;
+        (*r)._pad = 0;
+        (*r).local_addr = [0; 16];
+        (*r).peer_addr = [0; 16];
+        (*r).phase = state.phase;
+        (*r).requests = state.requests;
+    }
+    entry.submit(0);
+    true
+}
+
+/// Entry of a read on a connection that awaits a request, or whose request's header block may
+/// still be coming (no response yet, fewer than REQUEST_CHUNKS reads): remember where the bytes go.
+#[inline(always)]
+fn read_enter(ctx: &TracePointContext, kind: u32) {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return;
+    }
+    let fd = arg(ctx, 0);
+    let Some((key, state)) = conn(tgid, fd) else { return };
+    // SAFETY: a live map value; u32 reads.
+    let (phase, chunks) = unsafe { ((*state).phase, (*state).chunks) };
+    if phase != conn_phase::AWAIT_REQUEST && chunks >= REQUEST_CHUNKS {
+        return;
+    }
+    let _ = HTTP_READS.insert(tid, PendingRead { key, buf: arg(ctx, 1), kind, _pad: 0 }, 0);
+}
+
+#[tracepoint]
+pub fn http_read_enter(ctx: TracePointContext) -> u32 {
+    read_enter(&ctx, buf_kind::PLAIN);
+    0
+}
+
+#[tracepoint]
+pub fn http_readv_enter(ctx: TracePointContext) -> u32 {
+    read_enter(&ctx, buf_kind::IOVEC);
+    0
+}
+
+#[tracepoint]
+pub fn http_recvmsg_enter(ctx: TracePointContext) -> u32 {
+    read_enter(&ctx, buf_kind::MSGHDR);
+    0
+}
+
+/// Attached to the exits of read, readv, recvfrom and recvmsg: a request's first bytes.
+#[tracepoint]
+pub fn http_read_exit(ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    let Some(p) = HTTP_READS.get_ptr(tid) else { return 0 };
+    // SAFETY: a live map value keyed by this thread's tid; copied out before the remove below.
+    let p = unsafe { *p };
+    let _ = HTTP_READS.remove(tid);
+    let off = CONFIG.load().off_ret as usize;
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid i64.
+    let ret = unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0);
+    if ret <= 0 {
+        return 0;
+    }
+    let Some(state) = CONNS.get_ptr_mut(p.key) else { return 0 };
+    let (buf, room) = first_buffer(p.kind, p.buf, ret as u64);
+    let n = (ret as u64).min(room) as usize;
+    // SAFETY: a live map value keyed by this process's fd, touched by its threads one syscall at
+    // a time; plain field stores.
+    let inode = unsafe {
+        if (*state).phase == conn_phase::AWAIT_REQUEST {
+            (*state).phase = conn_phase::AWAIT_RESPONSE;
+            (*state).requests += 1;
+            (*state).chunks = 0;
+        }
+        (*state).chunks += 1;
+        (*state).inode
+    };
+    send_chunk(dir::REQUEST, p.key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), tgid, tid);
+    0
+}
+
+/// Entry of a write on a connection that awaits a response: its status line.
+#[inline(always)]
+fn write_enter(ctx: &TracePointContext, kind: u32) {
+    let (tgid, tid) = current_ids();
+    if !is_target(tgid) {
+        return;
+    }
+    let fd = arg(ctx, 0);
+    let Some((key, state)) = conn(tgid, fd) else { return };
+    // SAFETY: a live map value keyed by this process's fd, touched by its threads one syscall at
+    // a time; a u32 read, then plain field stores.
+    let inode = unsafe {
+        if (*state).phase != conn_phase::AWAIT_RESPONSE {
+            return;
+        }
+        (*state).phase = conn_phase::AWAIT_REQUEST;
+        (*state).inode
+    };
+    let (buf, room) = first_buffer(kind, arg(ctx, 1), arg(ctx, 2));
+    send_chunk(dir::RESPONSE, key.fd, inode, buf, (room as usize).min(STATUS_LEN), tgid, tid);
+}
+
+#[tracepoint]
+pub fn http_write_enter(ctx: TracePointContext) -> u32 {
+    write_enter(&ctx, buf_kind::PLAIN);
+    0
+}
+
+#[tracepoint]
+pub fn http_writev_enter(ctx: TracePointContext) -> u32 {
+    write_enter(&ctx, buf_kind::IOVEC);
+    0
+}
+
+#[tracepoint]
+pub fn http_sendmsg_enter(ctx: TracePointContext) -> u32 {
+    write_enter(&ctx, buf_kind::MSGHDR);
+    0
+}
+
+/// Sends the first `n` bytes at user address `buf` (n ≤ HTTP_CHUNK_LEN).
+#[inline(always)]
+fn send_chunk(direction: u32, fd: u32, inode: u64, buf: u64, n: usize, tgid: u32, tid: u32) {
+    let Some(mut entry) = EVENTS.reserve::<HttpChunk>(0) else {
+        count_drop(kind::HTTP_CHUNK);
+        return;
+    };
+    let r = entry.as_mut_ptr();
+    let hdr = header(kind::HTTP_CHUNK, tgid, tid);
+    // SAFETY: `r` is our reserved ring-buffer record (non-null, sized and aligned for an
+    // HttpChunk), ours alone until submit; plain field stores.
+    unsafe {
+        (*r).hdr = hdr;
+        (*r).dir = direction;
+        (*r).fd = fd as i32;
+        (*r).inode = inode;
+        (*r)._pad = 0;
+    }
+    // The verifier needs the length bounded by the buffer it writes into.
+    let n = n & (HTTP_CHUNK_LEN * 2 - 1);
+    let n = if n > HTTP_CHUNK_LEN { HTTP_CHUNK_LEN } else { n };
+    // SAFETY: as above; any bytes are a valid [u8; N], so the buffer can be lent out as `&mut`.
+    let data = unsafe { &mut (*r).data };
+    // SAFETY: bpf_probe_read_user_buf copies fault-safely, at most `n` ≤ data.len() bytes.
+    let copied = n > 0 && unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut data[..n]) }.is_ok();
+    // SAFETY: as above.
+    unsafe { (*r).len = if copied { n as u32 } else { 0 } };
+    entry.submit(0);
+}
