@@ -68,6 +68,20 @@ pub struct GatewayOptions {
     /// CPU limit of the gateway in CPUs (cgroup quota; compose defaults to 0.15 as in #8531).
     #[arg(long)]
     pub cpu_limit: Option<f64>,
+    /// Stand-in only: answer with `x-standin-worker` (a test aid); `off` behaves as real Kong,
+    /// which names no worker, so only the kernel can.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub worker_header: Switch,
+}
+
+/// On or off.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Switch {
+    /// On.
+    #[default]
+    On,
+    /// Off.
+    Off,
 }
 
 /// Options of `cargo xtask up`.

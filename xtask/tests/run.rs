@@ -241,6 +241,24 @@ fn common_claims(run: &Run) {
         "one instant per failed request"
     );
 
+    // The kernel read every request the gateway answered, and where the stand-in's header also
+    // names a worker, it is the same worker (all requests, not only the failed ones).
+    let linked = json_lines(&out.join("requests-linked.jsonl"));
+    assert_eq!(linked.len(), run.requests.len(), "one requests-linked line per request");
+    let answered = run.requests.iter().filter(|r| r.status.is_some()).count();
+    let by_kernel = linked.iter().filter(|l| l["worker_kernel"].is_u64()).count();
+    assert!(by_kernel * 100 >= answered * 99, "the kernel read {by_kernel} of {answered} answered requests");
+    let both: Vec<&Value> =
+        linked.iter().filter(|l| l["worker_kernel"].is_u64() && l["worker_header"].is_u64()).collect();
+    let differ: Vec<&&Value> = both.iter().filter(|l| l["worker_kernel"] != l["worker_header"]).collect();
+    assert!(
+        differ.is_empty(),
+        "kernel and header name different workers for {} of {}: {:?}",
+        differ.len(),
+        both.len(),
+        differ.first()
+    );
+
     // goose's own counts agree with the request log.
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(summary.contains("in the request log: equal"), "goose and the request log disagree:\n{summary}");
@@ -352,6 +370,28 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
     );
     let lua = "ngx_http_lua_run_thread [ngx_http_lua_module.so];lj_vm(interpreter) [libluajit-5.1.so.2";
     assert!(folded.contains(lua), "no Lua handler down into LuaJIT");
+}
+
+#[test]
+#[ignore = "root: runs the stand-in, the probe and the load"]
+fn without_the_worker_header_the_kernel_links_the_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = short_run(dir.path(), &["--worker-header", "off"]);
+    assert!(run.requests.iter().all(|r| r.worker_pid.is_none()), "the stand-in sent no worker header");
+    let att = &run.report["attribution"];
+    let n = |k: &str| att[k].as_u64().unwrap();
+    println!(
+        "failed {}, by kernel {}, by window {}, unexplained {}",
+        n("failed"),
+        n("by_kernel"),
+        n("by_window"),
+        n("unexplained")
+    );
+    assert_eq!(n("by_header"), 0, "{att}");
+    // Every failure the gateway saw (it read the request) is linked by the kernel: at least 99%
+    // of those a reload can cause, timeouts included, and none is left unexplained.
+    assert!(n("by_kernel") * 100 >= (n("reload_failed")) * 99 || n("reload_failed") == 0, "{att}");
+    assert_eq!(n("unexplained"), 0, "{att}");
 }
 
 #[test]

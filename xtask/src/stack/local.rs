@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{UpOptions, cgroup, http, plugins, prefix, procs};
+use super::{Switch, UpOptions, cgroup, http, plugins, prefix, procs};
 use crate::util::{cargo, run, workspace_root};
 
 /// Files Debian's packages must have put in place.
@@ -101,6 +101,14 @@ pub fn up(opts: &UpOptions) -> Result<()> {
             ("LUA_DIR", standin_dir().join("lua").display().to_string()),
             ("REFLECTION", opts.reflection.clone()),
             ("LISTEN", opts.listen.clone()),
+            (
+                "WORKER_HEADER",
+                if opts.gateway.worker_header == Switch::On {
+                    "add_header X-Standin-Worker $pid always;".into()
+                } else {
+                    "# no X-Standin-Worker: as real Kong".into()
+                },
+            ),
         ],
     )?;
     let conf_path = prefix.join("conf/nginx.conf");
@@ -388,6 +396,7 @@ mod tests {
             ("LUA_DIR", "/l".to_string()),
             ("REFLECTION", "127.0.0.1:9000".to_string()),
             ("LISTEN", "127.0.0.1:8000".to_string()),
+            ("WORKER_HEADER", "add_header X-Standin-Worker $pid always;".to_string()),
         ];
         let conf = render(&template, &vars).unwrap();
         assert!(conf.contains("worker_processes 4;"));
