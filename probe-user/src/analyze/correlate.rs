@@ -442,7 +442,7 @@ fn explain_window(
     } else {
         r.reason.clone().unwrap_or_else(|| "failed".into())
     };
-    let lead = format!("{} ({what}; no worker header, linked by time window)", head(&l));
+    let lead = format!("{} ({what}; no worker known to have read it, linked by time window)", head(&l));
     let newest = timeline.generations.last().map_or(0, |g| g.generation);
     let start_rel = l.start_s;
     // A long request most likely sat in a busy-waiting worker (its loop began at `since_ns`, before
@@ -468,6 +468,33 @@ fn explain_window(
             let d = |w: &&super::timeline::Worker| (w.exit_s.unwrap_or_default() - end_rel).abs();
             d(a).total_cmp(&d(b))
         });
+    // An old worker that closed idle keep-alive connections around the request's end: the client
+    // sent it on one of them.
+    let keepalive = timeline
+        .workers
+        .iter()
+        .filter(|w| {
+            w.keepalive_closed_ns.is_some_and(|(a, b)| {
+                a.saturating_sub(WINDOW_SLACK_NS) <= r.end_mono_ns && r.start_mono_ns <= b + WINDOW_SLACK_NS
+            })
+        })
+        .min_by_key(|w| w.keepalive_closed_ns.map_or(u64::MAX, |(a, _)| a.abs_diff(r.end_mono_ns)));
+    let keepalive_found = keepalive.map(|w| {
+        let (a, b) = w.keepalive_closed_ns.unwrap_or_default();
+        (
+            CauseKind::KeepaliveClosed,
+            w.pid,
+            rel_s(a, zero_ns),
+            format!(
+                "{lead}: old worker {} (generation {}) closed {} idle keep-alive connection(s) from {:.2} s to {:.2} s at the reload; a request sent on one finds it closed",
+                w.pid,
+                w.generation,
+                w.keepalive_closed,
+                rel_s(a, zero_ns),
+                rel_s(b, zero_ns)
+            ),
+        )
+    });
     let connect = pick_near(&ix.all_connects, |c| c.ts_ns, r, WINDOW_SLACK_NS, |c| &c.path);
     let io = pick_near(&ix.all_ios, |i| i.ts_ns, r, WINDOW_SLACK_NS, |i| &i.path);
     let spin_found = busy.first().map(|first| {
@@ -517,9 +544,9 @@ fn explain_window(
         .map(|i| (CauseKind::FailedIo, i.pid, i.at_s, format!("{lead}: worker {}'s {}", i.pid, io_text(i))));
     let long = l.duration_s >= 1.0;
     let order = if long {
-        [spin_found, exit_found, connect_found, io_found]
+        [spin_found, keepalive_found, exit_found, connect_found, io_found]
     } else {
-        [exit_found, connect_found, io_found, spin_found]
+        [keepalive_found, exit_found, connect_found, io_found, spin_found]
     };
     match order.into_iter().flatten().find(|(kind, ..)| fit::fits(*kind, class)) {
         Some((kind, pid, at, sentence)) => {
@@ -643,7 +670,11 @@ mod tests {
         assert_eq!(c.link, "unexplained", "worker 12 did nothing wrong then");
         let b = a.links.iter().find(|l| l.request_id == "b").unwrap();
         assert_eq!((b.link.as_str(), b.kind.as_str(), b.cause_pid), ("window", "spin", Some(12)));
-        assert!(b.sentence.contains("no worker header, linked by time window"), "{}", b.sentence);
+        assert!(
+            b.sentence.contains("no worker known to have read it, linked by time window"),
+            "{}",
+            b.sentence
+        );
         assert!((a.exact_share - 1.0 / 3.0).abs() < 1e-9);
     }
 

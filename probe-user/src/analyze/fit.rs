@@ -5,6 +5,7 @@
 //! |---|---|
 //! | an old worker's exit (its idle keep-alive closes) | the connection closed or reset |
 //! | the worker closed the request's connection unanswered | the connection closed or reset |
+//! | an old worker closed its idle keep-alive connections at the reload | the connection closed or reset |
 //! | a spinning worker | a timeout |
 //! | a failed plugin connect, failed plugin I/O, a stale server generation | the plugin's header missing, a 5xx |
 //! | (none) | a body that is not the upstream's, a 4xx or other non-200, an unknown client error |
@@ -46,6 +47,9 @@ pub enum CauseKind {
     OldWorkerExit,
     /// The worker that read the request closed its connection without answering (kernel).
     WorkerClosed,
+    /// An old worker closed its idle keep-alive connections at the reload (kernel): a request
+    /// sent on one finds it closed.
+    KeepaliveClosed,
 }
 
 impl CauseKind {
@@ -58,6 +62,7 @@ impl CauseKind {
             CauseKind::Spin => "spin",
             CauseKind::OldWorkerExit => "old_worker_exit",
             CauseKind::WorkerClosed => "worker_closed",
+            CauseKind::KeepaliveClosed => "keepalive_closed",
         }
     }
 
@@ -102,7 +107,7 @@ pub fn fits(cause: CauseKind, class: FailureClass) -> bool {
     match class {
         HeaderMissing | ServerError => cause.is_plugin(),
         TimedOut => cause == Spin,
-        Closed => matches!(cause, OldWorkerExit | WorkerClosed),
+        Closed => matches!(cause, OldWorkerExit | WorkerClosed | KeepaliveClosed),
         NotReloadable => false,
     }
 }
@@ -118,7 +123,8 @@ mod tests {
     use CauseKind::*;
     use FailureClass::*;
 
-    const CAUSES: [CauseKind; 6] = [FailedConnect, FailedIo, StaleFlow, Spin, OldWorkerExit, WorkerClosed];
+    const CAUSES: [CauseKind; 7] =
+        [FailedConnect, FailedIo, StaleFlow, Spin, OldWorkerExit, WorkerClosed, KeepaliveClosed];
 
     fn fitting(class: FailureClass) -> Vec<CauseKind> {
         CAUSES.into_iter().filter(|&c| fits(c, class)).collect()
@@ -142,7 +148,7 @@ mod tests {
 
     #[test]
     fn each_row_of_the_table() {
-        assert_eq!(fitting(Closed), vec![OldWorkerExit, WorkerClosed]);
+        assert_eq!(fitting(Closed), vec![OldWorkerExit, WorkerClosed, KeepaliveClosed]);
         assert_eq!(fitting(TimedOut), vec![Spin]);
         assert_eq!(fitting(HeaderMissing), vec![FailedConnect, FailedIo, StaleFlow]);
         assert_eq!(fitting(ServerError), vec![FailedConnect, FailedIo, StaleFlow]);

@@ -91,6 +91,10 @@ fn reload_run(dir: &Path) -> Run {
     events.push(http(ms(11_201), NEW[1], "/js", "r-7", None, None));
     events.push(http(ms(11_491), OLD[0], "/python", "r-6", None, Some(ms(11_499))));
     events.push(http(ms(9_101), OLD[0], "/js", "r-1", Some((ms(9_108), 200)), None));
+    // Old worker 11 closes two idle keep-alive connections on its way out; r-8, sent on one of
+    // them, never reached a worker.
+    events.push(close(ms(11_900), OLD[1], 2000, 3));
+    events.push(close(ms(11_950), OLD[1], 2001, 1));
     events.sort_by_key(|e| e.task().ts_ns);
     let processes = processes(&events, ROOT, &known);
     let mut meta = crate::trace::Meta {
@@ -113,6 +117,7 @@ fn reload_run(dir: &Path) -> Run {
         request("r-5", "/go", (10_900, 10_905), Some(NEW[0]), Some("status 404")),
         request("r-6", "/python", (11_490, 11_501), None, Some("connection closed before message completed")),
         request("r-7", "/js", (11_200, 13_200), None, Some("operation timed out")),
+        request("r-8", "/python", (11_940, 11_945), None, Some("connection closed before message completed")),
     ];
     let ground_truth = [
         serde_json::json!({"ev":"master_init","behaviour":"kong-2.7","pid":ROOT,"mono_ns":ms(8100)}),
@@ -149,6 +154,20 @@ fn http(ts: u64, pid: u32, path: &str, id: &str, answer: Option<(u64, u16)>, clo
         response_ns: answer.map(|a| a.0),
         status: answer.map(|a| a.1),
         closed_ns: closed,
+    })
+}
+
+/// A keep-alive connection `pid` closed idle after `requests` requests.
+fn close(ts: u64, pid: u32, conn: u64, requests: u32) -> Event {
+    Event::TcpConn(crate::event::TcpConnEvent {
+        task: crate::event::Task { ts_ns: ts, cpu: 0, tgid: pid, tid: pid, comm: "nginx".into() },
+        op: crate::event::ConnOp::Close,
+        fd: 9,
+        conn,
+        local: String::new(),
+        peer: String::new(),
+        requests,
+        unanswered: false,
     })
 }
 
@@ -206,15 +225,16 @@ fn the_golden_run_shows_each_kind_of_finding() {
     let a = analyze(&reload_run(dir.path()));
     assert_eq!(a.spins.iter().map(|s| s.pid).collect::<Vec<_>>(), vec![NEW[1]]);
     assert_eq!(a.lifecycle.kills.iter().map(|k| k.target).collect::<Vec<_>>(), vec![JS_OLD]);
-    assert_eq!((a.attribution.failed, a.attribution.not_reload), (4, 1));
+    assert_eq!((a.attribution.failed, a.attribution.not_reload), (5, 1));
     assert!(a.ground_truth_check.iter().all(|c| c.agrees), "{:?}", a.ground_truth_check);
     // The kernel named the workers of the timeout and the closed request; the header the rest.
     let att = &a.attribution;
-    assert_eq!((att.by_kernel, att.by_header, att.by_window), (2, 2, 0));
+    assert_eq!((att.by_kernel, att.by_header, att.by_window), (2, 2, 1));
     let kind =
         |id: &str| att.links.iter().find(|l| l.request_id == id).map(|l| (l.link.clone(), l.kind.clone()));
     assert_eq!(kind("r-7"), Some(("exact".into(), "spin".into())));
     assert_eq!(kind("r-6"), Some(("exact".into(), "worker_closed".into())));
+    assert_eq!(kind("r-8"), Some(("window".into(), "keepalive_closed".into())));
     let js: Vec<(u32, u32)> =
         a.lifecycle.servers.iter().filter(|s| s.path == JS).map(|s| (s.pid, s.generation)).collect();
     assert_eq!(js, vec![(JS_OLD, 1), (JS_NEW, 2)]);

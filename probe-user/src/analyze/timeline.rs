@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::text::rel_s;
-use crate::event::Event;
+use crate::event::{ConnOp, Event};
 use crate::model::Process;
 use crate::model::root_hup;
 
@@ -36,6 +36,15 @@ pub struct Worker {
     pub exit_s: Option<f64>,
     /// How it ended: `exit 0`, `SIGKILL`, or `running`.
     pub end: String,
+    /// Idle keep-alive connections it closed after the reload (`tcp_conn` closes of connections
+    /// that had served requests and had none unanswered): the clients' next request on them
+    /// fails as "connection closed".
+    pub keepalive_closed: u32,
+    /// The first of those closes (s from zero).
+    pub keepalive_closed_s: Option<f64>,
+    /// The last of them, in CLOCK_MONOTONIC ns.
+    #[serde(skip)]
+    pub keepalive_closed_ns: Option<(u64, u64)>,
 }
 
 /// A program the root ran through fork+exec after a HUP (e.g. a plugin server's query command).
@@ -122,9 +131,11 @@ pub fn detect(events: &[Event], processes: &[Process], root: u32, zero_ns: u64) 
             forked_s: p.forked_ns.map(|t| rel_s(t, zero_ns)),
             exit_s: p.exit_ns.map(|t| rel_s(t, zero_ns)),
             end,
+            ..Worker::default()
         });
     }
     workers.sort_by_key(|w| w.pid);
+    keepalive_closes(events, root, &mut workers, zero_ns);
     let mut by_gen: BTreeMap<u32, Generation> = BTreeMap::new();
     for w in &workers {
         let g = by_gen
@@ -148,6 +159,26 @@ pub fn detect(events: &[Event], processes: &[Process], root: u32, zero_ns: u64) 
         }
     }
     Timeline { root, hups, workers, generations: by_gen.into_values().collect(), helpers }
+}
+
+/// Counts the idle keep-alive connections each worker closed after the first HUP of the root.
+fn keepalive_closes(events: &[Event], root: u32, workers: &mut [Worker], zero_ns: u64) {
+    let Some(first_hup) = events.iter().find_map(|e| root_hup(e, root)).map(|s| s.task.ts_ns) else {
+        return;
+    };
+    for e in events {
+        let Event::TcpConn(c) = e else { continue };
+        if c.op != ConnOp::Close || c.unanswered || c.requests == 0 || c.task.ts_ns < first_hup {
+            continue;
+        }
+        let Ok(i) = workers.binary_search_by_key(&c.task.tgid, |w| w.pid) else { continue };
+        let w = &mut workers[i];
+        w.keepalive_closed += 1;
+        let t = c.task.ts_ns;
+        let (first, last) = w.keepalive_closed_ns.map_or((t, t), |(a, b)| (a.min(t), b.max(t)));
+        w.keepalive_closed_ns = Some((first, last));
+        w.keepalive_closed_s = Some(rel_s(first, zero_ns));
+    }
 }
 
 #[cfg(test)]

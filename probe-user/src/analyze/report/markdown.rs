@@ -285,6 +285,16 @@ pub fn headlines(a: &Analysis) -> Vec<String> {
     for h in &a.lifecycle.handovers {
         out.push(format!("Hand-over: {}", h.sentence()));
     }
+    let closers: Vec<&crate::analyze::timeline::Worker> =
+        a.timeline.workers.iter().filter(|w| w.keepalive_closed > 0).collect();
+    if !closers.is_empty() {
+        let n: u32 = closers.iter().map(|w| w.keepalive_closed).sum();
+        let pids: Vec<String> = closers.iter().map(|w| w.pid.to_string()).collect();
+        out.push(format!(
+            "{n} idle keep-alive connection(s) closed by workers {} after the reload: a client's next request on one fails as \"connection closed\"",
+            pids.join(", ")
+        ));
+    }
     for l in &a.lifecycle.loops {
         out.push(format!(
             "Crash/respawn loop on {}: {} crashes every {:.2} s ({:.2}–{:.2} s){}",
@@ -373,14 +383,20 @@ fn timeline_md(s: &mut String, a: &Analysis) {
         ("forked", Left),
         ("exit", Left),
         ("end", Left),
+        ("idle keep-alives closed after the reload", Left),
     ]);
     for w in t.workers.iter().take(4 * TOP) {
+        let closed = match w.keepalive_closed_s {
+            Some(first) => format!("{} from {first:.2} s", w.keepalive_closed),
+            None => "–".into(),
+        };
         workers.row([
             w.pid.to_string(),
             w.generation.to_string(),
             opt_s(w.forked_s),
             opt_s(w.exit_s),
             w.end.to_string(),
+            closed,
         ]);
     }
     workers.render(s);
