@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use shared::clock;
-use shared::requests::{Outcome, RequestLine};
+use shared::requests::{Failure, Outcome, RequestLine};
 
 use crate::endpoint::Endpoint;
 use crate::summary::Summary;
@@ -37,8 +37,8 @@ pub struct Record {
     pub user: usize,
     /// The HTTP status, or `None` when no response arrived.
     pub status: Option<u16>,
-    /// The failure tag, or `None` for a request that passed.
-    pub failure: Option<String>,
+    /// Why it failed, or `None` for a request that passed.
+    pub failure: Option<Failure>,
     /// The `x-standin-worker` response header: the gateway worker that answered.
     pub worker_pid: Option<u32>,
     /// The `x-request-id` the upstream echoed back.
@@ -185,7 +185,7 @@ mod tests {
             request_id: "ab12-3-7".into(),
             user: 3,
             status,
-            failure: failure.map(String::from),
+            failure: failure.map(Failure::parse),
             worker_pid: status.map(|_| 4242),
             echoed_request_id: status.map(|_| "ab12-3-7".to_string()),
         }

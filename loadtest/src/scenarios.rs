@@ -91,7 +91,7 @@ async fn hit(user: &mut GooseUser, endpoint: Endpoint, shared: &Shared) -> Trans
 
     match verdict.failure {
         // goose counts a request it already failed (status, transport) only once.
-        Some(tag) => user.set_failure(&tag, &mut goose.request, None, None),
+        Some(failure) => user.set_failure(&failure.to_string(), &mut goose.request, None, None),
         None => Ok(()),
     }
 }

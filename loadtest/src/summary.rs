@@ -54,13 +54,7 @@ impl Summary {
         self.requests += 1;
         *self.requests_by_endpoint.entry(record.endpoint).or_default() += 1;
         if let Some(reason) = &record.failure {
-            let tags = self.failures.entry(record.endpoint).or_default();
-            match tags.get_mut(reason.as_str()) {
-                Some(n) => *n += 1,
-                None => {
-                    tags.insert(reason.clone(), 1);
-                }
-            }
+            *self.failures.entry(record.endpoint).or_default().entry(reason.to_string()).or_default() += 1;
         }
     }
 
@@ -93,7 +87,7 @@ mod tests {
             request_id: "r".into(),
             user: 0,
             status: Some(200),
-            failure: failure.map(String::from),
+            failure: failure.map(shared::requests::Failure::parse),
             worker_pid: None,
             echoed_request_id: None,
         }

@@ -3,28 +3,21 @@
 //! they never carry a URL, port or request id.
 
 use serde_json::Value;
-
-/// The tag for a request that reached the upstream without the plugin's header (the wording of
-/// the original reproduction).
-pub const HEADER_MISSING: &str = "plugin header missing";
-/// The tag for a response whose body is not the reflection echo.
-pub const NOT_REFLECTION: &str = "response body is not reflection JSON";
-/// The tag for a request that ran into the client timeout (as reqwest words it).
-pub const TIMED_OUT: &str = "operation timed out";
+use shared::requests::Failure;
 
 /// What a response tells us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     /// Why the request failed, or `None` when it passed.
-    pub failure: Option<String>,
+    pub failure: Option<Failure>,
     /// The `x-request-id` the upstream saw, if the body is a reflection echo carrying one.
     pub echoed_request_id: Option<String>,
 }
 
 impl Verdict {
     /// A failure with no reflection body to read an echoed id from.
-    pub fn failed(tag: String) -> Self {
-        Verdict { failure: Some(tag), echoed_request_id: None }
+    pub fn failed(failure: Failure) -> Self {
+        Verdict { failure: Some(failure), echoed_request_id: None }
     }
 }
 
@@ -34,12 +27,12 @@ pub fn check_response(status: u16, body: &[u8], required_header: Option<&str>) -
     let headers = echoed_headers(body);
     let echoed_request_id = headers.as_ref().and_then(|h| header_text(h.get("x-request-id")?));
     let failure = if status != 200 {
-        Some(format!("status {status}"))
+        Some(Failure::Status(status))
     } else {
         match (required_header, &headers) {
             (None, _) => None,
-            (Some(_), None) => Some(NOT_REFLECTION.to_string()),
-            (Some(name), Some(h)) if !h.contains_key(name) => Some(HEADER_MISSING.to_string()),
+            (Some(_), None) => Some(Failure::NotReflection),
+            (Some(name), Some(h)) if !h.contains_key(name) => Some(Failure::HeaderMissing),
             (Some(_), Some(_)) => None,
         }
     };
@@ -67,11 +60,11 @@ fn header_text(value: &Value) -> Option<String> {
     }
 }
 
-/// A short tag for a transport error: a timeout, a refused or failed connect, or the innermost
-/// cause (e.g. "connection closed before message completed").
-pub fn describe_error(err: &reqwest::Error) -> String {
+/// What a transport error was: a timeout, a refused or failed connect, or the innermost cause
+/// (e.g. "connection closed before message completed").
+pub fn describe_error(err: &reqwest::Error) -> Failure {
     if err.is_timeout() {
-        return TIMED_OUT.to_string();
+        return Failure::TimedOut;
     }
     // reqwest's own message names the URL; without a cause, say only what kind of error it was.
     let cause = match std::error::Error::source(err) {
@@ -83,7 +76,7 @@ pub fn describe_error(err: &reqwest::Error) -> String {
             root.to_string()
         }
     };
-    if err.is_connect() { format!("connect error: {cause}") } else { cause }
+    if err.is_connect() { Failure::Connect(cause) } else { Failure::Transport(cause) }
 }
 
 fn kind(err: &reqwest::Error) -> &'static str {
@@ -122,24 +115,22 @@ mod tests {
     #[test]
     fn header_missing_fails_with_original_tag() {
         let v = check_response(200, WITHOUT, Some("x-pythonplugin"));
-        assert_eq!(v.failure.as_deref(), Some(HEADER_MISSING));
+        assert_eq!(v.failure, Some(Failure::HeaderMissing));
+        assert_eq!(v.failure.unwrap().to_string(), "plugin header missing", "the reproduction's wording");
         assert_eq!(v.echoed_request_id.as_deref(), Some("r-2"));
         // Another plugin's header does not count.
-        assert_eq!(check_response(200, WITH, Some("x-jsplugin")).failure.as_deref(), Some(HEADER_MISSING));
+        assert_eq!(check_response(200, WITH, Some("x-jsplugin")).failure, Some(Failure::HeaderMissing));
     }
 
     #[test]
     fn status_and_body_failures() {
-        assert_eq!(check_response(503, WITH, Some("x-pythonplugin")).failure.as_deref(), Some("status 503"));
-        assert_eq!(check_response(204, b"", None).failure.as_deref(), Some("status 204"));
+        assert_eq!(check_response(503, WITH, Some("x-pythonplugin")).failure, Some(Failure::Status(503)));
+        assert_eq!(check_response(204, b"", None).failure, Some(Failure::Status(204)));
         assert_eq!(
-            check_response(200, b"<html>", Some("x-pythonplugin")).failure.as_deref(),
-            Some(NOT_REFLECTION)
+            check_response(200, b"<html>", Some("x-pythonplugin")).failure,
+            Some(Failure::NotReflection)
         );
-        assert_eq!(
-            check_response(200, br#"{"headers":1}"#, Some("x")).failure.as_deref(),
-            Some(NOT_REFLECTION)
-        );
+        assert_eq!(check_response(200, br#"{"headers":1}"#, Some("x")).failure, Some(Failure::NotReflection));
     }
 
     #[test]
@@ -173,7 +164,7 @@ mod tests {
         // A port that was just free: nothing listens there now.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let err = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/go")).send().await.unwrap_err();
-        let tag = describe_error(&err);
+        let tag = describe_error(&err).to_string();
         assert!(tag.starts_with("connect error: "), "{tag}");
         assert!(!tag.contains("127.0.0.1"), "{tag}");
     }

@@ -17,6 +17,76 @@ pub enum Outcome {
     Failed,
 }
 
+/// Why a request failed, as the load test tags it. Written as the tag's text, which is also
+/// the key of goose's error table, so it never carries a URL, a port or a request id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Failure {
+    /// The upstream's echo lacked the plugin's header: the plugin was skipped.
+    HeaderMissing,
+    /// The body was not the upstream's echo.
+    NotReflection,
+    /// The client's timeout ran out.
+    TimedOut,
+    /// The gateway answered with another status than 200.
+    Status(u16),
+    /// The connect failed (`connect error: <cause>`).
+    Connect(String),
+    /// Another transport error, by its innermost cause (e.g. `connection closed before message
+    /// completed`).
+    Transport(String),
+}
+
+impl Failure {
+    const HEADER_MISSING: &'static str = "plugin header missing";
+    const NOT_REFLECTION: &'static str = "response body is not reflection JSON";
+    const TIMED_OUT: &'static str = "operation timed out";
+    const STATUS: &'static str = "status ";
+    const CONNECT: &'static str = "connect error: ";
+
+    /// Reads a tag back; any text is some failure.
+    pub fn parse(tag: &str) -> Self {
+        match tag {
+            Self::HEADER_MISSING => Failure::HeaderMissing,
+            Self::NOT_REFLECTION => Failure::NotReflection,
+            Self::TIMED_OUT => Failure::TimedOut,
+            _ => {
+                if let Some(code) = tag.strip_prefix(Self::STATUS).and_then(|c| c.parse().ok()) {
+                    Failure::Status(code)
+                } else if let Some(cause) = tag.strip_prefix(Self::CONNECT) {
+                    Failure::Connect(cause.to_string())
+                } else {
+                    Failure::Transport(tag.to_string())
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::HeaderMissing => f.write_str(Self::HEADER_MISSING),
+            Failure::NotReflection => f.write_str(Self::NOT_REFLECTION),
+            Failure::TimedOut => f.write_str(Self::TIMED_OUT),
+            Failure::Status(code) => write!(f, "{}{code}", Self::STATUS),
+            Failure::Connect(cause) => write!(f, "{}{cause}", Self::CONNECT),
+            Failure::Transport(cause) => f.write_str(cause),
+        }
+    }
+}
+
+impl Serialize for Failure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Failure {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Failure::parse(&String::deserialize(d)?))
+    }
+}
+
 /// One line of `requests.jsonl`; field order is the order written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestLine {
@@ -42,9 +112,9 @@ pub struct RequestLine {
     pub status: Option<u16>,
     /// Passed or failed.
     pub outcome: Outcome,
-    /// The failure tag (see loadtest's `validate`), for a failed request.
+    /// Why it failed, for a failed request.
     #[serde(default)]
-    pub reason: Option<String>,
+    pub reason: Option<Failure>,
     /// The `x-standin-worker` response header (a test aid of the stand-in; real Kong sends none).
     #[serde(default)]
     pub worker_pid: Option<u32>,
@@ -65,7 +135,7 @@ impl RequestLine {
 pub struct EndpointLoad {
     /// Requests sent.
     pub requests: u64,
-    /// Failures by reason.
+    /// Failures by reason (the tag's text).
     pub failures: BTreeMap<String, u64>,
 }
 
@@ -83,7 +153,8 @@ pub fn per_endpoint(requests: &[RequestLine]) -> BTreeMap<String, EndpointLoad> 
         let e = out.entry(r.endpoint.clone()).or_default();
         e.requests += 1;
         if r.failed() {
-            *e.failures.entry(r.reason.clone().unwrap_or_else(|| "unknown".into())).or_default() += 1;
+            let tag = r.reason.as_ref().map_or_else(|| "unknown".into(), Failure::to_string);
+            *e.failures.entry(tag).or_default() += 1;
         }
     }
     out
@@ -111,6 +182,23 @@ mod tests {
         let r: RequestLine = serde_json::from_str(LINE).unwrap();
         assert!(r.failed() && r.worker_pid == Some(42));
         assert_eq!(serde_json::to_string(&r).unwrap(), LINE);
+    }
+
+    #[test]
+    fn failures_read_back_as_they_were_written() {
+        for f in [
+            Failure::HeaderMissing,
+            Failure::NotReflection,
+            Failure::TimedOut,
+            Failure::Status(502),
+            Failure::Connect("Connection refused (os error 111)".into()),
+            Failure::Transport("connection closed before message completed".into()),
+        ] {
+            assert_eq!(Failure::parse(&f.to_string()), f);
+            let json = serde_json::to_string(&f).unwrap();
+            assert_eq!(serde_json::from_str::<Failure>(&json).unwrap(), f);
+        }
+        assert_eq!(Failure::parse("status x"), Failure::Transport("status x".into()));
     }
 
     #[test]

@@ -214,7 +214,7 @@ pub fn correlate(
     failed.sort_by_key(|r| r.start_mono_ns);
     for r in failed {
         att.failed += 1;
-        let class = fit::classify(r.reason.as_deref().unwrap_or_default());
+        let class = fit::classify(r.reason.as_ref());
         let read = kernel.get(r.request_id.as_str()).copied();
         let worker = match (read, r.worker_pid) {
             (Some(k), _) => Some((k.task.tgid, LinkMethod::Kernel)),
@@ -264,13 +264,13 @@ pub fn correlate(
 pub const NOT_RELOAD: &str = "not_reload";
 
 fn base(r: &Request, zero_ns: u64) -> Link {
-    let reason = r.reason.clone().unwrap_or_default();
+    let reason = r.reason.as_ref().map(ToString::to_string).unwrap_or_default();
     Link {
         request_id: r.request_id.clone(),
         endpoint: r.endpoint.clone(),
         start_s: rel_s(r.start_mono_ns, zero_ns),
         duration_s: r.end_mono_ns.saturating_sub(r.start_mono_ns) as f64 / 1e9,
-        class: Some(fit::classify(&reason)),
+        class: Some(fit::classify(r.reason.as_ref())),
         reason,
         worker_pid: r.worker_pid,
         link: "unexplained".into(),
@@ -437,10 +437,10 @@ fn explain_window(
 ) -> Link {
     let mut l = base(r, zero_ns);
     let (lo, hi) = (r.start_mono_ns.saturating_sub(WINDOW_SLACK_NS), r.end_mono_ns + WINDOW_SLACK_NS);
-    let what = if r.reason.as_deref().is_some_and(|x| x.contains("timed out")) {
-        format!("timed out after {:.1} s", l.duration_s)
-    } else {
-        r.reason.clone().unwrap_or_else(|| "failed".into())
+    let what = match &r.reason {
+        Some(_) if class == FailureClass::TimedOut => format!("timed out after {:.1} s", l.duration_s),
+        Some(f) => f.to_string(),
+        None => "failed".into(),
     };
     let lead = format!("{} ({what}; no worker known to have read it, linked by time window)", head(&l));
     let newest = timeline.generations.last().map_or(0, |g| g.generation);
@@ -566,7 +566,7 @@ mod tests {
     use super::*;
     use crate::analyze::stale::{ConnectEpisode, PathState};
     use crate::analyze::testkit::*;
-    use shared::requests::Outcome;
+    use shared::requests::{Failure, Outcome};
 
     fn req(id: &str, start: u64, end: u64, worker: Option<u32>, reason: &str) -> Request {
         Request {
@@ -576,7 +576,7 @@ mod tests {
             request_id: id.into(),
             status: worker.map(|_| 200),
             outcome: if reason.is_empty() { Outcome::Ok } else { Outcome::Failed },
-            reason: (!reason.is_empty()).then(|| reason.into()),
+            reason: (!reason.is_empty()).then(|| Failure::parse(reason)),
             worker_pid: worker,
             ..Request::default()
         }

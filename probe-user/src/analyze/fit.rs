@@ -14,6 +14,7 @@
 //! connect to `jsplugin.socket` cannot fail a `/python` request.
 
 use serde::Serialize;
+use shared::requests::Failure;
 
 /// What the load test saw go wrong, from its failure reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,32 +73,28 @@ impl CauseKind {
     }
 }
 
-/// The load test's tags (loadtest/src/validate.rs and reqwest's transport errors).
-const HEADER_MISSING: &str = "plugin header missing";
-const TIMED_OUT: &str = "operation timed out";
 /// Words of transport errors where the gateway's side of the connection went away.
-const CLOSED_WORDS: [&str; 6] = ["closed", "reset", "broken pipe", "connect error", "incomplete", "eof"];
+const CLOSED_WORDS: [&str; 5] = ["closed", "reset", "broken pipe", "incomplete", "eof"];
 
-/// Classifies a failure reason of `requests.jsonl`.
-pub fn classify(reason: &str) -> FailureClass {
-    let r = reason.to_ascii_lowercase();
-    if r == HEADER_MISSING {
-        return FailureClass::HeaderMissing;
+/// Classifies why a request of `requests.jsonl` failed (`None`: no reason was logged).
+pub fn classify(reason: Option<&Failure>) -> FailureClass {
+    match reason {
+        Some(Failure::HeaderMissing) => FailureClass::HeaderMissing,
+        Some(Failure::TimedOut) => FailureClass::TimedOut,
+        Some(Failure::Status(code)) if (500..600).contains(code) => FailureClass::ServerError,
+        Some(Failure::Connect(_)) => FailureClass::Closed,
+        Some(Failure::Transport(cause)) => {
+            let c = cause.to_ascii_lowercase();
+            if c.contains("timeout") || c.contains("timed out") {
+                FailureClass::TimedOut
+            } else if CLOSED_WORDS.iter().any(|w| c.contains(w)) {
+                FailureClass::Closed
+            } else {
+                FailureClass::NotReloadable
+            }
+        }
+        Some(Failure::Status(_) | Failure::NotReflection) | None => FailureClass::NotReloadable,
     }
-    if r.contains(TIMED_OUT) || r.contains("timeout") {
-        return FailureClass::TimedOut;
-    }
-    if let Some(code) = r.strip_prefix("status ").and_then(|c| c.trim().parse::<u16>().ok()) {
-        return if (500..600).contains(&code) {
-            FailureClass::ServerError
-        } else {
-            FailureClass::NotReloadable
-        };
-    }
-    if CLOSED_WORDS.iter().any(|w| r.contains(w)) {
-        return FailureClass::Closed;
-    }
-    FailureClass::NotReloadable
 }
 
 /// True when `cause` can produce a failure of `class`.
@@ -132,18 +129,21 @@ mod tests {
 
     #[test]
     fn reasons_are_classified_as_the_load_test_words_them() {
-        assert_eq!(classify("plugin header missing"), HeaderMissing);
-        assert_eq!(classify("status 500"), ServerError);
-        assert_eq!(classify("status 503"), ServerError);
-        assert_eq!(classify("status 404"), NotReloadable);
-        assert_eq!(classify("status 204"), NotReloadable);
-        assert_eq!(classify("operation timed out"), TimedOut);
-        assert_eq!(classify("connection closed before message completed"), Closed);
-        assert_eq!(classify("connection reset by peer (os error 104)"), Closed);
-        assert_eq!(classify("connect error: Connection refused (os error 111)"), Closed);
-        assert_eq!(classify("response body is not reflection JSON"), NotReloadable);
-        assert_eq!(classify("response decode error"), NotReloadable);
-        assert_eq!(classify(""), NotReloadable);
+        assert_eq!(classify(Some(&Failure::parse("plugin header missing"))), HeaderMissing);
+        assert_eq!(classify(Some(&Failure::parse("status 500"))), ServerError);
+        assert_eq!(classify(Some(&Failure::parse("status 503"))), ServerError);
+        assert_eq!(classify(Some(&Failure::parse("status 404"))), NotReloadable);
+        assert_eq!(classify(Some(&Failure::parse("status 204"))), NotReloadable);
+        assert_eq!(classify(Some(&Failure::parse("operation timed out"))), TimedOut);
+        assert_eq!(classify(Some(&Failure::parse("connection closed before message completed"))), Closed);
+        assert_eq!(classify(Some(&Failure::parse("connection reset by peer (os error 104)"))), Closed);
+        assert_eq!(
+            classify(Some(&Failure::parse("connect error: Connection refused (os error 111)"))),
+            Closed
+        );
+        assert_eq!(classify(Some(&Failure::parse("response body is not reflection JSON"))), NotReloadable);
+        assert_eq!(classify(Some(&Failure::parse("response decode error"))), NotReloadable);
+        assert_eq!(classify(Some(&Failure::parse(""))), NotReloadable);
     }
 
     #[test]

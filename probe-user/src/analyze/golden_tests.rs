@@ -46,7 +46,7 @@ fn request(
         request_id: id.into(),
         status: worker.map(|_| if failure.is_some_and(|f| f.starts_with("status 4")) { 404 } else { 200 }),
         outcome: if failure.is_some() { Outcome::Failed } else { Outcome::Ok },
-        reason: failure.map(str::to_string),
+        reason: failure.map(shared::requests::Failure::parse),
         worker_pid: worker,
         ..Request::default()
     }

@@ -88,7 +88,7 @@ pub fn trace_events(run: &Run, a: &Analysis) -> Value {
     for r in failed.iter().take(MAX_REQUEST_INSTANTS) {
         let link = by_id.get(r.request_id.as_str());
         let pid = r.worker_pid.unwrap_or(LOADTEST_PID);
-        ev.push(json!({"name": format!("failed {}: {}", r.endpoint, r.reason.as_deref().unwrap_or("?")),
+        ev.push(json!({"name": format!("failed {}: {}", r.endpoint, r.reason.as_ref().map_or_else(|| "?".into(), ToString::to_string)),
             "cat": "request", "ph": "i", "s": "t", "pid": pid, "tid": LOADTEST_PID, "ts": us(r.start_mono_ns),
             "args": {"request_id": r.request_id, "link": link.map(|l| l.link.as_str()),
                      "kind": link.map(|l| l.kind.as_str()), "explanation": link.map(|l| l.sentence.as_str())}}));
