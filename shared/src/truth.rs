@@ -29,6 +29,14 @@ pub enum TruthEv {
     ClaimSpin,
     /// A claim was left behind by a failed start.
     ClaimLeaked,
+    /// A worker found no instance id for a plugin in its cache.
+    CacheMiss,
+    /// A plugin instance was started (`instance_id`).
+    InstanceStarted,
+    /// A cached instance id was dropped (`reason`).
+    CacheReset,
+    /// An RPC to a plugin server failed.
+    RpcError,
     /// Any other line.
     #[serde(other)]
     Other,
@@ -47,6 +55,9 @@ pub enum TruthSignal {
 /// One line of the log (the fields the readers use; the others are skipped).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TruthLine {
+    /// CLOCK_REALTIME s.
+    #[serde(default)]
+    pub ts: f64,
     /// CLOCK_MONOTONIC ns, comparable with the probe's timestamps.
     pub mono_ns: u64,
     /// What happened.
@@ -66,6 +77,15 @@ pub struct TruthLine {
     /// The plugin server's pid.
     #[serde(default)]
     pub server_pid: Option<u32>,
+    /// The process that spawned the plugin server.
+    #[serde(default)]
+    pub parent_pid: Option<u32>,
+    /// A plugin instance's id.
+    #[serde(default)]
+    pub instance_id: Option<i64>,
+    /// Why a cached instance id was dropped, or a kill was sent.
+    #[serde(default)]
+    pub reason: Option<String>,
     /// The plugin server's socket path.
     #[serde(default)]
     pub socket: Option<String>,

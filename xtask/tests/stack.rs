@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use shared::truth::{TruthEv, TruthLine};
 
 const GATEWAY: &str = "127.0.0.1:8000";
 
@@ -79,7 +80,8 @@ fn plugin_header(body: &str, header: &str) -> Option<String> {
     v["headers"][header].as_str().map(str::to_string)
 }
 
-fn truth() -> Vec<Value> {
+/// The stand-in's log; every line must read as a [`TruthLine`] (the schema its readers share).
+fn truth() -> Vec<TruthLine> {
     std::fs::read_to_string(prefix().join("ground-truth.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -87,23 +89,27 @@ fn truth() -> Vec<Value> {
         .collect()
 }
 
-fn events<'a>(all: &'a [Value], ev: &str) -> Vec<&'a Value> {
-    all.iter().filter(|e| e["ev"] == ev).collect()
+fn events(all: &[TruthLine], ev: TruthEv) -> Vec<&TruthLine> {
+    all.iter().filter(|e| e.ev == ev).collect()
 }
 
-fn spawned_pids(all: &[Value], plugin: &str, generation: u64) -> BTreeSet<i64> {
-    events(all, "spawn")
+fn of(e: &TruthLine, plugin: &str, generation: u32) -> bool {
+    e.plugin.as_deref() == Some(plugin) && e.r#gen == Some(generation)
+}
+
+fn spawned_pids(all: &[TruthLine], plugin: &str, generation: u32) -> BTreeSet<i64> {
+    events(all, TruthEv::Spawn)
         .into_iter()
-        .filter(|e| e["plugin"] == plugin && e["gen"].as_u64() == Some(generation))
-        .filter_map(|e| e["server_pid"].as_i64())
+        .filter(|e| of(e, plugin, generation))
+        .filter_map(|e| e.server_pid.map(i64::from))
         .collect()
 }
 
-fn worker0_pids(all: &[Value], generation: u64) -> BTreeSet<i64> {
-    events(all, "worker_start")
+fn worker0_pids(all: &[TruthLine], generation: u32) -> BTreeSet<i64> {
+    events(all, TruthEv::WorkerStart)
         .into_iter()
-        .filter(|e| e["worker"] == 0 && e["gen"].as_u64() == Some(generation))
-        .filter_map(|e| e["pid"].as_i64())
+        .filter(|e| e.worker == Some(0) && e.r#gen == Some(generation))
+        .map(|e| i64::from(e.pid))
         .collect()
 }
 
@@ -245,10 +251,10 @@ fn burst_across_reload(after: Duration, timeout: Duration) -> Burst {
     let ready_at = ["pythonplugin", "jsplugin"]
         .iter()
         .map(|plugin| {
-            events(&all, "server_ready")
+            events(&all, TruthEv::ServerReady)
                 .into_iter()
-                .filter(|e| e["gen"] == 2 && e["plugin"] == *plugin)
-                .map(|e| e["ts"].as_f64().unwrap())
+                .filter(|e| of(e, plugin, 2))
+                .map(|e| e.ts)
                 .fold(f64::MAX, f64::min)
         })
         .fold(f64::MIN, f64::max);
@@ -272,13 +278,13 @@ fn fixed_behaviour_loses_no_header_once_the_new_generation_is_up() {
     // 10 s after the last output of its servers).
     let deadline = Instant::now() + Duration::from_secs(25);
     while Instant::now() < deadline
-        && !events(&truth(), "worker_exit").iter().any(|e| e["gen"] == 1 && e["worker"] == 0)
+        && !events(&truth(), TruthEv::WorkerExit).iter().any(|e| e.r#gen == Some(1) && e.worker == Some(0))
     {
         std::thread::sleep(Duration::from_millis(200));
     }
     let all = truth();
-    let kills: Vec<_> = events(&all, "kill").into_iter().filter(|e| e["gen"] == 1).collect();
-    assert!(!kills.is_empty() && kills.iter().all(|e| e["signal"] == "SIGTERM"), "{kills:?}");
+    let kills: Vec<_> = events(&all, TruthEv::Kill).into_iter().filter(|e| e.r#gen == Some(1)).collect();
+    assert!(!kills.is_empty() && kills.iter().all(|e| e.is_kill_with("SIGTERM")), "{kills:?}");
 }
 
 #[test]
@@ -292,7 +298,7 @@ fn kong_27_ground_truth_shows_generations_the_sigkill_and_cache_events() {
     drop(stack);
 
     let all = truth();
-    let gens: BTreeSet<u64> = events(&all, "master_init").iter().filter_map(|e| e["gen"].as_u64()).collect();
+    let gens: BTreeSet<u32> = events(&all, TruthEv::MasterInit).iter().filter_map(|e| e.r#gen).collect();
     assert_eq!(gens, BTreeSet::from([1, 2]), "two configuration generations");
     for generation in [1, 2] {
         let worker0 = worker0_pids(&all, generation);
@@ -300,8 +306,9 @@ fn kong_27_ground_truth_shows_generations_the_sigkill_and_cache_events() {
         for plugin in ["pythonplugin", "jsplugin"] {
             let pids = spawned_pids(&all, plugin, generation);
             assert!(!pids.is_empty(), "generation {generation} spawned {plugin}");
-            for e in events(&all, "spawn").iter().filter(|e| e["gen"] == generation) {
-                assert!(worker0.contains(&e["parent_pid"].as_i64().unwrap()), "spawned by worker 0: {e}");
+            for e in events(&all, TruthEv::Spawn).iter().filter(|e| e.r#gen == Some(generation)) {
+                let parent = e.parent_pid.map(i64::from).expect("a spawn names its parent");
+                assert!(worker0.contains(&parent), "spawned by worker 0: {e:?}");
             }
             println!("generation {generation}: worker 0 pid {worker0:?}, {plugin} pids {pids:?}");
         }
@@ -310,33 +317,36 @@ fn kong_27_ground_truth_shows_generations_the_sigkill_and_cache_events() {
     let old_worker0 = worker0_pids(&all, 1);
     for plugin in ["pythonplugin", "jsplugin"] {
         let old = spawned_pids(&all, plugin, 1);
-        let killed: Vec<_> = events(&all, "kill")
+        let killed: Vec<_> = events(&all, TruthEv::Kill)
             .into_iter()
-            .filter(|e| e["plugin"] == plugin && e["signal"] == "SIGKILL")
-            .filter(|e| old.contains(&e["server_pid"].as_i64().unwrap()))
+            .filter(|e| e.plugin.as_deref() == Some(plugin) && e.is_kill_with("SIGKILL"))
+            .filter(|e| e.server_pid.is_some_and(|p| old.contains(&i64::from(p))))
             .collect();
         assert!(!killed.is_empty(), "SIGKILL of the old {plugin} server {old:?}");
         for k in &killed {
-            assert!(old_worker0.contains(&k["pid"].as_i64().unwrap()), "killed by the old worker 0: {k}");
-            println!("SIGKILL: {plugin} server {} by worker 0 pid {}", k["server_pid"], k["pid"]);
+            assert!(old_worker0.contains(&i64::from(k.pid)), "killed by the old worker 0: {k:?}");
+            println!("SIGKILL: {plugin} server {:?} by worker 0 pid {}", k.server_pid, k.pid);
         }
     }
     // Instance-id cache: every miss names worker pid and plugin; every start its instance id.
-    let misses = events(&all, "cache_miss");
-    let started = events(&all, "instance_started");
-    let resets = events(&all, "cache_reset");
-    let leaks = events(&all, "claim_leaked");
+    let misses = events(&all, TruthEv::CacheMiss);
+    let started = events(&all, TruthEv::InstanceStarted);
+    let resets = events(&all, TruthEv::CacheReset);
+    let leaks = events(&all, TruthEv::ClaimLeaked);
     for generation in [1, 2] {
-        assert!(misses.iter().any(|e| e["gen"] == generation), "a cache miss in generation {generation}");
+        assert!(
+            misses.iter().any(|e| e.r#gen == Some(generation)),
+            "a cache miss in generation {generation}"
+        );
     }
     for e in &misses {
-        assert!(e["pid"].is_i64() && e["plugin"].is_string() && e["worker"].is_i64(), "{e}");
+        assert!(e.pid > 0 && e.plugin.is_some() && e.worker.is_some(), "{e:?}");
     }
     for e in &started {
-        assert!(e["pid"].is_i64() && e["plugin"].is_string() && e["instance_id"].is_i64(), "{e}");
+        assert!(e.pid > 0 && e.plugin.is_some() && e.instance_id.is_some(), "{e:?}");
     }
     for e in &resets {
-        assert!(e["pid"].is_i64() && e["plugin"].is_string() && e["reason"].is_string(), "{e}");
+        assert!(e.pid > 0 && e.plugin.is_some() && e.reason.is_some(), "{e:?}");
     }
     assert!(!started.is_empty());
     println!(
@@ -346,8 +356,8 @@ fn kong_27_ground_truth_shows_generations_the_sigkill_and_cache_events() {
         started.len(),
         resets.len(),
         leaks.len(),
-        events(&all, "rpc_error").len(),
-        events(&all, "claim_spin").len()
+        events(&all, TruthEv::RpcError).len(),
+        events(&all, TruthEv::ClaimSpin).len()
     );
 }
 
@@ -392,8 +402,8 @@ fn down_leaves_no_nginx_reflection_or_plugin_server_process() {
     unsafe { libc::kill(worker0 as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(30);
     // Three sets of servers by then: generation 1, generation 2, and the new worker 0's.
-    let servers = events(&before, "spawn").iter().filter(|e| e["gen"] == 1).count();
-    while events(&truth(), "server_ready").len() < 3 * servers && Instant::now() < deadline {
+    let servers = events(&before, TruthEv::Spawn).iter().filter(|e| e.r#gen == Some(1)).count();
+    while events(&truth(), TruthEv::ServerReady).len() < 3 * servers && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     for &pid in &orphans {
@@ -404,8 +414,8 @@ fn down_leaves_no_nginx_reflection_or_plugin_server_process() {
     let all = truth();
     let mut ours: BTreeSet<i64> = BTreeSet::new();
     for e in &all {
-        ours.extend(e["pid"].as_i64());
-        ours.extend(e["server_pid"].as_i64());
+        ours.insert(i64::from(e.pid));
+        ours.extend(e.server_pid.map(i64::from));
     }
     for file in ["logs/nginx.pid", "reflection.pid"] {
         ours.extend(
