@@ -266,11 +266,30 @@ pub struct Input<'a> {
 /// Unwinds, symbolizes and draws `input`'s samples, writing into `out`
 /// (default `<trace>/flamegraphs`).
 pub fn run(input: &Input<'_>, out: Option<&Path>, debug: debuginfo::Sources) -> Result<FlameReport> {
-    let trace = input.trace;
+    let out = out_dir(input.trace, out)?;
+    let mut report = FlameReport { samples: input.samples.len() as u64, ..Default::default() };
+    let elfs = Rc::new(elf::Elfs::default());
+    let mut names = Names::new(debug, elfs.clone());
+    let folds = fold_samples(input, &elfs, &mut names, &mut report);
+    write_graphs(&out, input, &folds, &mut report)?;
+    report.debug_named = names
+        .named_from_debug_info()
+        .iter()
+        .map(|(module, origin)| DebugNamed { module: module.clone(), origin: *origin })
+        .collect();
+    report.debug_notes = names.debug_notes().to_vec();
+    if report.samples > 0 {
+        let index = write_index(&out, &report)?;
+        report.files.push(index);
+    }
+    Ok(report)
+}
+
+/// The output directory, made; our own default one is emptied of an earlier run's graphs.
+fn out_dir(trace: &Path, out: Option<&Path>) -> Result<PathBuf> {
     let out = match out {
         Some(o) => o.to_owned(),
         None => {
-            // Our own directory: graphs of an earlier run over this trace would linger.
             let own = trace.join("flamegraphs");
             for e in fs::read_dir(&own).into_iter().flatten().flatten() {
                 let p = e.path();
@@ -282,24 +301,38 @@ pub fn run(input: &Input<'_>, out: Option<&Path>, debug: debuginfo::Sources) -> 
         }
     };
     fs::create_dir_all(&out)?;
-    let samples = &input.samples;
+    Ok(out)
+}
+
+/// The samples folded every way a graph is drawn.
+#[derive(Default)]
+struct Folds {
+    /// By process: its comm and stacks.
+    per_pid: HashMap<u32, (String, Folded)>,
+    /// By worker generation.
+    per_gen: BTreeMap<u32, Folded>,
+    /// Before and after the reload.
+    before: Folded,
+    after: Folded,
+}
+
+/// Unwinds and names every sample, and folds it into the graphs it belongs to.
+fn fold_samples(
+    input: &Input<'_>,
+    elfs: &Rc<elf::Elfs>,
+    names: &mut Names,
+    report: &mut FlameReport,
+) -> Folds {
+    let trace = input.trace;
     let stack_bytes = crate::trace::read_sample_stacks(trace);
     let kstacks = crate::trace::read_stacks(trace);
-    let (reload_ns, spinning, generations) = (input.reload_ns, &input.spinning, &input.worker_generations);
-
-    let mut report = FlameReport { samples: samples.len() as u64, ..Default::default() };
-    let elfs = Rc::new(elf::Elfs::default());
     let mut unwinders: HashMap<u32, Option<ProcessUnwinder>> = HashMap::new();
-    let mut names = Names::new(debug, elfs.clone());
-    let mut per_pid: HashMap<u32, (String, Folded)> = HashMap::new();
-    let mut per_gen: BTreeMap<u32, Folded> = BTreeMap::new();
-    let (mut before, mut after) = (Folded::default(), Folded::default());
-
-    for &s in samples {
+    let mut f = Folds::default();
+    for &s in &input.samples {
         let pid = s.task.tgid;
         let unwinder = unwinders.entry(pid).or_insert_with(|| {
             let text = crate::trace::read_maps(trace, pid)?;
-            Some(ProcessUnwinder::new(&parse_maps(&text), &elfs))
+            Some(ProcessUnwinder::new(&parse_maps(&text), elfs))
         });
         let mut user: Vec<Frame> = Vec::new();
         if let Some(u) = unwinder.as_mut()
@@ -335,17 +368,22 @@ pub fn run(input: &Input<'_>, out: Option<&Path>, debug: debuginfo::Sources) -> 
             Vec::new()
         };
         let stack = fold_stack(&s.task.comm, &user, &kernel);
-        per_pid.entry(pid).or_insert_with(|| (s.task.comm.clone(), Folded::default())).1.add(&stack);
-        if let Some(g) = generations.get(&pid) {
-            per_gen.entry(*g).or_default().add(&stack);
+        f.per_pid.entry(pid).or_insert_with(|| (s.task.comm.clone(), Folded::default())).1.add(&stack);
+        if let Some(g) = input.worker_generations.get(&pid) {
+            f.per_gen.entry(*g).or_default().add(&stack);
         }
-        if let Some(r) = reload_ns {
-            if s.task.ts_ns < r { before.add(&stack) } else { after.add(&stack) }
+        if let Some(r) = input.reload_ns {
+            if s.task.ts_ns < r { f.before.add(&stack) } else { f.after.add(&stack) }
         }
     }
+    f
+}
 
-    // Processes of interest: spinning ones first, then by samples.
-    let mut by_samples: Vec<(u32, u64)> = per_pid.iter().map(|(p, (_, f))| (*p, f.total())).collect();
+/// Writes the graphs: the processes of interest (spinning ones first, then by samples), each
+/// worker generation, and before/after the reload with their difference.
+fn write_graphs(out: &Path, input: &Input<'_>, f: &Folds, report: &mut FlameReport) -> Result<()> {
+    let spinning = &input.spinning;
+    let mut by_samples: Vec<(u32, u64)> = f.per_pid.iter().map(|(p, (_, f))| (*p, f.total())).collect();
     by_samples.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut chosen: Vec<u32> = Vec::new();
     for p in spinning.iter().copied().chain(by_samples.into_iter().map(|(p, _)| p)) {
@@ -353,54 +391,44 @@ pub fn run(input: &Input<'_>, out: Option<&Path>, debug: debuginfo::Sources) -> 
             break;
         }
         // A worker spins in several spans, and appears again among the busiest.
-        if per_pid.contains_key(&p) && !chosen.contains(&p) {
+        if f.per_pid.contains_key(&p) && !chosen.contains(&p) {
             chosen.push(p);
         }
     }
     for (rank, pid) in chosen.iter().enumerate() {
-        let (comm, folded) = &per_pid[pid];
+        let (comm, folded) = &f.per_pid[pid];
         let spins = spinning.contains(pid);
         let spin = if spins { " (spinning)" } else { "" };
         let stem = format!("{:02}-pid{pid}-{}", rank + 1, comm.replace(['/', ' '], "_"));
-        write_graph(&out, &stem, &format!("{comm} pid {pid}{spin}"), spins, folded, &mut report)?;
+        write_graph(out, &stem, &format!("{comm} pid {pid}{spin}"), spins, folded, report)?;
         if let Some((s, c)) = folded.heaviest() {
             report.heaviest.push((*pid, s.to_owned(), c));
         }
     }
-    for (g, folded) in &per_gen {
+    for (g, folded) in &f.per_gen {
         write_graph(
-            &out,
+            out,
             &format!("generation-{g}"),
             &format!("worker generation {g}"),
             false,
             folded,
-            &mut report,
+            report,
         )?;
     }
-    if reload_ns.is_some() {
-        write_graph(&out, "before-reload", "before the reload", false, &before, &mut report)?;
-        write_graph(&out, "after-reload", "after the reload", false, &after, &mut report)?;
-        if !before.is_empty() || !after.is_empty() {
-            write_diff(&out, &before, &after, &mut report.files)?;
+    if input.reload_ns.is_some() {
+        write_graph(out, "before-reload", "before the reload", false, &f.before, report)?;
+        write_graph(out, "after-reload", "after the reload", false, &f.after, report)?;
+        if !f.before.is_empty() || !f.after.is_empty() {
+            write_diff(out, &f.before, &f.after, &mut report.files)?;
             report.graphs.push(Graph {
                 stem: "diff-before-after".to_owned(),
                 title: "before → after the reload (differential)".to_owned(),
-                samples: before.total() + after.total(),
+                samples: f.before.total() + f.after.total(),
                 ..Default::default()
             });
         }
     }
-    report.debug_named = names
-        .named_from_debug_info()
-        .iter()
-        .map(|(module, origin)| DebugNamed { module: module.clone(), origin: *origin })
-        .collect();
-    report.debug_notes = names.debug_notes().to_vec();
-    if report.samples > 0 {
-        let index = write_index(&out, &report)?;
-        report.files.push(index);
-    }
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]
