@@ -37,6 +37,10 @@ struct PendingRead {
 #[map]
 static HTTP_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_entries(4096, 0);
 
+/// `BPF_RB_NO_WAKEUP`: HTTP records come with every request; waking the recorder for each costs
+/// microseconds per request, so they wait for its next poll (at most 100 ms).
+const NO_WAKEUP: u64 = 1;
+
 /// `struct iovec` and the offset of `msg_iov` in `struct user_msghdr`: user-space ABI, fixed.
 const IOVEC_LEN_OFF: u64 = 8;
 const MSGHDR_IOV_OFF: u64 = 16;
@@ -123,7 +127,7 @@ pub fn on_accept(ctx: &TracePointContext, fd: i64, sk: u64, family: u16, tgid: u
         (*r).phase = conn_phase::AWAIT_REQUEST;
         (*r).requests = 0;
     }
-    entry.submit(0);
+    entry.submit(NO_WAKEUP);
 }
 
 /// Called at the entry of close: true when `fd` was a traced TCP connection (now forgotten).
@@ -157,7 +161,7 @@ pub fn on_close(ctx: &TracePointContext, fd: i64, tgid: u32, tid: u32) -> bool {
         (*r).phase = state.phase;
         (*r).requests = state.requests;
     }
-    entry.submit(0);
+    entry.submit(NO_WAKEUP);
     true
 }
 
@@ -297,5 +301,5 @@ fn send_chunk(direction: u32, fd: u32, inode: u64, buf: u64, n: usize, tgid: u32
     let copied = n > 0 && unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut data[..n]) }.is_ok();
     // SAFETY: as above.
     unsafe { (*r).len = if copied { n as u32 } else { 0 } };
-    entry.submit(0);
+    entry.submit(NO_WAKEUP);
 }
