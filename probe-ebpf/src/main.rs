@@ -19,6 +19,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
 };
 use probe_common::{EventHeader, KernelOffsets, ProbeConfig, Target, drop_slot};
 
@@ -64,6 +65,15 @@ static KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::ALL_MISSING)
 fn current_ids() -> (u32, u32) {
     let id = bpf_get_current_pid_tgid();
     ((id >> 32) as u32, id as u32)
+}
+
+/// The n-th argument of a `syscalls:sys_enter_*` record (8-byte slots).
+#[inline(always)]
+fn syscall_arg(ctx: &TracePointContext, n: u32) -> u64 {
+    let off = CONFIG.load().off_syscall_args + 8 * n;
+    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
+    // rather than faults on a bad offset; any bytes are a valid u64.
+    unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0)
 }
 
 /// True when `tgid` is being traced.

@@ -17,7 +17,7 @@ use probe_common::{
 };
 
 use crate::kread::{AF_INET, AF_INET6, read, sock_inode};
-use crate::{CONFIG, EVENTS, KOFFSETS, count_drop, current_ids, header, is_target};
+use crate::{CONFIG, EVENTS, KOFFSETS, count_drop, current_ids, header, is_target, syscall_arg as arg};
 
 /// Connections targets accepted, by (tgid, fd).
 #[map]
@@ -44,15 +44,6 @@ const NO_WAKEUP: u64 = 1;
 /// `struct iovec` and the offset of `msg_iov` in `struct user_msghdr`: user-space ABI, fixed.
 const IOVEC_LEN_OFF: u64 = 8;
 const MSGHDR_IOV_OFF: u64 = 16;
-
-/// The n-th syscall argument (8-byte slots).
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: u32) -> u64 {
-    let off = CONFIG.load().off_syscall_args + 8 * n;
-    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
-    // rather than faults on a bad offset; any bytes are a valid u64.
-    unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0)
-}
 
 /// A user pointer's target, or 0.
 #[inline(always)]

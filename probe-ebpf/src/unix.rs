@@ -16,7 +16,7 @@ use probe_common::{
 
 use crate::KOFFSETS;
 use crate::kread::{AF_UNIX, identity, read, read_path, sock_of_fd, unix_sock_of_fd};
-use crate::{CONFIG, EVENTS, count_drop, current_ids, header, is_target, send};
+use crate::{CONFIG, EVENTS, count_drop, current_ids, header, is_target, send, syscall_arg as arg};
 
 /// A connect or bind in progress: the address asked for.
 #[derive(Clone, Copy)]
@@ -39,15 +39,6 @@ static UNIX_FLOWS: LruHashMap<FlowKey, UnixFlow> = LruHashMap::with_max_entries(
 /// Socket inodes whose path was already sent.
 #[map]
 static UNIX_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
-
-/// The n-th syscall argument (8-byte slots).
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: u32) -> u64 {
-    let off = CONFIG.load().off_syscall_args + 8 * n;
-    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
-    // rather than faults on a bad offset; any bytes are a valid u64.
-    unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0)
-}
 
 #[inline(always)]
 fn addr_enter(ctx: &TracePointContext, op: u32) {

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use reloadscope::{Event, Trace};
+use reloadscope::Trace;
 
 /// A plain nginx master with two workers on a free local port; stopped on drop.
 struct Nginx {
@@ -101,26 +101,6 @@ fn request(s: &mut TcpStream, header: &str, id: &str) -> u16 {
     status.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-fn http_requests(t: &Trace) -> Vec<&reloadscope::HttpRequestEvent> {
-    t.events
-        .iter()
-        .filter_map(|e| match e {
-            Event::HttpRequest(r) => Some(r),
-            _ => None,
-        })
-        .collect()
-}
-
-fn tcp_conns(t: &Trace) -> Vec<&reloadscope::TcpConnEvent> {
-    t.events
-        .iter()
-        .filter_map(|e| match e {
-            Event::TcpConn(c) => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
 fn record_nginx(nginx: &Nginx, out: &Path, extra: &[&str], load: impl FnOnce()) -> Trace {
     let rec = Recording::start(&[nginx.pid()], "5s", out, extra);
     load();
@@ -165,7 +145,7 @@ fn every_request_id_is_read_once_by_its_worker_and_a_reload_closes_idle_keep_ali
         }
     });
     drop(idle);
-    let reqs = http_requests(&trace);
+    let reqs = events_of!(trace, HttpRequest);
     let mut by_id: BTreeMap<&str, Vec<_>> = BTreeMap::new();
     for r in &reqs {
         by_id.entry(r.request_id.as_deref().unwrap_or("")).or_default().push(*r);
@@ -190,7 +170,7 @@ fn every_request_id_is_read_once_by_its_worker_and_a_reload_closes_idle_keep_ali
     let (worker, conn) = (keep[0].task.tgid, keep[0].conn);
     assert!(keep.iter().all(|r| (r.task.tgid, r.conn) == (worker, conn)), "one connection, one worker");
     assert!(old_workers.contains(&worker), "worker {worker} of {old_workers:?}");
-    let conns = tcp_conns(&trace);
+    let conns = events_of!(trace, TcpConn);
     let close = conns
         .iter()
         .find(|c| c.conn == conn && c.op == reloadscope::ConnOp::Close)
@@ -221,7 +201,8 @@ fn the_id_header_can_be_renamed_and_no_http_copies_nothing() {
                 request(&mut nginx.connect(), "x-trace", &format!("t-{i}"));
             }
         });
-    let ids: BTreeSet<String> = http_requests(&trace).iter().filter_map(|r| r.request_id.clone()).collect();
+    let ids: BTreeSet<String> =
+        events_of!(trace, HttpRequest).iter().filter_map(|r| r.request_id.clone()).collect();
     assert_eq!(ids, (0..5).map(|i| format!("t-{i}")).collect());
     assert!(trace.meta.options.http && trace.meta.options.request_id_header == "x-trace");
 
@@ -230,6 +211,6 @@ fn the_id_header_can_be_renamed_and_no_http_copies_nothing() {
             request(&mut nginx.connect(), "x-request-id", &format!("n-{i}"));
         }
     });
-    assert!(http_requests(&trace).is_empty() && tcp_conns(&trace).is_empty());
+    assert!(events_of!(trace, HttpRequest).is_empty() && events_of!(trace, TcpConn).is_empty());
     assert!(!trace.meta.options.http);
 }
