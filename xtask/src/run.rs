@@ -35,11 +35,11 @@ pub enum RunTarget {
 #[derive(Args, Clone, Debug)]
 pub struct RunOptions {
     /// When to reload, from the start of the load (e.g. 10s).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = shared::duration::parse)]
     pub reload_at: Duration,
     /// How long the load runs. 30 s with the reload at 10 s holds old worker 0's exit, which its
     /// plugin-server pumps can put 10 s or more after the reload (kong/README.md).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = shared::duration::parse)]
     pub duration: Duration,
     /// Load-test users, spread evenly over the endpoints.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -69,10 +69,6 @@ pub struct RunOptions {
 
 /// The gateway's address: Kong's proxy port.
 const GATEWAY: &str = "127.0.0.1:8000";
-
-fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    shared::duration::parse(s)
-}
 
 fn parse_phase(s: &str) -> std::result::Result<Duration, String> {
     let d = shared::duration::parse(s)?;

@@ -42,7 +42,7 @@ pub struct Worker {
     pub keepalive_closed: u32,
     /// The first of those closes (s from zero).
     pub keepalive_closed_s: Option<f64>,
-    /// The last of them, in CLOCK_MONOTONIC ns.
+    /// The first and the last of them, in CLOCK_MONOTONIC ns.
     #[serde(skip)]
     pub keepalive_closed_ns: Option<(u64, u64)>,
 }
