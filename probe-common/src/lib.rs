@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod epoll;
+pub mod lua;
 pub mod proc;
 pub mod sample;
 pub mod tcp;
@@ -74,6 +75,8 @@ pub mod names {
     pub const STACKS: &str = "STACKS";
     /// Open unix flows: [`crate::FlowKey`] -> [`crate::UnixFlow`].
     pub const UNIX_FLOWS: &str = "UNIX_FLOWS";
+    /// Processes running a LuaJIT VM: tgid -> [`crate::lua::LuaConfig`].
+    pub const LUAJIT: &str = "LUAJIT";
 }
 
 /// Common prefix of every ring-buffer record.
@@ -256,6 +259,7 @@ mod pod {
     unsafe impl aya::Pod for crate::EpollThread {}
     unsafe impl aya::Pod for crate::FlowKey {}
     unsafe impl aya::Pod for crate::UnixFlow {}
+    unsafe impl aya::Pod for crate::lua::LuaConfig {}
 }
 
 // Layout checks: a change of these sizes is a change of the wire format.

@@ -1,7 +1,7 @@
 //! CPU samples: kernel stack id, user registers and a copy of the top of the user stack, so user
 //! space can unwind binaries without frame pointers (Debian's nginx has none).
 
-use crate::{COMM_LEN, EventHeader};
+use crate::{COMM_LEN, EventHeader, lua::LuaStack};
 
 /// Bytes of user stack copied per sample (perf's default for `--call-graph dwarf`).
 pub const USER_STACK_LEN: usize = 8192;
@@ -28,8 +28,11 @@ pub struct CpuSample {
     pub stack_len: u32,
     /// 1 when the sample interrupted user mode, 0 when it hit the kernel.
     pub user_mode: u32,
+    /// The Lua stack, when the process runs a LuaJIT VM ([`crate::lua`]).
+    pub lua: LuaStack,
     /// The user stack from `sp` upwards.
     pub stack: [u8; USER_STACK_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<CpuSample>() == 88 + USER_STACK_LEN);
+use core::mem::size_of;
+const _: () = assert!(size_of::<CpuSample>() == 88 + size_of::<LuaStack>() + USER_STACK_LEN);

@@ -9,6 +9,7 @@
 
 mod epoll;
 mod kread;
+mod lua;
 mod proc;
 mod sample;
 mod tcp;

@@ -31,6 +31,7 @@ pub fn proc_fork(ctx: TracePointContext) -> u32 {
         // Threads land here too; their tid never matches a live tgid lookup, and exit removes it.
         let target = Target { parent: tgid, flags: target_flag::FROM_FORK };
         let _ = TARGETS.insert(child, target, 0);
+        crate::lua::inherit(tgid, child);
     }
     let record = ProcFork {
         hdr: header(kind::PROC_FORK, tgid, tid),
@@ -49,6 +50,7 @@ pub fn proc_exec(ctx: TracePointContext) -> u32 {
     if !is_target(tgid) {
         return 0;
     }
+    crate::lua::forget(tgid);
     let Some(mut entry) = EVENTS.reserve::<ProcExec>(0) else {
         count_drop(kind::PROC_EXEC);
         return 0;
@@ -101,6 +103,7 @@ pub fn proc_exit(ctx: TracePointContext) -> u32 {
     send(kind::PROC_EXIT, &record);
     // The thread's own entry (inserted at its creation), or the process's when the leader exits.
     let _ = TARGETS.remove(tid);
+    crate::lua::forget(tid);
     0
 }
 

@@ -54,6 +54,8 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
         bpf_probe_read_kernel(regs).unwrap_or(core::mem::zeroed())
     };
+    // SAFETY: `r` is our reserved record, ours alone until submit, and `lua` is one of its fields.
+    unsafe { crate::lua::walk(tgid, &user, &raw mut (*r).lua) };
     // SAFETY: `r` is our reserved record, ours alone until submit.
     unsafe {
         (*r).ip = user.rip;

@@ -371,6 +371,9 @@ pub struct CpuSampleEvent {
     pub stack_len: u32,
     /// Where the copy starts in `samples.bin`.
     pub stack_offset: u64,
+    /// The Lua stack, for a process running a LuaJIT VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lua: Option<crate::luajit::sample::LuaSample>,
 }
 
 /// Whether a TCP connection was accepted or closed.
@@ -718,6 +721,9 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 user_mode: read_at::<u32>(bytes, offset_of!(CpuSample, user_mode), k)? != 0,
                 stack_len: sample_stack(bytes).len() as u32,
                 stack_offset: 0,
+                lua: read_at::<probe_common::lua::LuaStack>(bytes, offset_of!(CpuSample, lua), k)
+                    .ok()
+                    .and_then(|raw| crate::luajit::sample::LuaSample::from_raw(&raw)),
             })
         }
         other => return Err(DecodeError::UnknownKind(other)),
@@ -975,6 +981,7 @@ mod tests {
             bp: 3,
             stack_len: 4,
             user_mode: 1,
+            lua: probe_common::lua::LuaStack::EMPTY,
             stack: [0; probe_common::sample::USER_STACK_LEN],
         };
         c.stack[..4].copy_from_slice(&[9, 8, 7, 6]);

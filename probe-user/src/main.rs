@@ -136,6 +136,24 @@ fn main() -> ExitCode {
                     100.0 * r.success_rate(),
                     r.cost_per_sample().as_secs_f64() * 1e6
                 );
+                for g in &r.graphs {
+                    if let Some(hot) = &g.lua_hot {
+                        println!(
+                            "lua {}: {} at {} ({} of {} samples with Lua frames), called from {}",
+                            g.title,
+                            hot.function,
+                            hot.at.as_deref().unwrap_or("unknown line"),
+                            hot.samples,
+                            hot.lua_samples,
+                            hot.caller.as_deref().unwrap_or("-")
+                        );
+                    }
+                }
+                let l = r.lua;
+                println!(
+                    "lua frames: {} samples merged, {} on a JIT trace, {} without an interpreter frame (dropped)",
+                    l.merged, l.on_trace, l.no_vm_frame
+                );
                 println!("{}", reloadscope::flame::debug_info_line(&r.debug_named, &r.debug_notes));
                 eprintln!("reloadscope: {} files in {}", r.files.len(), dir_out.display());
                 ExitCode::SUCCESS

@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
+use probe_common::lua::LuaConfig;
 use probe_common::{Target, target_flag};
 
 use crate::event::{Event, RecordKind, bucket_event, decode, flow_event, http_chunk, sample_stack};
 use crate::http_events::Pairing;
+use crate::luajit::recorder::LuaRecorder;
 use crate::model::{self, ProcInfo};
 use crate::probe::{Probe, ProbeOptions};
 use crate::trace::{ClockAnchor, Ending, Meta, RecordOptions, TraceWriter};
@@ -107,6 +109,10 @@ struct Collector {
     maps_at: BTreeMap<u32, Instant>,
     /// HTTP requests read and not yet answered.
     http: Pairing,
+    /// Lua frames: the VMs found, and what the walks point at.
+    lua: LuaRecorder,
+    /// LuaJIT processes found since the last poll, for the kernel's walk.
+    lua_new: Vec<(u32, LuaConfig)>,
 }
 
 impl Collector {
@@ -126,6 +132,9 @@ impl Collector {
         };
         if let Event::CpuSample(s) = &mut ev {
             s.stack_offset = self.writer.write_sample_stack(sample_stack(bytes))?;
+            if let Some(lua) = &s.lua {
+                self.lua.observe(s.task.tgid, lua);
+            }
         }
         // Read /proc for each new process while it lives (argv, memory map), and again after
         // an exec, which replaces both.
@@ -140,11 +149,20 @@ impl Collector {
         {
             self.known.insert(pid, info);
             self.maps_at.insert(pid, Instant::now());
+            if fresh && let Some(cfg) = self.lua.configure(pid) {
+                self.lua_new.push((pid, cfg));
+            }
         } else if matches!(ev, Event::CpuSample(_))
             && self.maps_at.get(&pid).is_none_or(|t| t.elapsed() >= MAPS_REFRESH)
         {
             self.writer.save_maps(pid);
             self.maps_at.insert(pid, Instant::now());
+            // A process that exec'ed maps its libraries later: look for LuaJIT again.
+            if self.lua.lacks(pid)
+                && let Some(cfg) = self.lua.configure(pid)
+            {
+                self.lua_new.push((pid, cfg));
+            }
         }
         let unanswered = match &ev {
             Event::TcpConn(c) => self.http.closed(c),
@@ -179,6 +197,8 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         seen: BTreeSet::new(),
         maps_at: BTreeMap::new(),
         http: Pairing::new(&args.request_id_header),
+        lua: LuaRecorder::new(),
+        lua_new: Vec::new(),
     };
     let clock = ClockAnchor { monotonic_ns: clock::monotonic_ns(), realtime_ns: clock::realtime_ns() };
     let initial = c.target_trees(&mut probe, &roots)?;
@@ -228,9 +248,17 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
     drop(probe);
     let threads = summary::by_thread(&c.events);
     let table = summary::table(&threads, meta.window_ns());
+    let (lua_symbols, lua_meta) = c.lua.finish();
+    meta.lua = lua_meta;
     c.writer.finish(
         &mut meta,
-        &Ending { threads: &threads, table: &table, stacks: &stacks, processes: &processes },
+        &Ending {
+            threads: &threads,
+            table: &table,
+            stacks: &stacks,
+            processes: &processes,
+            lua_symbols: &lua_symbols,
+        },
     )?;
     Ok(Recorded { meta, table })
 }
@@ -272,6 +300,9 @@ impl Collector {
                 self.known.insert(pid, info);
                 self.seen.insert(pid);
             }
+            if let Some(cfg) = self.lua.configure(pid) {
+                probe.add_luajit(pid, cfg)?;
+            }
         }
         Ok(initial)
     }
@@ -287,6 +318,10 @@ impl Collector {
                     io_error.get_or_insert(e);
                 }
             })?;
+            for (pid, cfg) in self.lua_new.drain(..) {
+                // A process that exited meanwhile is no loss.
+                let _ = probe.add_luajit(pid, cfg);
+            }
         }
         // Stop the kernel side first, so nothing changes while the rest is read. Emptying the
         // targets stops every program at once; detaching takes far longer and happens on drop.

@@ -7,6 +7,7 @@
 //! - `stacks.json`: kernel and frame-pointer stacks by stack id;
 //! - `samples.bin`: the raw user-stack copies of the CPU samples;
 //! - `maps/<pid>.maps`: copies of `/proc/PID/maps`;
+//! - `lua-symbols.json`: the Lua prototypes, lines and call-site names the samples point at;
 //! - `summary.json` / `summary.txt`: the per-thread epoll summary.
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::luajit::symbols::LuaSymbols;
 use crate::model::Process;
 use crate::summary::ThreadSummary;
 
@@ -30,6 +32,7 @@ const PROCESSES: &str = "processes.json";
 const STACKS: &str = "stacks.json";
 const SAMPLES: &str = "samples.bin";
 const MAPS: &str = "maps";
+const LUA_SYMBOLS: &str = "lua-symbols.json";
 
 /// Version of the trace directory's layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -110,6 +113,9 @@ pub struct Meta {
     pub interrupted: bool,
     /// What each file of the directory holds.
     pub files: BTreeMap<String, String>,
+    /// LuaJIT libraries, their offsets, and which processes' Lua frames were dropped and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lua: Option<crate::luajit::symbols::LuaMeta>,
 }
 
 impl Meta {
@@ -143,6 +149,8 @@ pub struct Ending<'a> {
     pub stacks: &'a Stacks,
     /// The process model.
     pub processes: &'a [Process],
+    /// What the Lua frames point at.
+    pub lua_symbols: &'a LuaSymbols,
 }
 
 fn create(path: &Path) -> Result<BufWriter<File>> {
@@ -191,6 +199,7 @@ impl TraceWriter {
         self.samples.flush()?;
         write_json(&self.dir.join(STACKS), end.stacks)?;
         write_json(&self.dir.join(PROCESSES), &end.processes)?;
+        write_json(&self.dir.join(LUA_SYMBOLS), end.lua_symbols)?;
         meta.schema_version = SCHEMA_VERSION;
         meta.events = self.count;
         meta.files = [
@@ -208,6 +217,10 @@ impl TraceWriter {
                 "raw user-stack copies of cpu_sample events, at their stack_offset, stack_len bytes",
             ),
             ("maps/", "<pid>.maps: /proc/PID/maps of each traced process, copied while it lived"),
+            (
+                "lua-symbols.json",
+                "Lua prototypes (file, first line), lines and call-site names the cpu_sample lua frames point at",
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -254,6 +267,14 @@ pub fn read_stacks(dir: &Path) -> Stacks {
 /// Reads `samples.bin` (empty when absent).
 pub fn read_sample_stacks(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join(SAMPLES)).unwrap_or_default()
+}
+
+/// Reads `lua-symbols.json` (empty when absent).
+pub fn read_lua_symbols(dir: &Path) -> LuaSymbols {
+    std::fs::read_to_string(dir.join(LUA_SYMBOLS))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
 }
 
 /// Reads the copy of `pid`'s memory map, when one was taken.
@@ -313,7 +334,9 @@ mod tests {
         let at = w.write_sample_stack(&[1, 2, 3]).unwrap();
         assert_eq!((at, w.write_sample_stack(&[4]).unwrap()), (0, 3));
         let stacks = Stacks::from([(7, vec![0xffff_0001, 0xffff_0002])]);
-        let end = Ending { threads: &[], table: "table\n", stacks: &stacks, processes: &[] };
+        let lua = LuaSymbols::default();
+        let end =
+            Ending { threads: &[], table: "table\n", stacks: &stacks, processes: &[], lua_symbols: &lua };
         w.finish(&mut meta, &end).unwrap();
         let t = read(&dir.path().join("t")).unwrap();
         assert_eq!(t.events, vec![ev]);

@@ -178,6 +178,7 @@ pub fn flame_input<'a>(run: &'a Run, a: &Analysis) -> crate::flame::Input<'a> {
             .collect(),
         reload_ns: run.reload.as_ref().map(|r| r.monotonic_ns),
         spinning: a.spins.iter().map(|s| s.pid).collect(),
+        lua_disabled: run.meta.lua.iter().flat_map(|l| l.disabled.iter().map(|d| d.pid)).collect(),
     }
 }
 
@@ -193,8 +194,13 @@ mod tests {
         w.write(&testkit::signal(5_000, 9, 1, 1)).unwrap();
         let mut meta = Meta { started_ns: 1_000, ended_ns: 9_000, ..Meta::default() };
         meta.options.root_pid = 1;
-        let end =
-            crate::trace::Ending { threads: &[], table: "", stacks: &Default::default(), processes: &[] };
+        let end = crate::trace::Ending {
+            threads: &[],
+            table: "",
+            stacks: &Default::default(),
+            processes: &[],
+            lua_symbols: &Default::default(),
+        };
         w.finish(&mut meta, &end).unwrap();
         // A line exactly as loadtest/src/reqlog.rs writes it, and a cut-off last line.
         let line = r#"{"start_unix_ns":1,"end_unix_ns":2,"start_mono_ns":6000,"end_mono_ns":7000,"endpoint":"/js","request_id":"r-1","user":0,"status":200,"outcome":"failed","reason":"plugin header missing","worker_pid":42,"echoed_request_id":"r-1"}"#;

@@ -214,6 +214,7 @@ mod tests {
             user_mode: true,
             stack_len: 0,
             stack_offset: 0,
+            lua: None,
         })
     }
 

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-/// Where a frame comes from. Lua-level frames (from the Lua source) will get their own kind later.
+/// Where a frame comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameKind {
     /// A native user-space frame (ELF function in some module).
     User,
     /// A kernel frame (from the stack map, named through kallsyms).
     Kernel,
-    /// A Lua function (reserved for the Lua unwinder; not produced yet).
+    /// A Lua function, from the kernel's walk of the Lua stack.
     Lua,
 }
 
@@ -34,7 +34,8 @@ impl Frame {
             FrameKind::Kernel => format!("{func}_[k]"),
             FrameKind::User if self.module.is_empty() => func,
             FrameKind::User => format!("{func} [{}]", self.module.replace(';', ":").replace(' ', "_")),
-            FrameKind::Lua => format!("{func} [lua]"),
+            // `name file.lua:12`: the space is part of the name (folded lines split at the last one).
+            FrameKind::Lua => format!("{} [lua]", self.func.replace(';', ":")),
         }
     }
 }

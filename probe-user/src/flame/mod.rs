@@ -7,11 +7,13 @@
 //! - [`symbolize`]: blazesym names for user (ELF) and kernel (kallsyms) addresses;
 //! - [`stripped`]: names where a stripped file has no symbol (nginx module tables, LuaJIT's VM,
 //!   function starts from `.eh_frame`);
-//! - [`fold`]: frames → folded stacks (pure).
+//! - [`fold`]: frames → folded stacks (pure);
+//! - `lua`: the kernel-walked Lua frames in place of LuaJIT's interpreter frame.
 
 pub mod debuginfo;
 pub mod elf;
 pub mod fold;
+mod lua;
 pub mod stripped;
 pub mod symbolize;
 pub mod unwind;
@@ -29,6 +31,7 @@ use serde::Serialize;
 
 use crate::event::CpuSampleEvent;
 use fold::{Folded, Frame, fold_stack};
+pub use lua::{LuaHot, LuaMerge};
 use symbolize::Names;
 use unwind::{ProcessUnwinder, parse_maps};
 
@@ -58,6 +61,8 @@ pub struct FlameReport {
     pub debug_named: Vec<DebugNamed>,
     /// What went wrong while looking for debug files.
     pub debug_notes: Vec<String>,
+    /// How the Lua frames went in.
+    pub lua: LuaMerge,
 }
 
 /// A module whose frames were named from its debug file.
@@ -84,8 +89,16 @@ pub struct Graph {
     pub heaviest: Option<(String, u64)>,
     /// Samples inside an epoll wait call (user or kernel side).
     pub in_epoll: u64,
-    /// Samples inside LuaJIT's interpreter.
+    /// Samples inside LuaJIT's interpreter that carry no Lua frames.
     pub in_lua_vm: u64,
+    /// Samples with Lua frames.
+    pub in_lua: u64,
+    /// Where its Lua samples concentrate (per-process graphs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lua_hot: Option<LuaHot>,
+    /// The stem of its Lua-only graph, when one was drawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lua_only: Option<String>,
 }
 
 /// What the report keeps of the flamegraphs (`report.json`'s `flamegraphs`).
@@ -105,6 +118,8 @@ pub struct FlameSummary {
     pub debug_named: Vec<DebugNamed>,
     /// What went wrong while looking for debug files.
     pub debug_notes: Vec<String>,
+    /// How the Lua frames went in.
+    pub lua: LuaMerge,
 }
 
 impl FlameReport {
@@ -128,6 +143,7 @@ impl FlameReport {
             graphs: self.graphs.clone(),
             debug_named: self.debug_named.clone(),
             debug_notes: self.debug_notes.clone(),
+            lua: self.lua,
         }
     }
 }
@@ -204,6 +220,9 @@ fn write_graph(
         // libc's wrapper (`epoll_wait`, `__GI_epoll_pwait`) or the kernel's (`do_epoll_wait_[k]`).
         in_epoll: folded.samples_with(|f| f.contains("epoll_wait") || f.contains("epoll_pwait")),
         in_lua_vm: folded.samples_with(|f| f.starts_with(stripped::LUAJIT_VM)),
+        in_lua: folded.samples_with(|f| f.ends_with(" [lua]")),
+        lua_hot: None,
+        lua_only: None,
     });
     if folded.is_empty() {
         return Ok(());
@@ -261,6 +280,8 @@ pub struct Input<'a> {
     pub reload_ns: Option<u64>,
     /// The spinning workers, whose graphs come first.
     pub spinning: Vec<u32>,
+    /// Processes whose Lua walks failed the runtime checks (meta.json): no Lua frames.
+    pub lua_disabled: Vec<u32>,
 }
 
 /// Unwinds, symbolizes and draws `input`'s samples, writing into `out`
@@ -314,6 +335,9 @@ struct Folds {
     /// Before and after the reload.
     before: Folded,
     after: Folded,
+    /// By process: the Lua frames alone, and where they concentrate.
+    lua_only: HashMap<u32, Folded>,
+    lua_counts: HashMap<u32, lua::LuaCounts>,
 }
 
 /// Unwinds and names every sample, and folds it into the graphs it belongs to.
@@ -327,6 +351,8 @@ fn fold_samples(
     let stack_bytes = crate::trace::read_sample_stacks(trace);
     let kstacks = crate::trace::read_stacks(trace);
     let mut unwinders: HashMap<u32, Option<ProcessUnwinder>> = HashMap::new();
+    let lua_names =
+        crate::luajit::symbols::Index::new(crate::trace::read_lua_symbols(trace), &input.lua_disabled);
     let mut f = Folds::default();
     for &s in &input.samples {
         let pid = s.task.tgid;
@@ -359,6 +385,17 @@ fn fold_samples(
         }
         if user.len() >= 3 {
             report.deep += 1;
+        }
+        if let Some(ls) = &s.lua {
+            let mut c_name = |addr: u64| match unwinder.as_ref().and_then(|u| u.module_of(addr)) {
+                Some(m) => names.user_frame(Path::new(&m.path), addr.wrapping_sub(m.bias)).func,
+                None => format!("{addr:#x}"),
+            };
+            let named = lua_names.frames(pid, ls, &mut c_name);
+            if let Some(only) = lua::merge(&mut user, &named, ls.trace().is_some(), &mut report.lua) {
+                f.lua_counts.entry(pid).or_default().add(&named);
+                f.lua_only.entry(pid).or_default().add(&fold_stack(&s.task.comm, &only, &[]));
+            }
         }
         let kernel: Vec<Frame> = if let Ok(id) = u32::try_from(s.kstack_id) {
             let ips = kstacks.get(&id).cloned().unwrap_or_default();
@@ -401,6 +438,20 @@ fn write_graphs(out: &Path, input: &Input<'_>, f: &Folds, report: &mut FlameRepo
         let spin = if spins { " (spinning)" } else { "" };
         let stem = format!("{:02}-pid{pid}-{}", rank + 1, comm.replace(['/', ' '], "_"));
         write_graph(out, &stem, &format!("{comm} pid {pid}{spin}"), spins, folded, report)?;
+        let at = report.graphs.len() - 1;
+        report.graphs[at].lua_hot = f.lua_counts.get(pid).and_then(lua::LuaCounts::hottest);
+        if spins && let Some(only) = f.lua_only.get(pid) {
+            let lua_stem = format!("{stem}-lua");
+            report.graphs[at].lua_only = Some(lua_stem.clone());
+            write_graph(
+                out,
+                &lua_stem,
+                &format!("{comm} pid {pid}{spin}: Lua frames only"),
+                false,
+                only,
+                report,
+            )?;
+        }
         if let Some((s, c)) = folded.heaviest() {
             report.heaviest.push((*pid, s.to_owned(), c));
         }
@@ -461,6 +512,7 @@ mod tests {
             worker_generations: HashMap::new(),
             reload_ns: None,
             spinning: Vec::new(),
+            lua_disabled: Vec::new(),
         };
         let r = run(&input, None, debuginfo::Sources::none()).unwrap();
         assert_eq!((r.samples, r.deep, r.success_rate(), r.cost_per_sample()), (0, 0, 0.0, Duration::ZERO));

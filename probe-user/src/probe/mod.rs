@@ -12,6 +12,7 @@ use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use aya::programs::{PerfEvent, RawTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader};
+use probe_common::lua::LuaConfig;
 use probe_common::{EpollBucket, EpollThread, FlowKey, ProbeConfig, Target, UnixFlow, drop_slot, names};
 
 use crate::btf::Btf;
@@ -83,6 +84,7 @@ pub struct Probe {
     events: RingBuf<MapData>,
     samples: RingBuf<MapData>,
     targets: HashMap<MapData, u32, Target>,
+    luajit: HashMap<MapData, u32, LuaConfig>,
     /// What this kernel lacks.
     pub degraded: Degraded,
 }
@@ -161,13 +163,21 @@ impl Probe {
         let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("map EVENTS")?)?;
         let samples = RingBuf::try_from(ebpf.take_map(names::SAMPLES).context("map SAMPLES")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::TARGETS).context("map TARGETS")?)?;
+        let luajit = HashMap::try_from(ebpf.take_map(names::LUAJIT).context("map LUAJIT")?)?;
         let degraded = Degraded { tracepoints: missing, struct_fields: missing_fields };
-        Ok(Self { ebpf, events, samples, targets, degraded })
+        Ok(Self { ebpf, events, samples, targets, luajit, degraded })
     }
 
     /// Traces `pid` from now on.
     pub fn add_target(&mut self, pid: u32, target: Target) -> Result<()> {
         self.targets.insert(pid, target, 0).with_context(|| format!("cannot add pid {pid} to the targets"))
+    }
+
+    /// Walks `pid`'s Lua stack at each sample from now on (its forks inherit it).
+    pub fn add_luajit(&mut self, pid: u32, config: LuaConfig) -> Result<()> {
+        self.luajit
+            .insert(pid, config, 0)
+            .with_context(|| format!("cannot describe pid {pid}'s LuaJIT to the probe"))
     }
 
     /// Stops tracing every process at once: each program returns early for non-targets.

@@ -241,11 +241,32 @@ fn flamegraphs_md(s: &mut String, a: &Analysis) {
             s,
             "\nOf its {} samples, {} are in an epoll wait call (the event loop going round) and \
              {} in LuaJIT's interpreter (running Lua code).",
-            g.samples, g.in_epoll, g.in_lua_vm
+            g.samples,
+            g.in_epoll,
+            g.in_lua + g.in_lua_vm
         );
+        if let Some(hot) = &g.lua_hot {
+            let _ = writeln!(s, "\n{}", lua_hot_sentence(hot, g.samples));
+        }
+        if let Some(stem) = &g.lua_only {
+            let _ = writeln!(s, "\nIts Lua frames alone: [{stem}.svg]({}/{stem}.svg).", f.dir);
+        }
     }
     let _ = writeln!(s, "\n{}", crate::flame::LEGEND);
     let _ = writeln!(s, "\n{}", crate::flame::debug_info_line(&f.debug_named, &f.debug_notes));
+}
+
+/// Where a spinning worker's Lua samples concentrate, as one sentence.
+pub fn lua_hot_sentence(hot: &crate::flame::LuaHot, samples: u64) -> String {
+    let at = hot.at.as_ref().map(|a| format!(" at `{a}`")).unwrap_or_default();
+    let caller = hot.caller.as_ref().map(|c| format!(", called from `{c}`")).unwrap_or_default();
+    format!(
+        "Lua: {} of its samples ({} of {samples}) are in `{}`{at}{caller}; {} samples carry Lua frames.",
+        pct(hot.samples as f64 / samples.max(1) as f64),
+        hot.samples,
+        hot.function,
+        hot.lua_samples
+    )
 }
 
 /// One line per kind of finding, for the report's top and the CLI.
