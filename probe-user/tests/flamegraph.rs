@@ -167,7 +167,6 @@ fn nginx_event_loop_and_luajit_vm_are_named() {
         .filter_map(|l| l.rsplit_once(' ').map(|(s, c)| (s.to_owned(), c.parse().unwrap())))
         .collect();
     let total: u64 = stacks.iter().map(|(_, c)| c).sum();
-    let with = |needle: &str| stacks.iter().filter(|(s, _)| s.contains(needle)).map(|(_, c)| c).sum::<u64>();
     for (s, c) in stacks.iter().filter(|(_, c)| *c * 50 >= total) {
         eprintln!("{c:5} {s}");
     }
@@ -177,9 +176,21 @@ fn nginx_event_loop_and_luajit_vm_are_named() {
         stacks.iter().any(|(s, _)| s.split_once(event_loop).is_some_and(|(_, k)| k.contains("_[k]")));
     assert!(in_kernel, "no {event_loop}…_[k] stack in {total} samples");
     // The Lua handler, down into LuaJIT's interpreter (lua_resume jumps there: no frame of its
-    // own), including the VM's leaf helpers (`i % 7` calls lj_vm_modi).
-    let vm = format!("ngx_http_lua_run_thread [ngx_http_lua_module.so];{LUAJIT_VM} [libluajit-5.1.so.2");
-    let (in_luajit, in_vm) = (with("[libluajit-5.1.so.2"), with(&vm));
+    // own), including the VM's leaf helpers (`i % 7` calls lj_vm_modi); where the kernel walked
+    // the Lua stack, its Lua frames stand in the interpreter's place.
+    let handler = "ngx_http_lua_run_thread [ngx_http_lua_module.so];";
+    let below_handler = |s: &str| {
+        s.split_once(handler).is_some_and(|(_, rest)| {
+            rest.starts_with(&format!("{LUAJIT_VM} [libluajit-5.1.so.2"))
+                || rest.split(';').next().is_some_and(|f| f.ends_with(" [lua]"))
+        })
+    };
+    let in_luajit = stacks
+        .iter()
+        .filter(|(s, _)| s.contains("[libluajit-5.1.so.2") || s.contains(" [lua]"))
+        .map(|(_, c)| c)
+        .sum::<u64>();
+    let in_vm = stacks.iter().filter(|(s, _)| below_handler(s)).map(|(_, c)| c).sum::<u64>();
     assert!(
         in_luajit * 10 >= total,
         "the Lua timer burns CPU, yet only {in_luajit} of {total} samples run it"

@@ -339,8 +339,8 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
         assert!(att["unexplained_share"].as_f64().unwrap() <= 0.1, "at most a tenth unexplained: {att}");
     }
 
-    // Flamegraphs: nginx's event loop down to the syscall and the Lua handler down into LuaJIT's
-    // interpreter (Debian's nginx is stripped: the static ngx_epoll_process_events is named by its
+    // Flamegraphs: nginx's event loop down to the syscall and the Lua handler down into its Lua
+    // frames (Debian's nginx is stripped: the static ngx_epoll_process_events is named by its
     // slot in the epoll module's table). Every worker's graph together must show both; a spinning
     // worker's graph comes first and is linked from the report.
     let graphs = report["flamegraphs"]["graphs"].as_array().expect("flamegraphs in report.json");
@@ -357,6 +357,24 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
         let md = std::fs::read_to_string(run.dir.join("report.md")).unwrap();
         let svg = format!("trace/flamegraphs/{}.svg", first["stem"].as_str().unwrap());
         assert!(md.contains(&svg), "report.md links the spinning worker's graph {svg}");
+        // Its Lua frames name the stand-in's busy-wait, from the kernel's walk of LuaJIT's stack.
+        let count = |text: &str, pred: &dyn Fn(&str) -> bool| -> u64 {
+            text.lines()
+                .filter_map(|l| l.rsplit_once(' '))
+                .filter(|(s, _)| pred(s))
+                .map(|(_, n)| n.parse::<u64>().unwrap())
+                .sum()
+        };
+        let spin_folded = folded_of(first);
+        let with_lua = count(&spin_folded, &|s| s.contains(" [lua]"));
+        let waiting = count(&spin_folded, &|s| s.contains(";wait_for_claim instances.lua:"));
+        assert!(
+            with_lua > 0 && waiting * 2 >= with_lua,
+            "{waiting} of {with_lua} Lua samples wait_for_claim"
+        );
+        let sentence =
+            md.lines().find(|l| l.starts_with("Lua: ")).expect("report.md says where the spin's Lua is");
+        assert!(sentence.contains("wait_for_claim instances.lua:"), "{sentence}");
     }
     let folded: String = graphs
         .iter()
@@ -368,8 +386,8 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
         folded.lines().any(|l| l.split_once(event_loop).is_some_and(|(_, k)| k.contains("epoll_wait_[k]"))),
         "no event loop down to the kernel's epoll_wait"
     );
-    let lua = "ngx_http_lua_run_thread [ngx_http_lua_module.so];lj_vm(interpreter) [libluajit-5.1.so.2";
-    assert!(folded.contains(lua), "no Lua handler down into LuaJIT");
+    let lua = "ngx_http_lua_run_thread [ngx_http_lua_module.so];access_by_lua(nginx.conf:";
+    assert!(folded.contains(lua), "no Lua handler down into its Lua frames");
 }
 
 #[test]

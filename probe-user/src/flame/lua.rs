@@ -25,6 +25,13 @@ pub struct LuaHot {
     pub samples: u64,
     /// The process's samples with Lua frames.
     pub lua_samples: u64,
+    /// The deepest Lua function on the stack of at least half of those samples: where the
+    /// process keeps returning to (a busy-wait's loop, when it spins).
+    pub dominant: Option<String>,
+    /// Its caller there.
+    pub dominant_caller: Option<String>,
+    /// Samples with it on the stack.
+    pub dominant_samples: u64,
 }
 
 /// How the Lua frames of the samples went in.
@@ -43,6 +50,8 @@ pub struct LuaMerge {
 pub struct LuaCounts {
     spots: HashMap<(String, Option<String>, Option<String>), u64>,
     samples: u64,
+    /// Each sample's Lua functions, outermost first.
+    paths: Vec<Vec<String>>,
 }
 
 impl LuaCounts {
@@ -55,17 +64,50 @@ impl LuaCounts {
         let caller = frames[i + 1..].iter().find(|f| f.kind == LuaFrameKind::Lua).map(NamedFrame::func_label);
         let at = trace_at.or_else(|| frames[i].at.clone());
         *self.spots.entry((frames[i].func_label(), at, caller)).or_default() += 1;
+        self.paths.push(
+            frames.iter().rev().filter(|f| f.kind == LuaFrameKind::Lua).map(NamedFrame::func_label).collect(),
+        );
+    }
+
+    /// The deepest function on the stack of at least half the samples, its caller, and count.
+    fn dominant(&self) -> Option<(String, Option<String>, u64)> {
+        let mut path: Vec<&str> = Vec::new();
+        let mut count = 0;
+        loop {
+            let mut next: HashMap<&str, u64> = HashMap::new();
+            for p in
+                self.paths.iter().filter(|p| p.len() > path.len() && p.iter().zip(&path).all(|(a, b)| a == b))
+            {
+                *next.entry(p[path.len()].as_str()).or_default() += 1;
+            }
+            match next.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0))) {
+                Some((f, n)) if n * 2 >= self.samples => {
+                    path.push(f);
+                    count = n;
+                }
+                _ => break,
+            }
+        }
+        let f = path.pop()?;
+        Some((f.to_owned(), path.last().map(|c| (*c).to_owned()), count))
     }
 
     /// The hottest spot, ties broken by name for a stable report.
     pub fn hottest(&self) -> Option<LuaHot> {
         let ((function, at, caller), n) = self.spots.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))?;
+        let (dominant, dominant_caller, dominant_samples) = match self.dominant() {
+            Some((f, c, n)) => (Some(f), c, n),
+            None => (None, None, 0),
+        };
         Some(LuaHot {
             function: function.clone(),
             at: at.clone(),
             caller: caller.clone(),
             samples: *n,
             lua_samples: self.samples,
+            dominant,
+            dominant_caller,
+            dominant_samples,
         })
     }
 }
@@ -168,5 +210,10 @@ mod tests {
         let hot = c.hottest().unwrap();
         assert_eq!((hot.function.as_str(), hot.at.as_deref()), ("wait_for_claim", Some("instances.lua:88")));
         assert_eq!((hot.caller.as_deref(), hot.samples, hot.lua_samples), (Some("get_instance_id"), 3, 4));
+        // get_instance_id and wait_for_claim are on 3 of 4 stacks; wait_for_claim is deeper.
+        assert_eq!(
+            (hot.dominant.as_deref(), hot.dominant_caller.as_deref(), hot.dominant_samples),
+            (Some("wait_for_claim"), Some("get_instance_id"), 3)
+        );
     }
 }

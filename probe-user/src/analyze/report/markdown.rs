@@ -260,12 +260,21 @@ fn flamegraphs_md(s: &mut String, a: &Analysis) {
 pub fn lua_hot_sentence(hot: &crate::flame::LuaHot, samples: u64) -> String {
     let at = hot.at.as_ref().map(|a| format!(" at `{a}`")).unwrap_or_default();
     let caller = hot.caller.as_ref().map(|c| format!(", called from `{c}`")).unwrap_or_default();
-    format!(
-        "Lua: {} of its samples ({} of {samples}) are in `{}`{at}{caller}; {} samples carry Lua frames.",
+    let mut s = String::new();
+    if let Some(d) = &hot.dominant {
+        let from = hot.dominant_caller.as_ref().map(|c| format!(" (called from `{c}`)")).unwrap_or_default();
+        s = format!(
+            "Lua: `{d}`{from} is on the stack of {} of its {} samples with Lua frames: the deepest \
+             function most of them share. ",
+            pct(hot.dominant_samples as f64 / hot.lua_samples.max(1) as f64),
+            hot.lua_samples
+        );
+    }
+    s + &format!(
+        "The hottest Lua line: {} of all its samples ({} of {samples}) are in `{}`{at}{caller}.",
         pct(hot.samples as f64 / samples.max(1) as f64),
         hot.samples,
         hot.function,
-        hot.lua_samples
     )
 }
 

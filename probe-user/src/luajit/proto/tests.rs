@@ -110,7 +110,8 @@ fn corrupted_memory_never_panics_or_reads_without_bound() {
         let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let mut mem = Image { base: clean.base, bytes: clean.bytes.clone() };
         for _ in 0..1 + next(&mut state) % 8 {
-            let region = if next(&mut state).is_multiple_of(2) { CHUNK..CHUNK + 0x140 } else { PT..PT + 0xb0 };
+            let region =
+                if next(&mut state).is_multiple_of(2) { CHUNK..CHUNK + 0x140 } else { PT..PT + 0xb0 };
             let at = region.start + next(&mut state) % (region.end - region.start);
             let byte = match next(&mut state) % 4 {
                 0 => 0,
