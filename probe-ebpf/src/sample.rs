@@ -13,6 +13,9 @@ use probe_common::{CpuSample, kind, sample::USER_STACK_LEN};
 
 use crate::{CONFIG, SAMPLES, count_drop, current_ids, header, is_target};
 
+/// Page size on x86-64.
+const PAGE: u64 = 4096;
+
 /// Stacks referenced by samples.
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
@@ -63,16 +66,21 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
         (*r).bp = user.rbp;
         (*r).stack_len = 0;
     }
-    // A read that crosses the top of the stack mapping fails whole: try smaller sizes.
-    let cap = CONFIG.load().sample_stack_bytes;
+    // A read that crosses the top of the stack mapping fails whole. The mapping ends on a page
+    // boundary, so after the full size only two sizes can be the longest readable one: up to the
+    // end of the page after rsp's, and up to the end of rsp's own page.
+    let cap = (CONFIG.load().sample_stack_bytes as u64).min(USER_STACK_LEN as u64);
     // SAFETY: only the address of a field of our reserved record; no reference is made.
     let dst = unsafe { &raw mut (*r).stack } as *mut core::ffi::c_void;
-    for size in [USER_STACK_LEN as u32, 4096, 2048, 1024, 512, 256] {
-        // SAFETY: `dst` has room for USER_STACK_LEN bytes, the largest `size`; the source is any
-        // user address, read fault-safely.
-        if size <= cap && user.rsp != 0 && unsafe { bpf_probe_read_user_raw(dst, size, user.rsp) } {
+    let page_end = (user.rsp | (PAGE - 1)).wrapping_add(1);
+    let to_page_end = page_end.wrapping_sub(user.rsp);
+    for size in [cap, to_page_end + PAGE, to_page_end] {
+        let size = size.min(cap);
+        // SAFETY: `dst` has room for USER_STACK_LEN bytes and `size` is at most that; the source
+        // is any user address, read fault-safely.
+        if size > 0 && user.rsp != 0 && unsafe { bpf_probe_read_user_raw(dst, size as u32, user.rsp) } {
             // SAFETY: `r` is our reserved record, ours alone until submit.
-            unsafe { (*r).stack_len = size };
+            unsafe { (*r).stack_len = size as u32 };
             break;
         }
     }

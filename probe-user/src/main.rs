@@ -46,6 +46,9 @@ enum Cmd {
         /// Do not trace TCP connections and HTTP requests (no payload byte is then copied).
         #[arg(long)]
         no_http: bool,
+        /// Do not walk the Lua stacks of LuaJIT processes at each sample (native stacks only).
+        #[arg(long)]
+        no_lua: bool,
         /// The request header whose value identifies a request (matched without case).
         #[arg(long, default_value = "x-request-id", value_parser = header_name)]
         request_id_header: String,
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
             no_follow_forks,
             sample_hz,
             no_http,
+            no_lua,
             request_id_header,
         } => {
             let args = RecordArgs {
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
                 follow_forks: !no_follow_forks,
                 sample_hz,
                 http: !no_http,
+                lua: !no_lua,
                 request_id_header,
             };
             record(&args).map(|r| {

@@ -35,6 +35,8 @@ pub struct RecordArgs {
     pub sample_hz: u64,
     /// Trace accepted TCP connections and the HTTP requests on them.
     pub http: bool,
+    /// Walk the Lua stacks of LuaJIT processes at each sample.
+    pub lua: bool,
     /// The request header whose value identifies a request.
     pub request_id_header: String,
 }
@@ -197,7 +199,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         seen: BTreeSet::new(),
         maps_at: BTreeMap::new(),
         http: Pairing::new(&args.request_id_header),
-        lua: LuaRecorder::new(),
+        lua: if args.lua { LuaRecorder::new() } else { LuaRecorder::off() },
         lua_new: Vec::new(),
     };
     let clock = ClockAnchor { monotonic_ns: clock::monotonic_ns(), realtime_ns: clock::realtime_ns() };
@@ -235,6 +237,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
             follow_forks: args.follow_forks,
             sample_hz: args.sample_hz,
             http: args.http,
+            lua: args.lua,
             request_id_header: args.request_id_header.clone(),
         },
         root_comm: roots[0].1.clone(),

@@ -73,6 +73,9 @@ pub struct RecordOptions {
     /// Whether TCP connections and HTTP requests were traced.
     #[serde(default)]
     pub http: bool,
+    /// Whether the Lua stacks of LuaJIT processes were walked.
+    #[serde(default)]
+    pub lua: bool,
     /// The request header whose value identifies a request.
     #[serde(default)]
     pub request_id_header: String,

@@ -51,6 +51,8 @@ pub struct LuaRecorder {
     samples: BTreeMap<LuaStatus, u64>,
     unreadable: u64,
     skew: u64,
+    /// `--no-lua`: configure nothing.
+    off: bool,
 }
 
 fn is_luajit(path: &str) -> bool {
@@ -64,10 +66,15 @@ impl LuaRecorder {
         LuaRecorder { skew, ..Default::default() }
     }
 
+    /// A recorder that walks nothing (`--no-lua`).
+    pub fn off() -> Self {
+        LuaRecorder { off: true, ..Default::default() }
+    }
+
     /// Finds a LuaJIT VM in `pid`'s memory map; returns what the kernel's walk needs, or `None`
     /// when there is none (or it cannot be walked: the reason goes to meta.json).
     pub fn configure(&mut self, pid: u32) -> Option<LuaConfig> {
-        if self.processes.contains_key(&pid) {
+        if self.off || self.processes.contains_key(&pid) {
             return None;
         }
         let maps = parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?);
