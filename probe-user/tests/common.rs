@@ -239,6 +239,30 @@ impl Drop for Spawner {
     }
 }
 
+/// Starts Debian's nginx on `dir/nginx.conf` in the foreground and waits until it accepts on
+/// `port`.
+pub fn spawn_nginx(dir: &Path, port: u16) -> Child {
+    let master = Command::new("/usr/sbin/nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .spawn()
+        .expect("Debian's nginx (`cargo xtask setup` installs it, with its Lua module)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nginx did not listen on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    master
+}
+
+/// A free local TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// The events of one type from a trace.
 #[macro_export]
 macro_rules! events_of {

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,7 +23,7 @@ struct Nginx {
 impl Nginx {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let d = dir.path().display();
         let conf = format!(
             "worker_processes 2;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
@@ -35,19 +34,7 @@ impl Nginx {
                server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let master = Command::new("/usr/sbin/nginx")
-            .args(["-p"])
-            .arg(dir.path())
-            .args(["-c"])
-            .arg(dir.path().join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .spawn()
-            .expect("Debian's nginx (apt install nginx-light; `cargo xtask setup` installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let master = spawn_nginx(dir.path(), port);
         Nginx { _dir: dir, master, port }
     }
 

@@ -8,7 +8,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -107,7 +106,7 @@ struct LuaNginx {
 impl LuaNginx {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let d = dir.path().display();
         std::fs::write(dir.path().join("spinmod.lua"), SPINMOD).unwrap();
         let location = |name: &str, call: &str| {
@@ -131,19 +130,7 @@ impl LuaNginx {
             location("profiled", &format!("m.profiled(3, \"{d}/jitp.txt\")")),
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let master = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .args(["-g", "daemon off;"])
-            .spawn()
-            .expect("Debian's nginx with the Lua module (`cargo xtask setup` installs them)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let master = spawn_nginx(dir.path(), port);
         LuaNginx { dir, master, port }
     }
 
