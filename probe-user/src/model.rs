@@ -21,6 +21,26 @@ pub struct ProcInfo {
     pub comm: String,
     /// argv from /proc/PID/cmdline.
     pub argv: Vec<String>,
+    /// Its namespaces.
+    pub ns: Option<Namespaces>,
+}
+
+/// A process's pid and mount namespaces (inode numbers of `/proc/PID/ns/*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespaces {
+    /// Its pid namespace.
+    pub pid_ns: u64,
+    /// Its mount namespace.
+    pub mnt_ns: u64,
+    /// Its pid in each pid namespace it is in, outermost (the host's) first (`NSpid`).
+    pub nspid: Vec<u32>,
+}
+
+impl Namespaces {
+    /// Its pid as its own namespace (a container) sees it, when that differs from the host's.
+    pub fn inner_pid(&self) -> Option<u32> {
+        (self.nspid.len() > 1).then(|| *self.nspid.last().unwrap_or(&0))
+    }
 }
 
 /// A signal a process received.
@@ -69,6 +89,19 @@ pub struct Process {
     pub worker_generation: Option<u32>,
     /// (path, generation) for each unix path it served (see [`server_generations`]).
     pub server_generations: Vec<(String, u32)>,
+    /// Its namespaces, read from /proc while it lived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns: Option<Namespaces>,
+}
+
+impl Process {
+    /// `16565`, or `16565 (pid 7 in its container)` for a process in a nested pid namespace.
+    pub fn pid_label(&self) -> String {
+        match self.ns.as_ref().and_then(Namespaces::inner_pid) {
+            Some(inner) => format!("{} (pid {inner} in its container)", self.pid),
+            None => self.pid.to_string(),
+        }
+    }
 }
 
 /// The one rule for a reload: a SIGHUP to the root of the traced tree (nginx's master).
@@ -171,6 +204,7 @@ pub fn processes(events: &[Event], root: u32, known: &BTreeMap<u32, ProcInfo>) -
                 parent: info.ppid,
                 comm: info.comm.clone(),
                 argv: info.argv.clone(),
+                ns: info.ns.clone(),
                 ..Process::default()
             },
         );
@@ -288,8 +322,8 @@ mod tests {
     #[test]
     fn a_hup_makes_a_new_worker_generation_and_old_workers_exit() {
         let known = BTreeMap::from([
-            (100, ProcInfo { ppid: 1, comm: "master".into(), argv: vec![] }),
-            (101, ProcInfo { ppid: 100, comm: "w".into(), argv: vec![] }),
+            (100, ProcInfo { ppid: 1, comm: "master".into(), argv: vec![], ns: None }),
+            (101, ProcInfo { ppid: 100, comm: "w".into(), argv: vec![], ns: None }),
         ]);
         let events = [
             fork(5, 100, 150),

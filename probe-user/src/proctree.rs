@@ -1,6 +1,9 @@
-//! The process tree below a root pid, read from /proc.
+//! The process tree below a root pid, and each process's namespaces, read from /proc.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+
+use crate::model::Namespaces;
 
 /// All descendants of `root` in a (pid, ppid) table, parents before children.
 pub fn descendants(root: u32, table: &[(u32, u32)]) -> Vec<u32> {
@@ -36,8 +39,35 @@ pub fn comm(pid: u32) -> Option<String> {
     shared::procstat::read(pid).map(|s| s.comm)
 }
 
+/// `pid`'s pid and mount namespaces and its pid in each nested pid namespace; `None` when it
+/// is gone.
+pub fn namespaces(pid: u32) -> Option<Namespaces> {
+    let ns = |kind: &str| std::fs::metadata(format!("/proc/{pid}/ns/{kind}")).ok().map(|m| m.ino());
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(Namespaces { pid_ns: ns("pid")?, mnt_ns: ns("mnt")?, nspid: parse_nspid(&status) })
+}
+
+/// The `NSpid:` line of a /proc status file: the pid in each pid namespace, outermost first.
+fn parse_nspid(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|v| v.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nspid_lists_every_level() {
+        let status = "Name:\tnginx\nTgid:\t16565\nNSpid:\t16565\t7\nPPid:\t1\n";
+        assert_eq!(super::parse_nspid(status), vec![16565, 7]);
+        assert!(super::parse_nspid("Name:\tx\n").is_empty());
+        let me = super::namespaces(std::process::id()).unwrap();
+        assert_eq!(me.nspid.first(), Some(&std::process::id()));
+        assert!(me.pid_ns != 0 && me.mnt_ns != 0);
+    }
+
     use super::*;
 
     #[test]

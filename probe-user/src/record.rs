@@ -87,7 +87,7 @@ fn snapshot(pid: u32, writer: &TraceWriter) -> Option<ProcInfo> {
         .map(|a| String::from_utf8_lossy(a).into())
         .collect();
     writer.save_maps(pid);
-    Some(ProcInfo { ppid, comm, argv })
+    Some(ProcInfo { ppid, comm, argv, ns: proctree::namespaces(pid) })
 }
 
 /// How often a sampled process's memory map is copied again: at an exec the map holds only the

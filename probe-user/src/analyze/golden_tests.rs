@@ -60,7 +60,17 @@ fn reload_run(dir: &Path) -> Run {
         [(ROOT, 0, "nginx"), (OLD[0], ROOT, "nginx"), (OLD[1], ROOT, "nginx"), (JS_OLD, OLD[0], "node")]
             .into_iter()
             .chain([(PY_OLD, OLD[0], "python3")])
-            .map(|(pid, ppid, comm)| (pid, ProcInfo { ppid, comm: comm.into(), argv: vec![comm.into()] }))
+            .map(|(pid, ppid, comm)| (pid, ProcInfo { ppid, comm: comm.into(), argv: vec![comm.into()], ns: None }))
+            // The worker that spins, seen from the host, is pid 7 in its own pid namespace.
+            .chain([(
+                NEW[1],
+                ProcInfo {
+                    ppid: ROOT,
+                    comm: "nginx".into(),
+                    argv: vec!["nginx".into()],
+                    ns: Some(crate::model::Namespaces { pid_ns: 2, mnt_ns: 3, nspid: vec![NEW[1], 7] }),
+                },
+            )])
             .collect();
     let mut events = vec![
         sock(ms(9000), OLD[0], UnixOp::Connect, 0, 500, JS_OLD, JS),

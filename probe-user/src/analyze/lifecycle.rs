@@ -368,9 +368,9 @@ mod tests {
     /// 31, 32 crash-loop (exit 1), and worker 10 SIGKILLs 20 on its way out.
     fn crash_loop() -> (Vec<Event>, Vec<Process>) {
         let known = BTreeMap::from([
-            (1, ProcInfo { ppid: 0, comm: "nginx".into(), argv: vec![] }),
-            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![] }),
-            (20, ProcInfo { ppid: 10, comm: "node".into(), argv: vec![] }),
+            (1, ProcInfo { ppid: 0, comm: "nginx".into(), argv: vec![], ns: None }),
+            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![], ns: None }),
+            (20, ProcInfo { ppid: 10, comm: "node".into(), argv: vec![], ns: None }),
         ]);
         let events = vec![
             sock(ms(100), 10, UnixOp::Connect, 0, 500, 20, JS),
@@ -428,8 +428,8 @@ mod tests {
     #[test]
     fn a_pre_trace_server_is_found_by_its_traffic_and_orphans_are_found() {
         let known = BTreeMap::from([
-            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![] }),
-            (20, ProcInfo { ppid: 10, comm: "go".into(), argv: vec![] }),
+            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![], ns: None }),
+            (20, ProcInfo { ppid: 10, comm: "go".into(), argv: vec![], ns: None }),
         ]);
         let events = [sock(ms(5), 10, UnixOp::Connect, 0, 500, 20, JS), exit(ms(10), 10, 0, 1)];
         let procs = processes(&events, 1, &known);
@@ -443,8 +443,8 @@ mod tests {
     #[test]
     fn a_new_server_that_binds_before_the_old_one_dies_is_a_hand_over() {
         let known = BTreeMap::from([
-            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![] }),
-            (20, ProcInfo { ppid: 10, comm: "py".into(), argv: vec![] }),
+            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![], ns: None }),
+            (20, ProcInfo { ppid: 10, comm: "py".into(), argv: vec![], ns: None }),
         ]);
         let events = vec![
             sock(ms(100), 10, UnixOp::Connect, 0, 500, 20, JS),
@@ -469,7 +469,7 @@ mod tests {
 
     #[test]
     fn a_clean_run_has_no_kill_loop_or_orphan() {
-        let known = BTreeMap::from([(20, ProcInfo { ppid: 10, comm: "py".into(), argv: vec![] })]);
+        let known = BTreeMap::from([(20, ProcInfo { ppid: 10, comm: "py".into(), argv: vec![], ns: None })]);
         let events =
             [sock(ms(1), 20, UnixOp::Bind, 0, 1, 0, JS), sock(ms(2), 10, UnixOp::Connect, 0, 2, 20, JS)];
         let procs = processes(&events, 1, &known);

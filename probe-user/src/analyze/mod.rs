@@ -129,6 +129,19 @@ pub struct Analysis {
     /// The flamegraphs drawn from the CPU samples (filled by the caller that draws them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flamegraphs: Option<crate::flame::FlameSummary>,
+    /// Host pid → pid inside its own pid namespace, for processes in a container.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_pids: BTreeMap<u32, u32>,
+}
+
+impl Analysis {
+    /// `16565`, or `16565 (pid 7 in its container)`.
+    pub fn pid_label(&self, pid: u32) -> String {
+        match self.container_pids.get(&pid) {
+            Some(inner) => format!("{pid} (pid {inner} in its container)"),
+            None => pid.to_string(),
+        }
+    }
 }
 
 /// Runs every detector and the correlation over a loaded run.
@@ -155,6 +168,11 @@ pub fn analyze(run: &Run) -> Analysis {
         attribution,
         ground_truth_check,
         flamegraphs: None,
+        container_pids: run
+            .processes
+            .iter()
+            .filter_map(|p| Some((p.pid, p.ns.as_ref()?.inner_pid()?)))
+            .collect(),
     }
 }
 

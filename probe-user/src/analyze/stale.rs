@@ -357,9 +357,9 @@ mod tests {
     /// 1.0 s makes worker 11 (generation 2), which spawns server 30 binding at 2.0 s.
     fn setup(extra: Vec<Event>) -> (Vec<Event>, Timeline, Lifecycle) {
         let known = BTreeMap::from([
-            (1, ProcInfo { ppid: 0, comm: "nginx".into(), argv: vec![] }),
-            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![] }),
-            (20, ProcInfo { ppid: 10, comm: "python3".into(), argv: vec![] }),
+            (1, ProcInfo { ppid: 0, comm: "nginx".into(), argv: vec![], ns: None }),
+            (10, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![], ns: None }),
+            (20, ProcInfo { ppid: 10, comm: "python3".into(), argv: vec![], ns: None }),
         ]);
         let mut events = vec![
             sock(ms(500), 10, UnixOp::Connect, 0, 100, 20, PY),

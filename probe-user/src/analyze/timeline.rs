@@ -190,8 +190,8 @@ mod tests {
     #[test]
     fn hup_new_workers_and_old_exits() {
         let known = BTreeMap::from([
-            (100, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![] }),
-            (101, ProcInfo { ppid: 100, comm: "nginx".into(), argv: vec![] }),
+            (100, ProcInfo { ppid: 1, comm: "nginx".into(), argv: vec![], ns: None }),
+            (101, ProcInfo { ppid: 100, comm: "nginx".into(), argv: vec![], ns: None }),
         ]);
         let zero = ms(1000);
         let events = [
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn no_reload_means_no_hup_and_one_generation() {
-        let known = BTreeMap::from([(101, ProcInfo { ppid: 100, comm: "nginx".into(), argv: vec![] })]);
+        let known = BTreeMap::from([(101, ProcInfo { ppid: 100, comm: "nginx".into(), argv: vec![], ns: None })]);
         let procs = processes(&[], 100, &known);
         let t = detect(&[], &procs, 100, 0);
         assert!(t.hups.is_empty());

@@ -300,7 +300,7 @@ pub fn headlines(a: &Analysis) -> Vec<String> {
             .map(|s| s.pid)
             .collect::<std::collections::BTreeSet<_>>()
             .iter()
-            .map(u32::to_string)
+            .map(|&p| a.pid_label(p))
             .collect();
         out.push(format!(
             "{} spinning worker span(s) (pids {}), from {:.2} s (zero-timeout busy-wait since {:.2} s), up to \
@@ -467,7 +467,7 @@ fn spins_md(s: &mut String, a: &Analysis) {
     ];
     top_table(s, columns, &a.spins, |x| {
         [
-            x.pid.to_string(),
+            a.pid_label(x.pid),
             x.tid.to_string(),
             x.comm.clone(),
             opt_num(x.generation),

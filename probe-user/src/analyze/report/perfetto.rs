@@ -95,6 +95,10 @@ pub fn trace_events(run: &Run, a: &Analysis) -> Value {
         threads.insert((pid, LOADTEST_PID), "failed requests".into());
     }
     for (pid, name) in &names {
+        let name = match a.container_pids.get(pid) {
+            Some(inner) => format!("{name} [pid {inner} in its container]"),
+            None => name.clone(),
+        };
         ev.push(json!({"name": "process_name", "ph": "M", "pid": pid, "tid": pid, "args": {"name": name}}));
     }
     for ((pid, tid), name) in &threads {
