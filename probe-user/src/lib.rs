@@ -13,6 +13,7 @@
 //! - `analyze`: detectors, failure attribution and the report of a run directory (no root).
 
 mod analyze;
+mod binaries;
 mod btf;
 mod event;
 pub mod flame;

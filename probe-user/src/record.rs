@@ -9,6 +9,7 @@ use anyhow::{Result, anyhow};
 use probe_common::lua::LuaConfig;
 use probe_common::{Target, target_flag};
 
+use crate::binaries::Binaries;
 use crate::event::{Event, RecordKind, bucket_event, decode, flow_event, http_chunk, sample_stack};
 use crate::http_events::Pairing;
 use crate::luajit::recorder::LuaRecorder;
@@ -77,8 +78,9 @@ fn kind_name(k: u32) -> String {
     RecordKind::from_raw(k).map_or_else(|| format!("kind_{k}"), RecordKind::name)
 }
 
-/// /proc facts about a live process, and a copy of its memory map for later symbolization.
-fn snapshot(pid: u32, writer: &TraceWriter) -> Option<ProcInfo> {
+/// /proc facts about a live process, and a copy of its memory map (and of its code files, when
+/// they are a container's) for later symbolization.
+fn snapshot(pid: u32, writer: &TraceWriter, binaries: &mut Binaries) -> Option<ProcInfo> {
     let shared::procstat::Stat { ppid, comm, .. } = shared::procstat::read(pid)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let argv = cmdline
@@ -86,8 +88,11 @@ fn snapshot(pid: u32, writer: &TraceWriter) -> Option<ProcInfo> {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into())
         .collect();
-    writer.save_maps(pid);
-    Some(ProcInfo { ppid, comm, argv, ns: proctree::namespaces(pid) })
+    let ns = proctree::namespaces(pid);
+    if let (Some(maps), Some(ns)) = (writer.save_maps(pid), &ns) {
+        binaries.keep(writer.dir(), pid, ns.mnt_ns, &maps);
+    }
+    Some(ProcInfo { ppid, comm, argv, ns })
 }
 
 /// How often a sampled process's memory map is copied again: at an exec the map holds only the
@@ -115,6 +120,8 @@ struct Collector {
     lua: LuaRecorder,
     /// LuaJIT processes found since the last poll, for the kernel's walk.
     lua_new: Vec<(u32, LuaConfig)>,
+    /// Code files of processes in other mount namespaces.
+    binaries: Binaries,
 }
 
 impl Collector {
@@ -147,7 +154,7 @@ impl Collector {
         };
         if (self.seen.insert(pid) || fresh)
             && is_process(pid)
-            && let Some(info) = snapshot(pid, &self.writer)
+            && let Some(info) = snapshot(pid, &self.writer, &mut self.binaries)
         {
             self.known.insert(pid, info);
             self.maps_at.insert(pid, Instant::now());
@@ -157,7 +164,10 @@ impl Collector {
         } else if matches!(ev, Event::CpuSample(_))
             && self.maps_at.get(&pid).is_none_or(|t| t.elapsed() >= MAPS_REFRESH)
         {
-            self.writer.save_maps(pid);
+            let maps = self.writer.save_maps(pid);
+            if let (Some(maps), Some(ns)) = (maps, self.known.get(&pid).and_then(|k| k.ns.as_ref())) {
+                self.binaries.keep(self.writer.dir(), pid, ns.mnt_ns, &maps);
+            }
             self.maps_at.insert(pid, Instant::now());
             // A process that exec'ed maps its libraries later: look for LuaJIT again.
             if self.lua.lacks(pid)
@@ -201,6 +211,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         http: Pairing::new(&args.request_id_header),
         lua: if args.lua { LuaRecorder::new() } else { LuaRecorder::off() },
         lua_new: Vec::new(),
+        binaries: Binaries::new(),
     };
     let clock = ClockAnchor { monotonic_ns: clock::monotonic_ns(), realtime_ns: clock::realtime_ns() };
     let initial = c.target_trees(&mut probe, &roots)?;
@@ -253,6 +264,14 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
     let table = summary::table(&threads, meta.window_ns());
     let (lua_symbols, lua_meta) = c.lua.finish();
     meta.lua = lua_meta;
+    let binaries = c.binaries.finish();
+    if binaries.bytes > 0 {
+        eprintln!(
+            "reloadscope: copied {} code file(s) of processes in other mount namespaces into the trace ({:.1} MB)",
+            binaries.entries.iter().map(|e| &e.file).collect::<BTreeSet<_>>().len(),
+            binaries.bytes as f64 / 1e6
+        );
+    }
     c.writer.finish(
         &mut meta,
         &Ending {
@@ -261,6 +280,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
             stacks: &stacks,
             processes: &processes,
             lua_symbols: &lua_symbols,
+            binaries: &binaries,
         },
     )?;
     Ok(Recorded { meta, table })
@@ -299,7 +319,7 @@ impl Collector {
             }
         }
         for &pid in &initial {
-            if let Some(info) = snapshot(pid, &self.writer) {
+            if let Some(info) = snapshot(pid, &self.writer, &mut self.binaries) {
                 self.known.insert(pid, info);
                 self.seen.insert(pid);
             }

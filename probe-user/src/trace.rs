@@ -7,6 +7,7 @@
 //! - `stacks.json`: kernel and frame-pointer stacks by stack id;
 //! - `samples.bin`: the raw user-stack copies of the CPU samples;
 //! - `maps/<pid>.maps`: copies of `/proc/PID/maps`;
+//! - `binaries/`: copies of code files that exist only in another mount namespace;
 //! - `lua-symbols.json`: the Lua prototypes, lines and call-site names the samples point at;
 //! - `summary.json` / `summary.txt`: the per-thread epoll summary.
 
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::binaries::{self, BinaryIndex};
 use crate::event::Event;
 use crate::luajit::symbols::LuaSymbols;
 use crate::model::Process;
@@ -33,6 +35,7 @@ const STACKS: &str = "stacks.json";
 const SAMPLES: &str = "samples.bin";
 const MAPS: &str = "maps";
 const LUA_SYMBOLS: &str = "lua-symbols.json";
+const BINARY_INDEX: &str = "binaries/index.json";
 
 /// Version of the trace directory's layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -154,6 +157,8 @@ pub struct Ending<'a> {
     pub processes: &'a [Process],
     /// What the Lua frames point at.
     pub lua_symbols: &'a LuaSymbols,
+    /// The files copied out of other mount namespaces.
+    pub binaries: &'a BinaryIndex,
 }
 
 fn create(path: &Path) -> Result<BufWriter<File>> {
@@ -190,10 +195,17 @@ impl TraceWriter {
         Ok(at)
     }
 
-    /// Copies `/proc/PID/maps` into `maps/`, replacing an older copy; false when it is gone.
-    pub fn save_maps(&self, pid: u32) -> bool {
-        std::fs::read(format!("/proc/{pid}/maps"))
-            .is_ok_and(|maps| std::fs::write(self.dir.join(MAPS).join(format!("{pid}.maps")), maps).is_ok())
+    /// Copies `/proc/PID/maps` into `maps/`, replacing an older copy; returns it, `None` when
+    /// the process is gone.
+    pub fn save_maps(&self, pid: u32) -> Option<String> {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        std::fs::write(self.dir.join(MAPS).join(format!("{pid}.maps")), &maps).ok()?;
+        Some(maps)
+    }
+
+    /// The directory being written.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Flushes the events and samples and writes the other files.
@@ -203,6 +215,10 @@ impl TraceWriter {
         write_json(&self.dir.join(STACKS), end.stacks)?;
         write_json(&self.dir.join(PROCESSES), &end.processes)?;
         write_json(&self.dir.join(LUA_SYMBOLS), end.lua_symbols)?;
+        if !end.binaries.entries.is_empty() || !end.binaries.failed.is_empty() {
+            std::fs::create_dir_all(self.dir.join(binaries::DIR))?;
+            write_json(&self.dir.join(BINARY_INDEX), end.binaries)?;
+        }
         meta.schema_version = SCHEMA_VERSION;
         meta.events = self.count;
         meta.files = [
@@ -220,6 +236,10 @@ impl TraceWriter {
                 "raw user-stack copies of cpu_sample events, at their stack_offset, stack_len bytes",
             ),
             ("maps/", "<pid>.maps: /proc/PID/maps of each traced process, copied while it lived"),
+            (
+                "binaries/",
+                "copies of the code files of processes in other mount namespaces (containers), by build-id; index.json maps (pid, path) to them",
+            ),
             (
                 "lua-symbols.json",
                 "Lua prototypes (file, first line), lines and call-site names the cpu_sample lua frames point at",
@@ -270,6 +290,14 @@ pub fn read_stacks(dir: &Path) -> Stacks {
 /// Reads `samples.bin` (empty when absent).
 pub fn read_sample_stacks(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join(SAMPLES)).unwrap_or_default()
+}
+
+/// Reads `binaries/index.json` (empty when absent).
+pub fn read_binary_index(dir: &Path) -> BinaryIndex {
+    std::fs::read_to_string(dir.join(BINARY_INDEX))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
 }
 
 /// Reads `lua-symbols.json` (empty when absent).
@@ -338,8 +366,14 @@ mod tests {
         assert_eq!((at, w.write_sample_stack(&[4]).unwrap()), (0, 3));
         let stacks = Stacks::from([(7, vec![0xffff_0001, 0xffff_0002])]);
         let lua = LuaSymbols::default();
-        let end =
-            Ending { threads: &[], table: "table\n", stacks: &stacks, processes: &[], lua_symbols: &lua };
+        let end = Ending {
+            threads: &[],
+            table: "table\n",
+            stacks: &stacks,
+            processes: &[],
+            lua_symbols: &lua,
+            binaries: &Default::default(),
+        };
         w.finish(&mut meta, &end).unwrap();
         let t = read(&dir.path().join("t")).unwrap();
         assert_eq!(t.events, vec![ev]);

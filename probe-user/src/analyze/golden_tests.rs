@@ -60,7 +60,9 @@ fn reload_run(dir: &Path) -> Run {
         [(ROOT, 0, "nginx"), (OLD[0], ROOT, "nginx"), (OLD[1], ROOT, "nginx"), (JS_OLD, OLD[0], "node")]
             .into_iter()
             .chain([(PY_OLD, OLD[0], "python3")])
-            .map(|(pid, ppid, comm)| (pid, ProcInfo { ppid, comm: comm.into(), argv: vec![comm.into()], ns: None }))
+            .map(|(pid, ppid, comm)| {
+                (pid, ProcInfo { ppid, comm: comm.into(), argv: vec![comm.into()], ns: None })
+            })
             // The worker that spins, seen from the host, is pid 7 in its own pid namespace.
             .chain([(
                 NEW[1],

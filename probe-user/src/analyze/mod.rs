@@ -218,6 +218,7 @@ mod tests {
             stacks: &Default::default(),
             processes: &[],
             lua_symbols: &Default::default(),
+            binaries: &Default::default(),
         };
         w.finish(&mut meta, &end).unwrap();
         // A line exactly as loadtest/src/reqlog.rs writes it, and a cut-off last line.

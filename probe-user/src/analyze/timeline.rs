@@ -215,7 +215,8 @@ mod tests {
 
     #[test]
     fn no_reload_means_no_hup_and_one_generation() {
-        let known = BTreeMap::from([(101, ProcInfo { ppid: 100, comm: "nginx".into(), argv: vec![], ns: None })]);
+        let known =
+            BTreeMap::from([(101, ProcInfo { ppid: 100, comm: "nginx".into(), argv: vec![], ns: None })]);
         let procs = processes(&[], 100, &known);
         let t = detect(&[], &procs, 100, 0);
         assert!(t.hups.is_empty());

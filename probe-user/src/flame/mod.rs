@@ -353,12 +353,21 @@ fn fold_samples(
     let mut unwinders: HashMap<u32, Option<ProcessUnwinder>> = HashMap::new();
     let lua_names =
         crate::luajit::symbols::Index::new(crate::trace::read_lua_symbols(trace), &input.lua_disabled);
+    // Files of another mount namespace are read from their copies in the trace.
+    let binaries = crate::trace::read_binary_index(trace);
+    let copies = binaries.lookup();
     let mut f = Folds::default();
     for &s in &input.samples {
         let pid = s.task.tgid;
         let unwinder = unwinders.entry(pid).or_insert_with(|| {
             let text = crate::trace::read_maps(trace, pid)?;
-            Some(ProcessUnwinder::new(&parse_maps(&text), elfs))
+            let mut maps = parse_maps(&text);
+            for m in &mut maps {
+                if let Some(copy) = copies.get(&(pid, m.path.as_str())) {
+                    m.path = trace.join(copy).to_string_lossy().into_owned();
+                }
+            }
+            Some(ProcessUnwinder::new(&maps, elfs))
         });
         let mut user: Vec<Frame> = Vec::new();
         if let Some(u) = unwinder.as_mut()
