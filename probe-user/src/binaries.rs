@@ -51,11 +51,14 @@ impl BinaryIndex {
     }
 }
 
+/// A file copied: its copy relative to the trace, and its build-id.
+type Copy = (String, Option<String>);
+
 /// Copies the code files of processes in other mount namespaces.
 pub struct Binaries {
     own_mnt_ns: u64,
     /// (mount namespace, path) → the copy (`None`: it failed).
-    copied: HashMap<(u64, String), Option<(String, Option<String>)>>,
+    copied: HashMap<(u64, String), Option<Copy>>,
     index: BinaryIndex,
 }
 
