@@ -10,7 +10,9 @@ pub const USAGE: &str = "\
 loadtest: goose load on /go, /python and /js that checks each response for the plugin's header.
 
 loadtest's own options (all other options are goose's, listed below):
-      --endpoints LIST         Endpoints to load, comma-separated [default: go,python,js]
+      --endpoints LIST         Plugin routes to load, comma-separated [default: go,python,js]
+      --endpoint PATH[=HEADER] Your own route instead (repeatable): the path, and the response
+                               header that shows its plugin ran (none: the status alone)
       --request-log-out PATH   Write one JSON line per request to PATH
       --no-header-check        Check only the status, not the plugin header (raw throughput)
       --no-task-metrics        Old goose name of --no-transaction-metrics, still accepted
@@ -40,6 +42,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> 
         help: false,
         goose_args: Vec::new(),
     };
+    let mut own = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -51,6 +54,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> 
         };
         match flag.as_str() {
             "--endpoints" => opts.endpoints = Endpoint::parse_list(&value("--endpoints")?)?,
+            "--endpoint" => own.push(Endpoint::parse_spec(&value("--endpoint")?)?),
             "--request-log-out" => opts.request_log_out = Some(value("--request-log-out")?.into()),
             "--no-header-check" => opts.header_check = false,
             // The original reproduction ran goose 0.15, where transactions were called tasks.
@@ -61,6 +65,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> 
             }
             _ => opts.goose_args.push(arg),
         }
+    }
+    if !own.is_empty() {
+        opts.endpoints = own;
     }
     Ok(opts)
 }
@@ -95,13 +102,13 @@ mod tests {
         let opts =
             parse(args("-u 2 --endpoints python,js --request-log-out /tmp/l.jsonl -t 2s --no-header-check"))
                 .unwrap();
-        assert_eq!(opts.endpoints, vec![Endpoint::Python, Endpoint::Js]);
+        assert_eq!(opts.endpoints, vec![Endpoint::PYTHON, Endpoint::JS]);
         assert_eq!(opts.request_log_out, Some(PathBuf::from("/tmp/l.jsonl")));
         assert!(!opts.header_check);
         assert_eq!(opts.goose_args, args("-u 2 -t 2s"));
 
         let opts = parse(args("--endpoints=js --request-log-out=x.jsonl")).unwrap();
-        assert_eq!(opts.endpoints, vec![Endpoint::Js]);
+        assert_eq!(opts.endpoints, vec![Endpoint::JS]);
         assert_eq!(opts.request_log_out, Some(PathBuf::from("x.jsonl")));
     }
 
@@ -109,6 +116,10 @@ mod tests {
     fn bad_flags_are_errors() {
         assert!(parse(args("--endpoints")).is_err());
         assert!(parse(args("--endpoints lua")).is_err());
+        let own = parse(args("--endpoint /orders=X-Auth --endpoint=/ok -u 2")).unwrap();
+        assert_eq!(own.endpoints.iter().map(|e| e.path()).collect::<Vec<_>>(), ["/orders", "/ok"]);
+        assert_eq!(own.goose_args, ["-u", "2"]);
+        assert!(parse(args("--endpoint ok")).unwrap_err().contains("must start with"));
         assert!(parse(args("--request-log-out")).is_err());
         assert!(parse(args("--help")).unwrap().help);
     }

@@ -226,7 +226,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("loadtest-reqlog-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log.jsonl");
-        let log = RequestLog::start(Some(&path), &[Endpoint::Js]).unwrap();
+        let log = RequestLog::start(Some(&path), &[Endpoint::JS]).unwrap();
         let tx = log.sender();
         for i in 0..1000 {
             tx.send(record(if i % 10 == 0 { Some("plugin header missing") } else { None }, Some(200)));

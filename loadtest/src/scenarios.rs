@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use goose::prelude::*;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Check, Endpoint};
 use crate::reqlog::{Record, RecordSender, Stamp};
-use crate::validate::{Verdict, check_response, describe_error, worker_pid};
+use crate::validate::{Verdict, check_endpoint, describe_error, worker_pid};
 
 /// The request id header every request carries.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -63,10 +63,13 @@ async fn hit(user: &mut GooseUser, endpoint: Endpoint, shared: &Shared) -> Trans
         Ok(response) => {
             let status = response.status().as_u16();
             let worker = worker_pid(response.headers());
+            let check = if shared.header_check { endpoint.check() } else { Check::Status };
+            let has_header = match check {
+                Check::Response(h) => response.headers().contains_key(h),
+                _ => false,
+            };
             let verdict = match response.bytes().await {
-                Ok(body) => {
-                    check_response(status, &body, shared.header_check.then(|| endpoint.plugin_header()))
-                }
+                Ok(body) => check_endpoint(status, &body, check, has_header),
                 Err(e) => Verdict::failed(describe_error(&e)),
             };
             (Some(status), worker, verdict)

@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn counts_per_endpoint_and_tag() {
-        let mut s = Summary::new(&[Endpoint::Python, Endpoint::Js]);
+        let mut s = Summary::new(&[Endpoint::PYTHON, Endpoint::JS]);
         s.add(&record("/js", Some("plugin header missing")));
         s.add(&record("/js", Some("plugin header missing")));
         s.add(&record("/js", Some("status 502")));

@@ -5,6 +5,8 @@
 use serde_json::Value;
 use shared::requests::Failure;
 
+use crate::endpoint::Check;
+
 /// What a response tells us.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -18,6 +20,22 @@ impl Verdict {
     /// A failure with no reflection body to read an echoed id from.
     pub fn failed(failure: Failure) -> Self {
         Verdict { failure: Some(failure), echoed_request_id: None }
+    }
+}
+
+/// Checks one answered request against what its endpoint requires; `has_response_header` says
+/// whether the response carried the header a [`Check::Response`] names.
+pub fn check_endpoint(status: u16, body: &[u8], check: Check, has_response_header: bool) -> Verdict {
+    match check {
+        Check::Reflected(h) => check_response(status, body, Some(h)),
+        Check::Status => check_response(status, body, None),
+        Check::Response(_) => {
+            let mut v = check_response(status, body, None);
+            if v.failure.is_none() && !has_response_header {
+                v.failure = Some(Failure::HeaderMissing);
+            }
+            v
+        }
     }
 }
 
@@ -136,6 +154,12 @@ mod tests {
     #[test]
     fn no_header_check_only_needs_200() {
         assert_eq!(check_response(200, WITHOUT, None).failure, None);
+        // An operator's route: its response header, or the status alone.
+        let own = Check::Response("x-auth-plugin");
+        assert_eq!(check_endpoint(200, b"ok", own, true).failure, None);
+        assert_eq!(check_endpoint(200, b"ok", own, false).failure, Some(Failure::HeaderMissing));
+        assert_eq!(check_endpoint(502, b"ok", own, true).failure, Some(Failure::Status(502)));
+        assert_eq!(check_endpoint(200, b"ok", Check::Status, false).failure, None);
         assert_eq!(
             check_response(200, b"not json", None),
             Verdict { failure: None, echoed_request_id: None }

@@ -4,6 +4,7 @@
 //!   table;
 //! - [`reload`]: `reload.json`, when and how the reload was sent;
 //! - [`truth`]: the stand-in's ground-truth log (`standin-ground-truth.jsonl`);
+//! - [`endpoint`]: `--endpoint PATH[=HEADER]`, an operator's own route;
 //! - [`clock`], [`procstat`], [`duration`]: the clocks, `/proc/PID/stat`, and durations typed
 //!   by a user.
 //!
@@ -12,6 +13,7 @@
 
 pub mod clock;
 pub mod duration;
+pub mod endpoint;
 mod jsonl;
 pub mod procstat;
 pub mod reload;

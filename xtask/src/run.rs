@@ -65,6 +65,25 @@ pub struct RunOptions {
     /// exits first.
     #[arg(long, default_value = "7s", value_parser = parse_phase)]
     pub reload_phase: Duration,
+    /// Your own route to load instead of the plugin routes (repeatable): `PATH[=HEADER]`, the
+    /// path and the response header that shows its plugin ran (none: the status alone).
+    #[arg(long = "endpoint", value_name = "PATH[=HEADER]", value_parser = parse_endpoint)]
+    pub endpoints: Vec<String>,
+    /// The gateway's proxy URL the load goes to (default: http://127.0.0.1:8000).
+    #[arg(long, value_parser = parse_host)]
+    pub host: Option<String>,
+}
+
+fn parse_endpoint(s: &str) -> std::result::Result<String, String> {
+    shared::endpoint::parse(s).map(|_| s.to_string())
+}
+
+fn parse_host(s: &str) -> std::result::Result<String, String> {
+    let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => Ok(s.trim_end_matches('/').to_string()),
+        _ => Err(format!("--host {s:?}: expected a URL such as http://127.0.0.1:8000")),
+    }
 }
 
 /// The gateway's address: Kong's proxy port.
@@ -104,6 +123,12 @@ pub fn validate(opts: &RunOptions) -> Result<()> {
     }
     if opts.reload_cmd.is_some() && opts.target != RunTarget::Attach {
         bail!("--reload-cmd is only for --target attach");
+    }
+    if !opts.endpoints.is_empty() && opts.target != RunTarget::Attach {
+        bail!("--endpoint is only for --target attach (the stand-in and compose load their plugin routes)");
+    }
+    if opts.host.is_some() && opts.target != RunTarget::Attach {
+        bail!("--host is only for --target attach (the stand-in and compose listen on {GATEWAY})");
     }
     Ok(())
 }
@@ -312,7 +337,14 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let go = if target == RunTarget::Attach { Ok(()) } else { stack::go_available() };
     check_stop()?;
     attach_probe(&bin, master, &out, opts.duration, &mut teardown)?;
-    let endpoints = if go.is_ok() { "go,python,js" } else { "python,js" };
+    let endpoints = if !opts.endpoints.is_empty() {
+        opts.endpoints.join(" ")
+    } else if go.is_ok() {
+        "go,python,js".to_string()
+    } else {
+        "python,js".to_string()
+    };
+    let endpoints = endpoints.as_str();
     let pump_anchor = align_phase(opts, target, endpoints)?;
     check_stop()?;
     teardown.loadtest = Some(start_load(&bin, &out, opts, endpoints)?);
@@ -431,13 +463,20 @@ fn start_load(bin: &Path, out: &Path, opts: &RunOptions, endpoints: &str) -> Res
         shared::duration::format(opts.duration),
         shared::duration::format(opts.reload_at)
     );
+    let host = opts.host.clone().unwrap_or_else(|| format!("http://{GATEWAY}"));
+    let mut cmd = Command::new(bin.join("loadtest"));
+    if opts.endpoints.is_empty() {
+        cmd.args(["--endpoints", endpoints]);
+    }
+    for e in &opts.endpoints {
+        cmd.args(["--endpoint", e]);
+    }
     spawn_logged(
-        Command::new(bin.join("loadtest"))
-            .args(["--host", &format!("http://{GATEWAY}"), "-u", &opts.users.to_string()])
+        cmd.args(["--host", &host, "-u", &opts.users.to_string()])
             .args(["-t", &format!("{}s", opts.duration.as_secs_f64().ceil() as u64)])
             // All users at once, so the reload offset means the same as in the reproduction.
             .args(["--increase-rate", &opts.users.to_string()])
-            .args(["--no-reset-metrics", "--endpoints", endpoints, "--request-log-out"])
+            .args(["--no-reset-metrics", "--request-log-out"])
             .arg(out.join("requests.jsonl"))
             .arg("--report-file")
             .arg(out.join("goose-report.json"))
