@@ -26,8 +26,12 @@ enum Cmd {
     /// trace interrupted. Either way what was collected is written.
     Record {
         /// Root of a process tree to trace (e.g. the nginx master); repeat for more trees.
-        #[arg(long = "pid", required = true)]
+        #[arg(long = "pid", required_unless_present = "container")]
         pids: Vec<u32>,
+        /// Trace the nginx master inside this container (docker or podman name or id, or the
+        /// name of its cgroup), found from the host.
+        #[arg(long)]
+        container: Option<String>,
         /// How long to trace, e.g. 5s, 500ms, 2m.
         #[arg(long, default_value = "5s", value_parser = duration::parse)]
         duration: std::time::Duration,
@@ -100,7 +104,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.cmd {
         Cmd::Record {
-            pids,
+            mut pids,
+            container,
             duration,
             out,
             bucket,
@@ -110,6 +115,18 @@ fn main() -> ExitCode {
             no_lua,
             request_id_header,
         } => {
+            if let Some(name) = &container {
+                match reloadscope::container_master(name) {
+                    Ok(pid) => {
+                        eprintln!("reloadscope: container {name}: nginx master is pid {pid}");
+                        pids.push(pid);
+                    }
+                    Err(e) => {
+                        eprintln!("reloadscope: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             let args = RecordArgs {
                 pids,
                 duration,

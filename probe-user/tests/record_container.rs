@@ -183,3 +183,97 @@ fn a_gateway_in_its_own_namespaces_is_named_after_it_is_gone() {
     let index = std::fs::read_to_string(trace.join("binaries/index.json")).expect("binaries/index.json");
     assert!(index.contains(&format!("{}/nginx", bin_dir.display())), "{index}");
 }
+
+/// A cgroup the test makes (v2, or v1's `pids` hierarchy), removed with its processes moved
+/// back to the root group.
+struct Group {
+    path: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+impl Group {
+    fn new(name: &str) -> Self {
+        let base = Path::new("/sys/fs/cgroup");
+        let root =
+            if base.join("cgroup.controllers").exists() { base.to_path_buf() } else { base.join("pids") };
+        let path = root.join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        Group { path, root }
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for pid in std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default().lines() {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// `reloadscope record --container NAME` for 1 s with `path_env` as PATH: (success, stderr, trace).
+fn record_container(name: &str, path_env: &str, out: &Path) -> (bool, String) {
+    let res = reloadscope()
+        .args(["record", "--container", name, "--duration", "1s", "--no-http", "--out"])
+        .arg(out)
+        .env("PATH", path_env)
+        .output()
+        .unwrap();
+    (res.status.success(), String::from_utf8_lossy(&res.stderr).into_owned())
+}
+
+#[test]
+#[ignore = "root: makes cgroups, loads eBPF programs"]
+fn container_finds_the_nginx_master_by_cgroup_or_engine_and_says_why_not() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    write_conf(dir.path());
+    let nginx = Command::new("/usr/sbin/nginx")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .spawn()
+        .unwrap();
+    let (master, worker) = (nginx.id(), child_of(nginx.id()));
+    let name = format!("reloadscope-test-{}", std::process::id());
+    let group = Group::new(&name);
+    group.add(worker);
+    group.add(master);
+    let path = std::env::var("PATH").unwrap_or_default();
+
+    // By cgroup (this machine's docker CLI has no engine to answer).
+    let (ok, err) = record_container(&name, &path, &dir.path().join("t1"));
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("nginx master is pid {master}")), "{err}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("t1/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["options"]["root_pid"], master);
+
+    // By an engine's answer: a fake `docker` that knows the container's init pid.
+    let bin = dir.path().join("fakebin");
+    std::fs::create_dir(&bin).unwrap();
+    let docker = bin.join("docker");
+    std::fs::write(&docker, format!("#!/bin/sh\n[ \"$1\" = inspect ] && echo {master}\n")).unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&docker).status().unwrap();
+    let (ok, err) = record_container("kong", &format!("{}:{path}", bin.display()), &dir.path().join("t2"));
+    assert!(ok && err.contains(&format!("nginx master is pid {master}")), "{err}");
+
+    // Absent, and present without nginx: one line each, non-zero exit.
+    let (ok, err) = record_container("reloadscope-absent-container", &path, &dir.path().join("t3"));
+    assert!(!ok && err.trim().lines().count() == 1 && err.contains("no container"), "{err}");
+    let empty = Group::new(&format!("{name}-empty"));
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    empty.add(sleeper.id());
+    let (ok, err) = record_container(&format!("{name}-empty"), &path, &dir.path().join("t4"));
+    assert!(!ok && err.trim().lines().count() == 1 && err.contains("has no nginx master"), "{err}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    drop(empty);
+    drop(group);
+    stop(nginx);
+}

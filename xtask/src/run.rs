@@ -81,7 +81,9 @@ fn parse_endpoint(s: &str) -> std::result::Result<String, String> {
 fn parse_host(s: &str) -> std::result::Result<String, String> {
     let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
     match rest {
-        Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => Ok(s.trim_end_matches('/').to_string()),
+        Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => {
+            Ok(s.trim_end_matches('/').to_string())
+        }
         _ => Err(format!("--host {s:?}: expected a URL such as http://127.0.0.1:8000")),
     }
 }

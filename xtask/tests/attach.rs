@@ -72,7 +72,17 @@ fn attach_loads_an_operators_route_and_leaves_the_gateway_running() {
     let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["run", "--target", "attach", "--pid", &master.to_string()])
         .args(["--host", &format!("http://127.0.0.1:{}", nginx.port)])
-        .args(["--endpoint", "/ok=X-Own-Plugin", "--reload-at", "2s", "--duration", "6s", "--users", "4", "--out"])
+        .args([
+            "--endpoint",
+            "/ok=X-Own-Plugin",
+            "--reload-at",
+            "2s",
+            "--duration",
+            "6s",
+            "--users",
+            "4",
+            "--out",
+        ])
         .arg(&run)
         .output()
         .unwrap();
