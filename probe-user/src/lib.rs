@@ -15,7 +15,6 @@
 mod analyze;
 mod binaries;
 mod btf;
-mod container;
 mod event;
 pub mod flame;
 mod http;
@@ -33,7 +32,6 @@ mod tracefs;
 
 pub use analyze::report::{headlines, location, write as write_report};
 pub use analyze::{Analysis, Run, analyze, flame_input, load};
-pub use container::find_master as container_master;
 pub use event::{ConnOp, Event, HttpRequestEvent, TcpConnEvent, UnixOp};
 pub use luajit::symbols::{LuaDisabled, LuaLibrary, LuaMeta};
 pub use model::Process;

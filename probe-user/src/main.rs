@@ -116,13 +116,13 @@ fn main() -> ExitCode {
             request_id_header,
         } => {
             if let Some(name) = &container {
-                match reloadscope::container_master(name) {
+                match shared::container::find_master(name) {
                     Ok(pid) => {
                         eprintln!("reloadscope: container {name}: nginx master is pid {pid}");
                         pids.push(pid);
                     }
                     Err(e) => {
-                        eprintln!("reloadscope: {e:#}");
+                        eprintln!("reloadscope: {e}");
                         return ExitCode::FAILURE;
                     }
                 }

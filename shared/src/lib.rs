@@ -4,6 +4,7 @@
 //!   table;
 //! - [`reload`]: `reload.json`, when and how the reload was sent;
 //! - [`truth`]: the stand-in's ground-truth log (`standin-ground-truth.jsonl`);
+//! - [`container`]: `--container NAME|ID`, the nginx master inside a container;
 //! - [`endpoint`]: `--endpoint PATH[=HEADER]`, an operator's own route;
 //! - [`clock`], [`procstat`], [`duration`]: the clocks, `/proc/PID/stat`, and durations typed
 //!   by a user.
@@ -12,6 +13,7 @@
 //! these types, so a field renamed on one side fails to compile on the other.
 
 pub mod clock;
+pub mod container;
 pub mod duration;
 pub mod endpoint;
 mod jsonl;

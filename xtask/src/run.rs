@@ -48,8 +48,12 @@ pub struct RunOptions {
     #[arg(long, value_enum, default_value_t = RunTarget::Auto)]
     pub target: RunTarget,
     /// The nginx master of an already running gateway (with --target attach).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "container")]
     pub pid: Option<u32>,
+    /// With --target attach: the container whose nginx master to attach to (docker or podman
+    /// name or id, or its cgroup's name).
+    #[arg(long)]
+    pub container: Option<String>,
     /// With --target attach: a command that reloads the gateway (default: SIGHUP to the master).
     #[arg(long)]
     pub reload_cmd: Option<String>,
@@ -117,10 +121,12 @@ pub fn validate(opts: &RunOptions) -> Result<()> {
             shared::duration::format(opts.duration)
         );
     }
-    match (opts.target, opts.pid) {
-        (RunTarget::Attach, None) => bail!("--target attach needs --pid <nginx master pid>"),
-        (RunTarget::Attach, Some(_)) => {}
-        (_, Some(_)) => bail!("--pid is only for --target attach"),
+    match (opts.target, opts.pid.is_some() || opts.container.is_some()) {
+        (RunTarget::Attach, false) => {
+            bail!("--target attach needs --pid <nginx master pid> or --container <name>")
+        }
+        (RunTarget::Attach, true) => {}
+        (_, true) => bail!("--pid and --container are only for --target attach"),
         _ => {}
     }
     if opts.reload_cmd.is_some() && opts.target != RunTarget::Attach {
@@ -386,7 +392,14 @@ pub fn run(opts: &RunOptions) -> Result<()> {
 /// Phase 1, the gateway: the user's (attach), or ours brought up; returns its master's pid.
 fn gateway_up(opts: &RunOptions, target: RunTarget, teardown: &mut Teardown) -> Result<u32> {
     if target == RunTarget::Attach {
-        let pid = opts.pid.expect("validated");
+        let pid = match (&opts.container, opts.pid) {
+            (Some(name), _) => {
+                let pid = shared::container::find_master(name).map_err(anyhow::Error::msg)?;
+                println!("run: [attach] container {name}: nginx master is pid {pid}");
+                pid
+            }
+            (None, pid) => pid.expect("validated"),
+        };
         check_master(pid)?;
         return Ok(pid);
     }

@@ -6,33 +6,31 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Result, bail};
-
 /// Where the cgroup hierarchies are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// How deep the cgroup search goes (Kubernetes nests pods about 5 deep).
 const MAX_DEPTH: usize = 8;
 
-/// The host pid of the nginx master in container `name`.
-pub fn find_master(name: &str) -> Result<u32> {
+/// The host pid of the nginx master in container `name`, or why there is none (one line).
+pub fn find_master(name: &str) -> Result<u32, String> {
     if name.is_empty() || name.contains('/') {
-        bail!("--container {name:?}: expected a container name or id");
+        return Err(format!("--container {name:?}: expected a container name or id"));
     }
     let (candidates, source) = match engine_init_pid(name) {
         Some((pid, engine)) => (same_cgroup(pid), engine),
         None => {
             let groups = find_groups(Path::new(CGROUP_ROOT), name);
             if groups.is_empty() {
-                bail!(
+                return Err(format!(
                     "no container {name:?}: docker and podman do not know it, and no cgroup under {CGROUP_ROOT} is named like it"
-                );
+                ));
             }
             (groups.iter().flat_map(|g| procs(g)).collect(), "its cgroup")
         }
     };
     match candidates.iter().copied().find(|&p| is_nginx_master(p)) {
         Some(pid) => Ok(pid),
-        None => bail!("container {name:?} (found through {source}) has no nginx master process"),
+        None => Err(format!("container {name:?} (found through {source}) has no nginx master process")),
     }
 }
 
@@ -132,7 +130,7 @@ mod tests {
     #[test]
     fn bad_names_are_one_line() {
         for name in ["", "a/b"] {
-            let err = find_master(name).unwrap_err().to_string();
+            let err = find_master(name).unwrap_err();
             assert!(err.contains("expected a container name") && !err.contains('\n'), "{err}");
         }
     }
