@@ -19,8 +19,11 @@ fn folded_of(trace: &std::path::Path, pid: u32) -> std::path::PathBuf {
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| {
-            p.to_string_lossy().contains(&format!("pid{pid}-"))
-                && p.extension().is_some_and(|e| e == "folded")
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            // Not a spinning worker's Lua-only graph (`…-lua.folded`), which has no native frames.
+            name.contains(&format!("pid{pid}-"))
+                && name.ends_with(".folded")
+                && !name.ends_with("-lua.folded")
         })
         .unwrap_or_else(|| panic!("no folded file for pid {pid}"))
 }
