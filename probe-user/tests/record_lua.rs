@@ -314,7 +314,7 @@ fn jit_traces_and_ffi_calls_are_named() {
     let native_md5 = md5.with(|f| f.contains("md5") && !is_lua(f));
     eprintln!("md5: {named} name burn_md5, {native_md5} in native md5 code, of {}", md5.total());
     assert!(named * 10 >= md5.total() * 8, "{:#?}", md5.folded);
-    assert!(native_md5 > 0, "{:#?}", md5.folded);
+    assert!(native_md5 * 2 >= md5.total(), "the FFI callee above the Lua frames: {:#?}", md5.folded);
 }
 
 #[test]

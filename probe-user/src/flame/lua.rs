@@ -142,8 +142,10 @@ pub fn merge(
             Some(only)
         }
         None if on_trace => {
-            // Trace code has no unwind info: its native callers are unknown, and say so.
-            user.clear();
+            // Trace code has no unwind info: native code it called (FFI) stays on top, its
+            // native callers are unknown, and the graph says so.
+            let trace_code = user.iter().position(|f| f.module.is_empty()).unwrap_or(user.len());
+            user.truncate(trace_code);
             user.extend(only.iter().cloned());
             user.push(Frame {
                 kind: FrameKind::User,
@@ -190,6 +192,15 @@ mod tests {
         );
         assert_eq!(only.len(), 3);
         assert_eq!(stats, LuaMerge { merged: 1, ..Default::default() });
+        // On a trace: the FFI callee stays above the Lua frames, the trace code goes.
+        let mut jit = vec![
+            native("ngx_http_lua_ffi_md5"),
+            Frame { kind: FrameKind::User, func: "[anonymous code]".into(), module: String::new() },
+        ];
+        merge(&mut jit, &lua[1..], true, &mut stats).unwrap();
+        let labels: Vec<String> = jit.iter().map(Frame::label).collect();
+        assert_eq!(labels[..3], ["ngx_http_lua_ffi_md5 [m]", "burn_md5 [lua]", "spin_md5 [lua]"]);
+        assert!(labels[3].starts_with("[JIT_trace"), "{labels:?}");
         // No interpreter frame to replace: nothing Lua-shaped goes in.
         let mut idle = vec![native("epoll_wait")];
         assert!(merge(&mut idle, &lua, false, &mut stats).is_none());
