@@ -251,3 +251,39 @@ fn the_golden_run_shows_each_kind_of_finding() {
         a.lifecycle.servers.iter().filter(|s| s.path == JS).map(|s| (s.pid, s.generation)).collect();
     assert_eq!(js, vec![(JS_OLD, 1), (JS_NEW, 2)]);
 }
+
+/// A long run's report still fits one GitHub comment: thousands of failures whose window
+/// sentences list every spin span, hundreds of spin rows, and an attribution table longer than
+/// the budget by itself.
+#[test]
+fn a_long_runs_report_stays_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = reload_run(dir.path());
+    let mut a = analyze(&run);
+    let spin = a.spins[0].clone();
+    a.spins = (0..500).map(|i| super::spin::Spin { start_s: i as f64, ..spin.clone() }).collect();
+    let link = a.attribution.links[0].clone();
+    let long = "a spin span of worker 13 from 1.00 s to 2.00 s; ".repeat(200);
+    a.attribution.links = (0..5000)
+        .map(|i| correlate::Link {
+            request_id: format!("r-{i}"),
+            worker_pid: Some(i),
+            link: "window".into(),
+            sentence: long.clone(),
+            ..link.clone()
+        })
+        .collect();
+    let md = report::markdown::markdown(&run, &a);
+    assert!(md.chars().count() <= report::markdown::BUDGET, "{} characters", md.chars().count());
+    assert!(md.contains("…and 490 more"), "the spin rows are summarised");
+    assert!(md.contains("…and 4990 more"), "the window examples are summarised");
+    assert!(md.lines().all(|l| l.chars().count() <= 1_000), "every sentence is bounded");
+    // A section that cannot fit is left out whole, with a line saying so.
+    let row = a.attribution.table[0].clone();
+    a.attribution.table =
+        (0..5000).map(|i| correlate::Row { endpoint: format!("/route-{i}"), ..row.clone() }).collect();
+    let md = report::markdown::markdown(&run, &a);
+    assert!(md.chars().count() <= report::markdown::BUDGET, "{} characters", md.chars().count());
+    assert!(md.contains("The failure attribution section ("), "{}", &md[..2000]);
+    assert!(md.contains("## Artifacts"), "the artifacts are always listed");
+}

@@ -68,18 +68,52 @@ fn behaviour(run: &Run) -> Option<String> {
     run.ground_truth.iter().find_map(|l| l.behaviour.clone())
 }
 
-/// Renders `report.md`.
+/// Characters `report.md` may have at most: below GitHub's 65,536 for a comment, with room for
+/// a line of the user's own.
+pub const BUDGET: usize = 60_000;
+/// Characters of one example sentence at most (a window link can list every spin span).
+const SENTENCE: usize = 600;
+
+/// Renders `report.md`, within [`BUDGET`] at any run length: the sections come in order of
+/// importance, and one that does not fit is left out with a line saying so (`report.json`
+/// keeps everything).
 pub fn markdown(run: &Run, a: &Analysis) -> String {
+    let sections: [(&str, String); 8] = [
+        ("summary", section(|s| summary_md(s, a))),
+        ("environment", section(|s| environment_md(s, run, a))),
+        ("load test", section(|s| load_test_md(s, run))),
+        ("stand-in", section(|s| standin_md(s, a))),
+        ("timeline", section(|s| timeline_md(s, a))),
+        ("findings", section(|s| findings_md(s, a))),
+        ("failure attribution", section(|s| attribution_md(s, a))),
+        ("flamegraphs", section(|s| flamegraphs_md(s, a))),
+    ];
+    let artifacts = section(|s| artifacts_md(s, run));
     let mut s = String::from("# reloadscope report\n\n");
-    summary_md(&mut s, a);
-    environment_md(&mut s, run, a);
-    load_test_md(&mut s, run);
-    standin_md(&mut s, a);
-    timeline_md(&mut s, a);
-    findings_md(&mut s, a);
-    attribution_md(&mut s, a);
-    flamegraphs_md(&mut s, a);
-    artifacts_md(&mut s, run);
+    // What is always kept at the end: the artifacts and one line per section left out.
+    let reserve = artifacts.chars().count() + sections.len() * 160;
+    let mut used = s.chars().count();
+    for (name, text) in sections {
+        let n = text.chars().count();
+        if used + n + reserve <= BUDGET {
+            s.push_str(&text);
+            used += n;
+        } else {
+            let line = format!(
+                "\n_The {name} section ({n} characters) is left out to keep this report under {BUDGET} characters; \
+                 it is in `report.json`._\n"
+            );
+            used += line.chars().count();
+            s.push_str(&line);
+        }
+    }
+    s.push_str(&artifacts);
+    s
+}
+
+fn section(render: impl FnOnce(&mut String)) -> String {
+    let mut s = String::new();
+    render(&mut s);
     s
 }
 
@@ -750,7 +784,7 @@ fn attribution_md(s: &mut String, a: &Analysis) {
             }
         }
         for r in &shown {
-            let _ = writeln!(s, "- {}", r.sentence);
+            let _ = writeln!(s, "- {}", truncate(&r.sentence, SENTENCE));
         }
         more(s, rows.len().max(shown.len()));
     }

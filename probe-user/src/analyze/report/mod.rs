@@ -2,7 +2,7 @@
 //! `report.json` (the same as data) and `timeline.json` (Chrome/Perfetto trace events). This
 //! module writes the files; its `markdown` and `perfetto` submodules render them.
 
-mod markdown;
+pub(super) mod markdown;
 mod perfetto;
 mod table;
 
