@@ -151,8 +151,15 @@ pub fn analyze(run: &Run) -> Analysis {
     let timeline = timeline::detect(&run.events, &run.processes, root, zero);
     let lifecycle = lifecycle::detect(&run.events, &run.processes, zero);
     let bucket_ns = run.meta.options.bucket_ms.max(1) * 1_000_000;
-    let spins =
-        spin::detect(&run.events, &timeline, spin::Params::new(run.meta.options.sample_hz, bucket_ns), zero);
+    let spins = spin::detect(
+        &run.events,
+        &timeline,
+        spin::Params {
+            trace_end_ns: run.meta.ended_ns,
+            ..spin::Params::new(run.meta.options.sample_hz, bucket_ns)
+        },
+        zero,
+    );
     let stale = stale::detect(&run.events, &timeline, &lifecycle, zero);
     let kernel = correlate::kernel_requests(&run.events);
     let attribution = correlate::correlate(&run.requests, &kernel, &timeline, &spins, &stale, zero);

@@ -11,6 +11,15 @@ use super::text::rel_s;
 use super::timeline::Timeline;
 use crate::event::{EpollBucketEvent, Event};
 
+/// How long a spin episode lasts through buckets that do not spin at full rate. A worker
+/// starved of CPU (a CFS quota, more busy workers than cores) makes fewer calls, or none, for a
+/// while, but every call it makes still has a zero timeout: it never left the loop. A worker
+/// that leaves it makes a call with a real timeout, which ends the episode at once; so this gap
+/// only bounds silence and starved stretches. 2 s is 20 CFS periods, far longer than the
+/// throttling pauses of a quota, and short against the 20 s request timeouts a leaked claim
+/// causes.
+pub const EPISODE_GAP_NS: u64 = 2_000_000_000;
+
 /// Thresholds of the detector.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
@@ -26,6 +35,9 @@ pub struct Params {
     pub sample_hz: u64,
     /// epoll bucket length: buckets closer than half of it are contiguous.
     pub bucket_ns: u64,
+    /// When the trace ended (CLOCK_MONOTONIC ns): a thread silent from its last bucket until
+    /// then for longer than [`EPISODE_GAP_NS`] left the loop; 0 when unknown.
+    pub trace_end_ns: u64,
 }
 
 impl Params {
@@ -38,6 +50,7 @@ impl Params {
             min_duration_ns: 500_000_000,
             sample_hz,
             bucket_ns,
+            trace_end_ns: 0,
         }
     }
 }
@@ -76,6 +89,9 @@ pub struct Spin {
     /// Since when (s from zero) its calls were already ≥90% zero-timeout, in contiguous buckets
     /// before the spin: the busy-wait loop began then, while the worker still had real events.
     pub zero_timeout_since_s: f64,
+    /// Whether the thread left the busy-wait loop before the trace ended (a later call with a
+    /// real timeout); false: it was still spinning when the trace ended.
+    pub ended: bool,
     /// Start in CLOCK_MONOTONIC ns.
     #[serde(skip)]
     pub start_ns: u64,
@@ -85,6 +101,12 @@ pub struct Spin {
     /// `zero_timeout_since_s` in CLOCK_MONOTONIC ns.
     #[serde(skip)]
     pub since_ns: u64,
+}
+
+/// Whether all but a few of a bucket's calls had a zero timeout: still in the busy-wait loop,
+/// however slowly.
+fn busy_waiting(b: &EpollBucketEvent, p: &Params) -> bool {
+    b.calls > 0 && b.zero_timeout as f64 >= p.min_zero_timeout * b.calls as f64
 }
 
 fn spinning(b: &EpollBucketEvent, p: &Params) -> bool {
@@ -110,24 +132,26 @@ pub fn detect(events: &[Event], timeline: &Timeline, p: Params, zero_ns: u64) ->
     for (tid, mut buckets) in by_tid {
         buckets.sort_by_key(|b| b.start_ns);
         let first_new = out.len();
+        // One episode per stretch of busy-waiting: spinning buckets, joined across starved or
+        // silent stretches of at most EPISODE_GAP_NS; a call with a real timeout ends it.
         let mut run: Vec<&EpollBucketEvent> = Vec::new();
         for &b in &buckets {
-            let contiguous =
-                run.last().is_none_or(|l| b.start_ns <= l.end_ns.saturating_add(p.bucket_ns / 2));
-            if spinning(b, &p) && contiguous {
-                run.push(b);
-                continue;
-            }
-            // A bucket that does not spin (or a gap) ends the run.
-            flush(&mut run, tid, timeline, &p, &samples, zero_ns, &mut out);
             if spinning(b, &p) {
+                let joins = run.last().is_none_or(|l| b.start_ns <= l.end_ns.saturating_add(EPISODE_GAP_NS));
+                if !joins {
+                    flush(&mut run, tid, timeline, &p, &samples, zero_ns, &mut out);
+                }
                 run.push(b);
+            } else if !busy_waiting(b, &p) {
+                flush(&mut run, tid, timeline, &p, &samples, zero_ns, &mut out);
             }
         }
         flush(&mut run, tid, timeline, &p, &samples, zero_ns, &mut out);
         for spin in &mut out[first_new..] {
             spin.since_ns = zero_timeout_since(&buckets, spin.start_ns, &p);
             spin.zero_timeout_since_s = rel_s(spin.since_ns, zero_ns);
+            spin.ended = buckets.iter().any(|b| b.start_ns >= spin.end_ns && !busy_waiting(b, &p))
+                || buckets.last().is_some_and(|b| b.end_ns.saturating_add(EPISODE_GAP_NS) < p.trace_end_ns);
         }
     }
     out.sort_by_key(|s| (s.start_ns, s.tid));
@@ -189,6 +213,7 @@ fn flush(
             cpu_source: cpu_source.into(),
             epfd: last.epfd,
             zero_timeout_since_s: rel_s(start, zero_ns),
+            ended: false,
             start_ns: start,
             end_ns: end,
             since_ns: start,
@@ -244,6 +269,35 @@ mod tests {
         assert!((s.rate_per_s - 8000.0).abs() < 1e-6);
         assert!((s.cpu_share - 0.5).abs() < 1e-9, "{}", s.cpu_share);
         assert!((s.zero_timeout_since_s - 0.4).abs() < 1e-9, "{}", s.zero_timeout_since_s);
+    }
+
+    #[test]
+    fn a_starved_spin_is_one_episode_and_says_whether_it_ended() {
+        // Worker 11 spins, is starved for 0.5 s (few calls, still all zero-timeout), spins again,
+        // then is silent for 1 s and spins again: one episode, still spinning at the end.
+        let mut events: Vec<Event> = (0..8).map(|i| bucket(11, 1000 + 100 * i, 800, 800)).collect();
+        for i in 0..5 {
+            let mut starved = bucket(11, 1800 + 100 * i, 20, 20);
+            if let Event::EpollBucket(b) = &mut starved {
+                b.zero_timeout = 20;
+            }
+            events.push(starved);
+        }
+        events.extend((0..8).map(|i| bucket(11, 2300 + 100 * i, 800, 800)));
+        events.extend((0..8).map(|i| bucket(11, 4100 + 100 * i, 800, 800)));
+        let p = Params::new(0, ms(100));
+        let spins = detect(&events, &timeline(), p, 0);
+        assert_eq!(spins.len(), 1, "{spins:?}");
+        assert!((spins[0].start_s - 1.0).abs() < 1e-9 && (spins[0].end_s - 4.9).abs() < 1e-9, "{spins:?}");
+        assert!(!spins[0].ended);
+        // A call with a real timeout ends the episode: two spins, the first one ended.
+        events.push(bucket(11, 3500, 10, 0));
+        let spins = detect(&events, &timeline(), p, 0);
+        assert_eq!(spins.len(), 2, "{spins:?}");
+        assert!(spins[0].ended && !spins[1].ended);
+        // Silent past the gap until the trace's end: it left the loop.
+        let spins = detect(&events, &timeline(), Params { trace_end_ns: ms(8000), ..p }, 0);
+        assert!(spins[1].ended);
     }
 
     #[test]

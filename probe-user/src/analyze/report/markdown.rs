@@ -484,7 +484,7 @@ fn spins_md(s: &mut String, a: &Analysis) {
         );
         return;
     }
-    s.push_str("Evidence: `epoll_bucket` events (≥90% zero-timeout, ≥90% zero-event calls, ≥1000 calls/s, ≥0.5 s); CPU from `cpu_sample` events.\n\n");
+    s.push_str("Evidence: `epoll_bucket` events (≥90% zero-timeout, ≥90% zero-event calls, ≥1000 calls/s, ≥0.5 s); one row per episode, which lasts through starved stretches of up to 2 s whose calls still have zero timeouts and ends at a call with a real timeout; CPU from `cpu_sample` events.\n\n");
     let columns = [
         ("pid", Right),
         ("tid", Right),
@@ -498,6 +498,7 @@ fn spins_md(s: &mut String, a: &Analysis) {
         ("zero-events", Right),
         ("CPU", Right),
         ("epfd", Right),
+        ("ended", Left),
     ];
     top_table(s, columns, &a.spins, |x| {
         [
@@ -513,6 +514,7 @@ fn spins_md(s: &mut String, a: &Analysis) {
             pct(x.zero_event_share),
             format!("{} ({})", pct(x.cpu_share), x.cpu_source),
             x.epfd.to_string(),
+            if x.ended { "yes".into() } else { "no: still spinning when the trace ended".into() },
         ]
     });
 }
