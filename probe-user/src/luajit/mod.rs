@@ -8,6 +8,7 @@
 //! - [`symbols`] is what the trace keeps of them, and names frames for the analysis.
 
 pub mod build;
+pub mod ffnames;
 pub mod memory;
 pub mod proto;
 pub mod recorder;

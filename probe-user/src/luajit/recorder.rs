@@ -11,10 +11,13 @@ use probe_common::lua::{
 };
 
 use super::build::LuaJitBuild;
+use super::ffnames;
 use super::memory::{Memory, ProcMem, read_u64};
 use super::proto::{Proto, callee_name};
 use super::sample::{LuaFrameKind, LuaSample, LuaStatus};
-use super::symbols::{CallEntry, LineEntry, LuaDisabled, LuaLibrary, LuaMeta, LuaSymbols, ProtoEntry};
+use super::symbols::{
+    CallEntry, FastEntry, LineEntry, LuaDisabled, LuaLibrary, LuaMeta, LuaSymbols, ProtoEntry,
+};
 use crate::flame::elf::ElfFile;
 use crate::flame::unwind::{bias_for, parse_maps};
 
@@ -29,6 +32,8 @@ const MAIN_THREAD_BEFORE_G: [u64; 2] = [0x70, 0x60];
 /// What is known of one LuaJIT process.
 struct Process {
     build: LuaJitBuild,
+    /// Its build's fast-function names, by ffid.
+    ffnames: Option<std::rc::Rc<Vec<String>>>,
     mem: Option<ProcMem>,
     protos: HashMap<u64, Option<Proto>>,
     /// `global_State`s that passed (true) or failed (false) the check.
@@ -41,12 +46,14 @@ struct Process {
 #[derive(Default)]
 pub struct LuaRecorder {
     builds: BTreeMap<String, Result<LuaJitBuild, String>>,
+    ffnames: BTreeMap<String, Option<std::rc::Rc<Vec<String>>>>,
     processes: HashMap<u32, Process>,
     /// Pids whose maps held no LuaJIT when last looked at.
     without: HashSet<u32>,
     symbols: LuaSymbols,
     lines: HashSet<(u32, u64, u32)>,
     calls: HashSet<(u32, u64, u32)>,
+    fast: HashSet<(u32, u32)>,
     disabled: BTreeMap<u32, String>,
     samples: BTreeMap<LuaStatus, u64>,
     unreadable: u64,
@@ -92,11 +99,20 @@ impl LuaRecorder {
             .clone()
             .ok()?;
         let bias = bias_for(&elf.loads, entry)?;
+        let ffnames = self
+            .ffnames
+            .entry(entry.path.clone())
+            .or_insert_with(|| {
+                ffnames::for_library(Path::new(&format!("/proc/{pid}/root")), &entry.path)
+                    .map(std::rc::Rc::new)
+            })
+            .clone();
         self.without.remove(&pid);
         self.processes.insert(
             pid,
             Process {
                 build: build.clone(),
+                ffnames,
                 mem: ProcMem::open(pid),
                 protos: HashMap::new(),
                 checked: HashMap::new(),
@@ -150,6 +166,13 @@ impl LuaRecorder {
             return;
         }
         for (i, frame) in sample.frames.iter().enumerate() {
+            if frame.kind == LuaFrameKind::Fast
+                && let (Some(ffid), Some(names)) = (frame.pos, &p.ffnames)
+                && self.fast.insert((pid, ffid))
+                && let Some(name) = names.get(ffid as usize)
+            {
+                self.symbols.fast.push(FastEntry { pid, ffid, name: name.clone() });
+            }
             if !matches!(frame.kind, LuaFrameKind::Lua | LuaFrameKind::Trace) {
                 continue;
             }

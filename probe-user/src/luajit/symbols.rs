@@ -49,6 +49,17 @@ pub struct CallEntry {
     pub name: String,
 }
 
+/// The name of a builtin fast function in one process's LuaJIT build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastEntry {
+    /// The process.
+    pub pid: u32,
+    /// Its ffid.
+    pub ffid: u32,
+    /// Its name (`pcall`, `coroutine.yield`).
+    pub name: String,
+}
+
 /// `lua-symbols.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LuaSymbols {
@@ -58,6 +69,9 @@ pub struct LuaSymbols {
     pub lines: Vec<LineEntry>,
     /// Names of the callees at the call sites samples passed through.
     pub calls: Vec<CallEntry>,
+    /// Names of the fast functions samples passed through, from the build's `vmdef.lua`.
+    #[serde(default)]
+    pub fast: Vec<FastEntry>,
 }
 
 /// A LuaJIT library found in a traced process.
@@ -128,6 +142,7 @@ pub struct Index {
     protos: HashMap<(u32, u64), ProtoEntry>,
     lines: HashMap<(u32, u64, u32), u32>,
     calls: HashMap<(u32, u64, u32), String>,
+    fast: HashMap<(u32, u32), String>,
     disabled: std::collections::HashSet<u32>,
 }
 
@@ -138,6 +153,7 @@ impl Index {
             protos: symbols.protos.into_iter().map(|p| ((p.pid, p.addr), p)).collect(),
             lines: symbols.lines.into_iter().map(|l| ((l.pid, l.proto, l.pos), l.line)).collect(),
             calls: symbols.calls.into_iter().map(|c| ((c.pid, c.proto, c.pos), c.name)).collect(),
+            fast: symbols.fast.into_iter().map(|f| ((f.pid, f.ffid), f.name)).collect(),
             disabled: disabled.iter().copied().collect(),
         }
     }
@@ -177,7 +193,12 @@ impl Index {
                 .or_else(|| defined.clone())
                 .unwrap_or_else(|| "unknown Lua function".into()),
             LuaFrameKind::C => c_name(frame.ptr),
-            LuaFrameKind::Fast => format!("builtin#{}", frame.pos.unwrap_or(0)),
+            LuaFrameKind::Fast => {
+                let ffid = frame.pos.unwrap_or(0);
+                self.fast
+                    .get(&(pid, ffid))
+                    .map_or_else(|| format!("builtin#{ffid}"), |n| format!("{n} (builtin)"))
+            }
             LuaFrameKind::Trace => {
                 format!(
                     "[trace #{} {}]",
@@ -219,6 +240,7 @@ mod tests {
             ],
             lines: vec![LineEntry { pid: 7, proto: 0x100, pos: 5, line: 88 }],
             calls: vec![CallEntry { pid: 7, proto: 0x200, pos: 9, name: "wait_for_claim".into() }],
+            fast: vec![FastEntry { pid: 7, ffid: 20, name: "pcall".into() }],
         };
         let index = Index::new(symbols, &[]);
         let sample = LuaSample {
@@ -232,6 +254,12 @@ mod tests {
         assert_eq!(frames[0].at.as_deref(), Some("instances.lua:88"));
         // The bottom frame has no caller in the walk: its definition names it.
         assert_eq!(frames[1].func_label(), "instances.lua:120");
+        // A fast function by its build's name, where the build's vmdef.lua gave one.
+        let fast = |ffid| LuaFrame { kind: LuaFrameKind::Fast, ptr: 0, pos: Some(ffid) };
+        let s2 = LuaSample { status: LuaStatus::Ok, g: 1, vmstate: -1, frames: vec![fast(20), fast(21)] };
+        let names: Vec<String> =
+            index.frames(7, &s2, &mut |_| String::new()).iter().map(NamedFrame::func_label).collect();
+        assert_eq!(names, ["pcall (builtin)", "builtin#21"]);
         // Another process, or one whose checks failed, shows nothing Lua-shaped.
         assert_eq!(index.frames(8, &sample, &mut |_| String::new())[0].func_label(), "unknown Lua function");
         let off = Index::new(LuaSymbols::default(), &[7]);
