@@ -59,6 +59,8 @@ pub struct Binaries {
     own_mnt_ns: u64,
     /// (mount namespace, path) → the copy (`None`: it failed).
     copied: HashMap<(u64, String), Option<Copy>>,
+    /// (pid, path) pairs already looked at.
+    kept: std::collections::HashSet<(u32, String)>,
     index: BinaryIndex,
 }
 
@@ -66,7 +68,12 @@ impl Binaries {
     /// For a recorder in its own mount namespace.
     pub fn new() -> Self {
         let own_mnt_ns = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino()).unwrap_or(0);
-        Binaries { own_mnt_ns, copied: HashMap::new(), index: BinaryIndex::default() }
+        Binaries {
+            own_mnt_ns,
+            copied: HashMap::new(),
+            kept: Default::default(),
+            index: BinaryIndex::default(),
+        }
     }
 
     /// Copies what `pid` (in mount namespace `mnt_ns`) maps as code, per its maps text, into
@@ -79,7 +86,7 @@ impl Binaries {
             if !m.perms.contains('x') || !m.path.starts_with('/') {
                 continue;
             }
-            if self.index.entries.iter().any(|e| e.pid == pid && e.path == m.path) {
+            if !self.kept.insert((pid, m.path.clone())) {
                 continue;
             }
             // The same file as the host's (a namespace that shares the host's files): nothing to keep.

@@ -79,8 +79,8 @@ fn kind_name(k: u32) -> String {
 }
 
 /// /proc facts about a live process, and a copy of its memory map (and of its code files, when
-/// they are a container's) for later symbolization.
-fn snapshot(pid: u32, writer: &TraceWriter, binaries: &mut Binaries) -> Option<ProcInfo> {
+/// they are a container's) for later symbolization; returns them and the map's text.
+fn snapshot(pid: u32, writer: &TraceWriter, binaries: &mut Binaries) -> Option<(ProcInfo, Option<String>)> {
     let shared::procstat::Stat { ppid, comm, .. } = shared::procstat::read(pid)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let argv = cmdline
@@ -89,10 +89,11 @@ fn snapshot(pid: u32, writer: &TraceWriter, binaries: &mut Binaries) -> Option<P
         .map(|a| String::from_utf8_lossy(a).into())
         .collect();
     let ns = proctree::namespaces(pid);
-    if let (Some(maps), Some(ns)) = (writer.save_maps(pid), &ns) {
-        binaries.keep(writer.dir(), pid, ns.mnt_ns, &maps);
+    let maps = writer.save_maps(pid);
+    if let (Some(maps), Some(ns)) = (&maps, &ns) {
+        binaries.keep(writer.dir(), pid, ns.mnt_ns, maps);
     }
-    Some(ProcInfo { ppid, comm, argv, ns })
+    Some((ProcInfo { ppid, comm, argv, ns }, maps))
 }
 
 /// How often a sampled process's memory map is copied again: at an exec the map holds only the
@@ -154,26 +155,31 @@ impl Collector {
         };
         if (self.seen.insert(pid) || fresh)
             && is_process(pid)
-            && let Some(info) = snapshot(pid, &self.writer, &mut self.binaries)
+            && let Some((info, maps)) = snapshot(pid, &self.writer, &mut self.binaries)
         {
             self.known.insert(pid, info);
             self.maps_at.insert(pid, Instant::now());
-            if fresh && let Some(cfg) = self.lua.configure(pid) {
+            if fresh
+                && let Some(maps) = maps
+                && let Some(cfg) = self.lua.configure(pid, &maps)
+            {
                 self.lua_new.push((pid, cfg));
             }
         } else if matches!(ev, Event::CpuSample(_))
             && self.maps_at.get(&pid).is_none_or(|t| t.elapsed() >= MAPS_REFRESH)
         {
             let maps = self.writer.save_maps(pid);
-            if let (Some(maps), Some(ns)) = (maps, self.known.get(&pid).and_then(|k| k.ns.as_ref())) {
-                self.binaries.keep(self.writer.dir(), pid, ns.mnt_ns, &maps);
-            }
             self.maps_at.insert(pid, Instant::now());
-            // A process that exec'ed maps its libraries later: look for LuaJIT again.
-            if self.lua.lacks(pid)
-                && let Some(cfg) = self.lua.configure(pid)
-            {
-                self.lua_new.push((pid, cfg));
+            if let Some(maps) = maps {
+                if let Some(ns) = self.known.get(&pid).and_then(|k| k.ns.as_ref()) {
+                    self.binaries.keep(self.writer.dir(), pid, ns.mnt_ns, &maps);
+                }
+                // A process that exec'ed maps its libraries later: look for LuaJIT again.
+                if self.lua.lacks(pid)
+                    && let Some(cfg) = self.lua.configure(pid, &maps)
+                {
+                    self.lua_new.push((pid, cfg));
+                }
             }
         }
         let unanswered = match &ev {
@@ -319,12 +325,12 @@ impl Collector {
             }
         }
         for &pid in &initial {
-            if let Some(info) = snapshot(pid, &self.writer, &mut self.binaries) {
+            if let Some((info, maps)) = snapshot(pid, &self.writer, &mut self.binaries) {
                 self.known.insert(pid, info);
                 self.seen.insert(pid);
-            }
-            if let Some(cfg) = self.lua.configure(pid) {
-                probe.add_luajit(pid, cfg)?;
+                if let Some(cfg) = maps.and_then(|m| self.lua.configure(pid, &m)) {
+                    probe.add_luajit(pid, cfg)?;
+                }
             }
         }
         Ok(initial)

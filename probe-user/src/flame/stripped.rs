@@ -75,7 +75,8 @@ impl Fallback {
     }
 }
 
-fn is_luajit(path: &Path) -> bool {
+/// Whether a file is a LuaJIT library (or binary), by its name.
+pub fn is_luajit(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n.to_string_lossy().contains("luajit"))
 }
 

@@ -78,8 +78,7 @@ impl std::fmt::Display for Unsupported {
 impl LuaJitBuild {
     /// Reads the offsets from `elf`'s code.
     pub fn analyze(elf: &ElfFile) -> Result<Self, Unsupported> {
-        let fde = elf.first_fde_with_personality().ok_or(Unsupported::NoInterpreter)?;
-        let vm = fde.start..fde.end;
+        let vm = crate::flame::stripped::luajit_vm(elf).ok_or(Unsupported::NoInterpreter)?;
         let obj = elf.object().ok_or(Unsupported::NoLuaClose)?;
         let code = |range: Range<u64>| -> Option<Vec<u8>> {
             let s =

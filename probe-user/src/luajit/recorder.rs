@@ -19,6 +19,7 @@ use super::symbols::{
     CallEntry, FastEntry, LineEntry, LuaDisabled, LuaLibrary, LuaMeta, LuaSymbols, ProtoEntry,
 };
 use crate::flame::elf::ElfFile;
+use crate::flame::stripped::is_luajit;
 use crate::flame::unwind::{bias_for, parse_maps};
 
 /// Test aid: added to every `g2dispatch` handed to the kernel, to prove that wrong offsets give
@@ -45,8 +46,8 @@ struct Process {
 /// Lua frames across one recording.
 #[derive(Default)]
 pub struct LuaRecorder {
-    builds: BTreeMap<String, Result<LuaJitBuild, String>>,
-    ffnames: BTreeMap<String, Option<std::rc::Rc<Vec<String>>>>,
+    /// Each LuaJIT library seen, by path, read once.
+    libraries: BTreeMap<String, Library>,
     processes: HashMap<u32, Process>,
     /// Pids whose maps held no LuaJIT when last looked at.
     without: HashSet<u32>,
@@ -62,8 +63,30 @@ pub struct LuaRecorder {
     off: bool,
 }
 
-fn is_luajit(path: &str) -> bool {
-    Path::new(path).file_name().is_some_and(|n| n.to_string_lossy().starts_with("libluajit"))
+/// One LuaJIT library, read once for every process that maps it.
+struct Library {
+    /// Its offsets, or why it has none.
+    build: Result<LuaJitBuild, String>,
+    /// Its LOAD segments, for each process's load bias.
+    loads: Vec<(u64, u64, u64)>,
+    /// Its build's fast-function names.
+    ffnames: Option<std::rc::Rc<Vec<String>>>,
+}
+
+impl Library {
+    /// Reads the library `path` as `pid` maps it: through the process's root, because the file
+    /// may exist only inside its mount namespace.
+    fn read(pid: u32, path: &str) -> Option<Self> {
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let elf = ElfFile::load(&root.join(path.trim_start_matches('/')))
+            .or_else(|_| ElfFile::load(Path::new(path)))
+            .ok()?;
+        Some(Library {
+            build: LuaJitBuild::analyze(&elf).map_err(|e| e.to_string()),
+            loads: elf.loads.clone(),
+            ffnames: ffnames::for_library(&root, path).map(std::rc::Rc::new),
+        })
+    }
 }
 
 impl LuaRecorder {
@@ -78,41 +101,30 @@ impl LuaRecorder {
         LuaRecorder { off: true, ..Default::default() }
     }
 
-    /// Finds a LuaJIT VM in `pid`'s memory map; returns what the kernel's walk needs, or `None`
-    /// when there is none (or it cannot be walked: the reason goes to meta.json).
-    pub fn configure(&mut self, pid: u32) -> Option<LuaConfig> {
+    /// Finds a LuaJIT VM in `pid`'s memory map (`maps`, the text of `/proc/PID/maps`); returns
+    /// what the kernel's walk needs, or `None` when there is none (or it cannot be walked: the
+    /// reason goes to meta.json).
+    pub fn configure(&mut self, pid: u32, maps: &str) -> Option<LuaConfig> {
         if self.off || self.processes.contains_key(&pid) {
             return None;
         }
-        let maps = parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?);
-        let Some(entry) = maps.iter().find(|m| is_luajit(&m.path)) else {
+        let maps = parse_maps(maps);
+        let Some(entry) = maps.iter().find(|m| is_luajit(Path::new(&m.path))) else {
             self.without.insert(pid);
             return None;
         };
-        // Through the process's root: the file may exist only inside its mount namespace.
-        let file = PathBuf::from(format!("/proc/{pid}/root{}", entry.path));
-        let elf = ElfFile::load(&file).or_else(|_| ElfFile::load(Path::new(&entry.path))).ok()?;
-        let build = self
-            .builds
-            .entry(entry.path.clone())
-            .or_insert_with(|| LuaJitBuild::analyze(&elf).map_err(|e| e.to_string()))
-            .clone()
-            .ok()?;
-        let bias = bias_for(&elf.loads, entry)?;
-        let ffnames = self
-            .ffnames
-            .entry(entry.path.clone())
-            .or_insert_with(|| {
-                ffnames::for_library(Path::new(&format!("/proc/{pid}/root")), &entry.path)
-                    .map(std::rc::Rc::new)
-            })
-            .clone();
+        if !self.libraries.contains_key(&entry.path) {
+            self.libraries.insert(entry.path.clone(), Library::read(pid, &entry.path)?);
+        }
+        let lib = &self.libraries[&entry.path];
+        let build = lib.build.clone().ok()?;
+        let bias = bias_for(&lib.loads, entry)?;
         self.without.remove(&pid);
         self.processes.insert(
             pid,
             Process {
                 build: build.clone(),
-                ffnames,
+                ffnames: lib.ffnames.clone(),
                 mem: ProcMem::open(pid),
                 protos: HashMap::new(),
                 checked: HashMap::new(),
@@ -132,6 +144,12 @@ impl LuaRecorder {
         })
     }
 
+    /// [`Self::configure`] with the map read from /proc now.
+    pub fn configure_live(&mut self, pid: u32) -> Option<LuaConfig> {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        self.configure(pid, &maps)
+    }
+
     /// Whether `pid` was looked at and has no LuaJIT (yet).
     pub fn lacks(&self, pid: u32) -> bool {
         self.without.contains(&pid)
@@ -143,7 +161,7 @@ impl LuaRecorder {
         *self.samples.entry(sample.status).or_default() += 1;
         if !self.processes.contains_key(&pid) {
             // A fork of a configured process (the kernel copied its entry): same layout.
-            let _ = self.configure(pid);
+            let _ = self.configure_live(pid);
         }
         let Some(p) = self.processes.get_mut(&pid) else { return };
         if sample.status == LuaStatus::StateMismatch {
@@ -211,7 +229,7 @@ impl LuaRecorder {
     /// The symbols for `lua-symbols.json` and the Lua part of meta.json (`None` when no
     /// traced process ran LuaJIT).
     pub fn finish(mut self) -> (LuaSymbols, Option<LuaMeta>) {
-        if self.builds.is_empty() {
+        if self.libraries.is_empty() {
             return (self.symbols, None);
         }
         for (pid, p) in &self.processes {
@@ -225,9 +243,9 @@ impl LuaRecorder {
             }
         }
         let libraries = self
-            .builds
+            .libraries
             .into_iter()
-            .map(|(path, r)| match r {
+            .map(|(path, lib)| match lib.build {
                 Ok(build) => LuaLibrary { path, build: Some(build), unsupported: None },
                 Err(why) => LuaLibrary { path, build: None, unsupported: Some(why) },
             })
