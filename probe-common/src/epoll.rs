@@ -65,6 +65,9 @@ pub struct EpollThread {
     pub bucket: EpollBucket,
     /// The call in progress; `ts_ns == 0` when there is none.
     pub pending: EpollEnter,
+    /// Calls returned so far: an event loop's turn is the stretch between two of them, which
+    /// ties a request read to the plugin socket its handler writes in the same turn.
+    pub turns: u64,
 }
 
 /// One thread's epoll activity aggregated over one bucket of time.
@@ -209,7 +212,7 @@ pub const fn timespec_to_ns(sec: i64, nsec: i64) -> i64 {
 const _: () = assert!(core::mem::size_of::<EpollEnter>() == 32);
 const _: () = assert!(core::mem::size_of::<EpollBucket>() == 128);
 const _: () = assert!(core::mem::size_of::<EpollCall>() == 80);
-const _: () = assert!(core::mem::size_of::<EpollThread>() == 160);
+const _: () = assert!(core::mem::size_of::<EpollThread>() == 168);
 
 #[cfg(test)]
 mod tests {

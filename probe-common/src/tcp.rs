@@ -66,6 +66,9 @@ pub struct ConnState {
     pub chunks: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// The unix socket (inode) the target wrote first in the event-loop turn that read the
+    /// current request: the plugin server its handler called. 0 when none.
+    pub plugin_inode: u64,
 }
 
 /// A TCP connection accepted or closed by a target.
@@ -99,6 +102,8 @@ pub struct TcpConn {
     pub phase: u32,
     /// At close: requests read on it.
     pub requests: u32,
+    /// At close: [`ConnState::plugin_inode`] of the request left unanswered.
+    pub plugin_inode: u64,
 }
 
 /// The start of a request read, or of a response written, on a traced connection.
@@ -117,6 +122,8 @@ pub struct HttpChunk {
     pub len: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// For a response: [`ConnState::plugin_inode`] of the request it answers.
+    pub plugin_inode: u64,
     /// The first bytes.
     pub data: [u8; HTTP_CHUNK_LEN],
 }

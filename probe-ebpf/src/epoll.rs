@@ -95,6 +95,7 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
                     ..EpollBucket::default()
                 },
                 pending,
+                turns: 0,
             };
             let _ = EPOLL_THREADS.insert(tid, state, 0);
         }
@@ -118,6 +119,7 @@ fn on_exit(ctx: &TracePointContext) {
         return;
     }
     state.pending.ts_ns = 0;
+    state.turns += 1;
     let cfg = CONFIG.load();
     // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
     // rather than faults on a bad offset; any bytes are a valid i64.
@@ -155,6 +157,13 @@ fn on_exit(ctx: &TracePointContext) {
         };
         send(kind::EPOLL_CALL, &call);
     }
+}
+
+/// The thread's event-loop turn: epoll calls it has returned from (0 before the first).
+#[inline(always)]
+pub fn turn(tid: u32) -> u64 {
+    // SAFETY: a live map value keyed by this thread's tid; a u64 read.
+    EPOLL_THREADS.get_ptr(tid).map_or(0, |s| unsafe { (*s).turns })
 }
 
 /// Sends and forgets the open bucket of a thread that is exiting.

@@ -4,6 +4,11 @@
 //! write pays one lookup to learn whether it is a traced connection at all. Bytes are copied
 //! only at the first read after a response (a request's start, at most `HTTP_CHUNK_LEN`) and
 //! the first write after a request (the status line).
+//!
+//! The plugin socket of a request: an event loop such as nginx's runs a request's handler in the
+//! turn that read it, up to its first wait, so the first unix socket the thread writes in that
+//! same turn (no epoll call and no unix receive between) is the one its handler called.
+//! `PLUGIN_TURNS` holds the request read in each thread's current turn until that write.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
@@ -36,6 +41,18 @@ struct PendingRead {
 /// Reads in progress by tid, consumed at exit.
 #[map]
 static HTTP_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_entries(4096, 0);
+
+/// The request a thread read, and in which of its event-loop turns ([`crate::epoll::turn`]).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PluginTurn {
+    key: ConnKey,
+    turn: u64,
+}
+
+/// By tid: a request read whose handler has not yet written a unix socket in its turn.
+#[map]
+static PLUGIN_TURNS: LruHashMap<u32, PluginTurn> = LruHashMap::with_max_entries(4096, 0);
 
 /// `BPF_RB_NO_WAKEUP`: HTTP records come with every request; waking the recorder for each costs
 /// microseconds per request, so they wait for its next poll (at most 100 ms).
@@ -80,7 +97,8 @@ pub fn on_accept(ctx: &TracePointContext, fd: i64, sk: u64, family: u16, tgid: u
         return;
     }
     let inode = sock_inode(sk);
-    let state = ConnState { inode, phase: conn_phase::AWAIT_REQUEST, requests: 0, chunks: 0, _pad: 0 };
+    let state =
+        ConnState { inode, phase: conn_phase::AWAIT_REQUEST, requests: 0, chunks: 0, _pad: 0, plugin_inode: 0 };
     let _ = CONNS.insert(ConnKey { tgid, fd: fd as u32 }, state, 0);
     let Some(mut entry) = EVENTS.reserve::<TcpConn>(0) else {
         count_drop(kind::TCP_CONN);
@@ -117,6 +135,7 @@ pub fn on_accept(ctx: &TracePointContext, fd: i64, sk: u64, family: u16, tgid: u
         (*r).peer_addr = peer_addr;
         (*r).phase = conn_phase::AWAIT_REQUEST;
         (*r).requests = 0;
+        (*r).plugin_inode = 0;
     }
     entry.submit(NO_WAKEUP);
 }
@@ -151,6 +170,7 @@ pub fn on_close(ctx: &TracePointContext, fd: i64, tgid: u32, tid: u32) -> bool {
         (*r).peer_addr = [0; 16];
         (*r).phase = state.phase;
         (*r).requests = state.requests;
+        (*r).plugin_inode = state.plugin_inode;
     }
     entry.submit(NO_WAKEUP);
     true
@@ -212,16 +232,21 @@ pub fn http_read_exit(ctx: TracePointContext) -> u32 {
     let n = (ret as u64).min(room) as usize;
     // SAFETY: a live map value keyed by this process's fd, touched by its threads one syscall at
     // a time; plain field stores.
-    let inode = unsafe {
-        if (*state).phase == conn_phase::AWAIT_REQUEST {
+    let (inode, new) = unsafe {
+        let new = (*state).phase == conn_phase::AWAIT_REQUEST;
+        if new {
             (*state).phase = conn_phase::AWAIT_RESPONSE;
             (*state).requests += 1;
             (*state).chunks = 0;
+            (*state).plugin_inode = 0;
         }
         (*state).chunks += 1;
-        (*state).inode
+        ((*state).inode, new)
     };
-    send_chunk(dir::REQUEST, p.key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), tgid, tid);
+    if new {
+        let _ = PLUGIN_TURNS.insert(tid, PluginTurn { key: p.key, turn: crate::epoll::turn(tid) }, 0);
+    }
+    send_chunk(dir::REQUEST, p.key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), 0, tgid, tid);
     0
 }
 
@@ -236,15 +261,15 @@ fn write_enter(ctx: &TracePointContext, kind: u32) {
     let Some((key, state)) = conn(tgid, fd) else { return };
     // SAFETY: a live map value keyed by this process's fd, touched by its threads one syscall at
     // a time; a u32 read, then plain field stores.
-    let inode = unsafe {
+    let (inode, plugin) = unsafe {
         if (*state).phase != conn_phase::AWAIT_RESPONSE {
             return;
         }
         (*state).phase = conn_phase::AWAIT_REQUEST;
-        (*state).inode
+        ((*state).inode, (*state).plugin_inode)
     };
     let (buf, room) = first_buffer(kind, arg(ctx, 1), arg(ctx, 2));
-    send_chunk(dir::RESPONSE, key.fd, inode, buf, (room as usize).min(STATUS_LEN), tgid, tid);
+    send_chunk(dir::RESPONSE, key.fd, inode, buf, (room as usize).min(STATUS_LEN), plugin, tgid, tid);
 }
 
 #[tracepoint]
@@ -265,9 +290,33 @@ pub fn http_sendmsg_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Sends the first `n` bytes at user address `buf` (n ≤ HTTP_CHUNK_LEN).
+/// Called for each unix send or receive of a target's thread (successful or EAGAIN). The first
+/// send in the turn that read a request names that request's plugin socket; a receive first
+/// means another request's handler resumed on its reply, so the turn names nothing. Costs one
+/// lookup when no request is waiting.
 #[inline(always)]
-fn send_chunk(direction: u32, fd: u32, inode: u64, buf: u64, n: usize, tgid: u32, tid: u32) {
+pub fn on_unix_io(tid: u32, op: u32, unix_inode: u64) {
+    let Some(t) = PLUGIN_TURNS.get_ptr(tid) else { return };
+    // SAFETY: a live map value keyed by this thread's tid; copied out before the remove below.
+    let t = unsafe { *t };
+    let _ = PLUGIN_TURNS.remove(tid);
+    if op != probe_common::unix::op::SEND || t.turn != crate::epoll::turn(tid) {
+        return; // the handler waited first: this write is another request's
+    }
+    let Some(state) = CONNS.get_ptr_mut(t.key) else { return };
+    // SAFETY: a live map value keyed by this process's fd, touched by its threads one syscall at
+    // a time; plain field reads and a store.
+    unsafe {
+        if (*state).phase == conn_phase::AWAIT_RESPONSE && (*state).plugin_inode == 0 {
+            (*state).plugin_inode = unix_inode;
+        }
+    }
+}
+
+/// Sends the first `n` bytes at user address `buf` (n ≤ HTTP_CHUNK_LEN).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn send_chunk(direction: u32, fd: u32, inode: u64, buf: u64, n: usize, plugin: u64, tgid: u32, tid: u32) {
     let Some(mut entry) = EVENTS.reserve::<HttpChunk>(0) else {
         count_drop(kind::HTTP_CHUNK);
         return;
@@ -282,6 +331,7 @@ fn send_chunk(direction: u32, fd: u32, inode: u64, buf: u64, n: usize, tgid: u32
         (*r).fd = fd as i32;
         (*r).inode = inode;
         (*r)._pad = 0;
+        (*r).plugin_inode = plugin;
     }
     // The verifier needs the length bounded by the buffer it writes into.
     let n = n & (HTTP_CHUNK_LEN * 2 - 1);

@@ -218,6 +218,7 @@ fn io(ctx: &RawTracePointContext, op: u32) {
         // it, one at a time, so the `&mut` is unique.
         let flow = unsafe { &mut *flow };
         if flow.add(op, ret, now) {
+            crate::tcp::on_unix_io(tid, op, flow.id.inode);
             if flow.is_due(now, CONFIG.load().bucket_ns) {
                 flow.hdr.ts_ns = now;
                 send(kind::UNIX_FLOW, flow);
@@ -236,6 +237,7 @@ fn io(ctx: &RawTracePointContext, op: u32) {
     }
     let mut flow = UnixFlow { hdr: header(kind::UNIX_FLOW, tgid, tid), id, ..UnixFlow::default() };
     if flow.add(op, ret, now) {
+        crate::tcp::on_unix_io(tid, op, id.inode);
         let _ = UNIX_FLOWS.insert(key, flow, 0);
     } else {
         // A failure (EPIPE, ECONNRESET, ...) or a receive of 0 (the peer closed): worth reading alone.

@@ -410,6 +410,9 @@ pub struct TcpConnEvent {
     /// At close: a request had been read and not answered.
     #[serde(default)]
     pub unanswered: bool,
+    /// At close: the unix socket (inode) the unanswered request's handler wrote first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_inode: Option<u64>,
 }
 
 /// One HTTP request a target read, with its response when one was written.
@@ -438,6 +441,10 @@ pub struct HttpRequestEvent {
     /// When the target closed the connection with this request unanswered.
     #[serde(default)]
     pub closed_ns: Option<u64>,
+    /// The unix socket (inode) the thread wrote first in the event-loop turn that read this
+    /// request: the plugin server its handler called, when it called one at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_inode: Option<u64>,
 }
 
 /// The bytes of a request's or response's start, borrowed from the ring buffer: the recorder
@@ -452,6 +459,8 @@ pub struct HttpChunkView<'a> {
     pub fd: i32,
     /// The connection's socket inode.
     pub conn: u64,
+    /// For a response: the plugin socket of the request it answers (0: none).
+    pub plugin_inode: u64,
     /// The first bytes.
     pub data: &'a [u8],
 }
@@ -470,6 +479,7 @@ pub fn http_chunk(bytes: &[u8]) -> Option<HttpChunkView<'_>> {
             == probe_common::tcp::dir::REQUEST,
         fd: read_at(bytes, offset_of!(HttpChunk, fd), k).ok()?,
         conn: read_at(bytes, offset_of!(HttpChunk, inode), k).ok()?,
+        plugin_inode: read_at(bytes, offset_of!(HttpChunk, plugin_inode), k).ok()?,
         data: bytes.get(start..end.min(bytes.len()))?,
     })
 }
@@ -703,6 +713,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 peer: if accept { socket_addr(r.family, &r.peer_addr, r.peer_port) } else { String::new() },
                 requests: r.requests,
                 unanswered: !accept && r.phase == probe_common::tcp::conn_phase::AWAIT_RESPONSE,
+                plugin_inode: Some(r.plugin_inode)
+                    .filter(|&i| i != 0 && r.phase == probe_common::tcp::conn_phase::AWAIT_RESPONSE),
             })
         }
         kind::HTTP_CHUNK => return Err(DecodeError::Payload),
@@ -1059,6 +1071,7 @@ mod tests {
             peer_addr: [0; 16],
             phase: 0,
             requests: 0,
+            plugin_inode: 0,
         };
         c.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         c.peer_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
@@ -1071,9 +1084,12 @@ mod tests {
         c.peer_addr = std::net::Ipv6Addr::LOCALHOST.octets();
         let Ok(Event::TcpConn(e)) = decode(&bytes(&c)) else { panic!("wrong kind") };
         assert_eq!(e.peer, "[::1]:41000");
-        let c = TcpConn { op: probe_common::tcp::conn_op::CLOSE, phase: 1, requests: 3, ..c };
+        assert_eq!(e.plugin_inode, None);
+        let c =
+            TcpConn { op: probe_common::tcp::conn_op::CLOSE, phase: 1, requests: 3, plugin_inode: 4242, ..c };
         let Ok(Event::TcpConn(e)) = decode(&bytes(&c)) else { panic!("wrong kind") };
         assert!(e.op == ConnOp::Close && e.unanswered && e.requests == 3 && e.peer.is_empty());
+        assert_eq!(e.plugin_inode, Some(4242));
 
         let mut h = HttpChunk {
             hdr: hdr(kind::HTTP_CHUNK),
@@ -1082,12 +1098,13 @@ mod tests {
             inode: 900,
             len: 5,
             _pad: 0,
+            plugin_inode: 4242,
             data: [0; probe_common::tcp::HTTP_CHUNK_LEN],
         };
         h.data[..5].copy_from_slice(b"GET /");
         let raw = bytes(&h);
         let v = http_chunk(&raw).unwrap();
-        assert_eq!((v.request, v.fd, v.conn, v.data), (true, 12, 900, &b"GET /"[..]));
+        assert_eq!((v.request, v.fd, v.conn, v.plugin_inode, v.data), (true, 12, 900, 4242, &b"GET /"[..]));
         // A length beyond the buffer is cut to it.
         let h = HttpChunk { len: u32::MAX, ..h };
         assert_eq!(http_chunk(&bytes(&h)).unwrap().data.len(), probe_common::tcp::HTTP_CHUNK_LEN);

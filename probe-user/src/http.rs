@@ -63,6 +63,16 @@ pub fn parse_request(bytes: &[u8], id_header: &str) -> Option<RequestStart> {
     Some(RequestStart { method: text(method, MAX_METHOD), path: text(path, MAX_PATH), request_id })
 }
 
+/// True when `bytes` may be the first piece of a request line cut short by the client's writes
+/// (`GET /a` before ` HTTP/1.1`): no line end yet, and a method token, or the start of one, first.
+pub fn may_start_request(bytes: &[u8]) -> bool {
+    let method = bytes.split(|&b| b == b' ').next().unwrap_or_default();
+    !bytes.is_empty()
+        && !bytes.contains(&b'\n')
+        && method.len() <= MAX_METHOD
+        && method.iter().all(u8::is_ascii_uppercase)
+}
+
 /// The status code of a response's first bytes (`HTTP/1.1 200 OK`).
 pub fn parse_status(bytes: &[u8]) -> Option<u16> {
     let rest = bytes.strip_prefix(b"HTTP/1.")?;
@@ -129,6 +139,16 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_request_line_cut_short_may_start_a_request() {
+        for yes in [&b"GET "[..], b"GE", b"GET /alpha", b"POST /x HTTP/1"] {
+            assert!(may_start_request(yes), "{yes:?}");
+        }
+        for no in [&b""[..], b"get /", b"\x16\x03\x01", b"GET /\r\n", b"VERYLONGMETHODNAMEXX /"] {
+            assert!(!may_start_request(no), "{no:?}");
+        }
+    }
+
     /// A million inputs: random bytes, and valid requests with random bytes spliced in. The
     /// parser must not panic, and what it returns stays within its caps.
     #[test]
@@ -157,6 +177,7 @@ mod tests {
                 assert!(r.request_id.is_none_or(|id| id.len() <= MAX_ID));
             }
             let _ = parse_status(&buf);
+            let _ = may_start_request(&buf);
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::event::{ConnOp, Event, HttpChunkView, HttpRequestEvent, Task, TcpConnEvent};
-use crate::http::{parse_request, parse_status};
+use crate::http::{may_start_request, parse_request, parse_status};
 
 /// Most bytes of one request's start kept while its header block comes in.
 const MAX_HEAD: usize = probe_common::tcp::HTTP_CHUNK_LEN * probe_common::tcp::REQUEST_CHUNKS as usize;
@@ -18,15 +18,29 @@ struct Open {
     head: Vec<u8>,
     /// The header block is all there (or as much as is kept): its bytes are dropped.
     complete: bool,
+    /// Its request line was parsed: until then the bytes are only a possible request's start.
+    parsed: bool,
 }
 
 impl Open {
-    /// Notes whether the header block is now complete, and drops the bytes if so.
-    fn settle(&mut self) {
+    /// Parses what has come so far; notes whether the header block is now complete, and drops
+    /// the bytes if so.
+    fn settle(&mut self, id_header: &str) {
+        if let Some(start) = parse_request(&self.head, id_header) {
+            self.req.method = start.method;
+            self.req.path = start.path;
+            self.req.request_id = start.request_id;
+            self.parsed = true;
+        }
         if self.head.len() >= MAX_HEAD || self.head.windows(4).any(|w| w == b"\r\n\r\n") {
             self.complete = true;
             self.head = Vec::new();
         }
+    }
+
+    /// The request, when its bytes were one.
+    fn event(self) -> Option<Event> {
+        self.parsed.then_some(Event::HttpRequest(self.req))
     }
 }
 
@@ -51,22 +65,24 @@ impl Pairing {
             if let Some(mut open) = self.open.remove(&key) {
                 open.req.response_ns = Some(c.hdr.ts_ns);
                 open.req.status = parse_status(c.data);
-                done.push(Event::HttpRequest(open.req));
+                open.req.plugin_inode = Some(c.plugin_inode).filter(|&i| i != 0);
+                done.extend(open.event());
             }
             return done;
         }
-        // More of a header block that came in pieces.
+        // More of a header block, or of a request line, that came in pieces.
         if let Some(open) = self.open.get_mut(&key).filter(|o| !o.complete) {
             let room = MAX_HEAD - open.head.len();
             open.head.extend_from_slice(&c.data[..c.data.len().min(room)]);
-            if let Some(start) = parse_request(&open.head, &self.id_header) {
-                open.req.request_id = start.request_id;
-                open.req.path = start.path;
+            open.settle(&self.id_header);
+            if open.complete && !open.parsed {
+                self.open.remove(&key); // a whole header block that is no HTTP request
             }
-            open.settle();
             return done;
         }
-        let Some(start) = parse_request(c.data, &self.id_header) else { return done };
+        if !may_start_request(c.data) && parse_request(c.data, &self.id_header).is_none() {
+            return done;
+        }
         let req = HttpRequestEvent {
             task: Task {
                 ts_ns: c.hdr.ts_ns,
@@ -77,17 +93,18 @@ impl Pairing {
             },
             fd: c.fd,
             conn: c.conn,
-            method: start.method,
-            path: start.path,
-            request_id: start.request_id,
+            method: String::new(),
+            path: String::new(),
+            request_id: None,
             response_ns: None,
             status: None,
             closed_ns: None,
+            plugin_inode: None,
         };
-        let mut open = Open { req, head: c.data.to_vec(), complete: false };
-        open.settle();
+        let mut open = Open { req, head: c.data.to_vec(), complete: false, parsed: false };
+        open.settle(&self.id_header);
         // A request whose response was never seen goes out as it is.
-        done.extend(self.open.insert(key, open).map(|o| Event::HttpRequest(o.req)));
+        done.extend(self.open.insert(key, open).and_then(Open::event));
         done
     }
 
@@ -98,12 +115,14 @@ impl Pairing {
         }
         let mut open = self.open.remove(&(c.task.tgid, c.conn))?;
         open.req.closed_ns = Some(c.task.ts_ns);
-        Some(Event::HttpRequest(open.req))
+        open.req.plugin_inode = c.plugin_inode;
+        open.event()
     }
 
     /// The requests still unanswered when the trace ends, in arrival order.
     pub fn finish(self) -> Vec<Event> {
-        let mut left: Vec<HttpRequestEvent> = self.open.into_values().map(|o| o.req).collect();
+        let mut left: Vec<HttpRequestEvent> =
+            self.open.into_values().filter(|o| o.parsed).map(|o| o.req).collect();
         left.sort_by_key(|r| r.task.ts_ns);
         left.into_iter().map(Event::HttpRequest).collect()
     }
@@ -117,7 +136,7 @@ mod tests {
 
     fn chunk(ts: u64, conn: u64, request: bool, data: &[u8]) -> HttpChunkView<'_> {
         let hdr = EventHeader { kind: probe_common::kind::HTTP_CHUNK, cpu: 0, ts_ns: ts, tgid: 7, tid: 7 };
-        HttpChunkView { hdr, request, fd: 9, conn, data }
+        HttpChunkView { hdr, request, fd: 9, conn, plugin_inode: if request { 0 } else { 77 }, data }
     }
 
     fn only(evs: Vec<Event>) -> HttpRequestEvent {
@@ -135,8 +154,8 @@ mod tests {
         assert!(p.chunk(&chunk(11, 2, false, b"HTTP/1.1 200 OK")).is_empty());
         let r = only(p.chunk(&chunk(12, 1, false, b"HTTP/1.1 502 Bad Gateway")));
         assert_eq!(
-            (r.task.ts_ns, r.request_id.as_deref(), r.response_ns, r.status),
-            (10, Some("a"), Some(12), Some(502))
+            (r.task.ts_ns, r.request_id.as_deref(), r.response_ns, r.status, r.plugin_inode),
+            (10, Some("a"), Some(12), Some(502), Some(77))
         );
         assert!(p.finish().is_empty());
     }
@@ -155,9 +174,13 @@ mod tests {
             peer: String::new(),
             requests: 1,
             unanswered: true,
+            plugin_inode: Some(55),
         };
         let Some(Event::HttpRequest(r)) = p.closed(&close) else { panic!("the close ends /a") };
-        assert_eq!((r.path.as_str(), r.closed_ns, r.status), ("/a", Some(20), None));
+        assert_eq!(
+            (r.path.as_str(), r.closed_ns, r.status, r.plugin_inode),
+            ("/a", Some(20), None, Some(55))
+        );
         let left = p.finish();
         assert!(
             matches!(left.as_slice(), [Event::HttpRequest(r)] if r.path == "/b" && r.closed_ns.is_none())
@@ -176,6 +199,25 @@ mod tests {
         p.chunk(&chunk(20, 1, true, b"GET /a HTTP/1.1\r\n\r\n"));
         let first = only(p.chunk(&chunk(21, 1, true, b"GET /b HTTP/1.1\r\n\r\n")));
         assert_eq!((first.path.as_str(), first.status), ("/a", None));
+    }
+
+    #[test]
+    fn a_request_line_in_pieces_is_put_together() {
+        let mut p = Pairing::new("x-request-id");
+        // A client that writes the request in small pieces: nginx reads `GET ` alone.
+        assert!(p.chunk(&chunk(10, 1, true, b"GET ")).is_empty());
+        p.chunk(&chunk(11, 1, true, b"/alpha HTTP/1.1\r\nx-request-id: c0-7\r\n\r\n"));
+        let r = only(p.chunk(&chunk(12, 1, false, b"HTTP/1.1 200 OK")));
+        assert_eq!(
+            (r.task.ts_ns, r.method.as_str(), r.path.as_str(), r.request_id.as_deref()),
+            (10, "GET", "/alpha", Some("c0-7"))
+        );
+        // A start that never becomes a request line is dropped at its end or its answer.
+        p.chunk(&chunk(20, 2, true, b"GE"));
+        p.chunk(&chunk(21, 2, true, b"T\r\n\r\n"));
+        assert!(p.chunk(&chunk(22, 2, false, b"HTTP/1.1 400 Bad")).is_empty());
+        p.chunk(&chunk(30, 3, true, b"POST /x"));
+        assert!(p.finish().is_empty());
     }
 
     #[test]

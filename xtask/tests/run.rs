@@ -139,6 +139,29 @@ fn short_run(dir: &Path, extra: &[&str]) -> Run {
     run
 }
 
+/// The stand-in's own routing, read from its configuration template: each `location /X` whose
+/// access phase calls plugin `NAME` talks to `NAME.socket`.
+fn configured_routes() -> BTreeSet<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kong/standin/nginx.conf.tmpl");
+    let text = std::fs::read_to_string(path).expect("the stand-in's nginx.conf.tmpl");
+    let mut out = BTreeSet::new();
+    let mut location = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("location ") {
+            location = rest.trim_end_matches('{').split_whitespace().last().map(str::to_owned);
+        } else if let (Some(loc), Some(i)) = (&location, line.find(".access(\"")) {
+            let name = line[i + 9..].split('"').next().unwrap_or_default();
+            out.insert((loc.clone(), format!("{name}.socket")));
+        }
+    }
+    assert!(out.len() >= 3, "routes in the template: {out:?}");
+    out
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 fn common_claims(run: &Run) {
     let (report, out) = (&run.report, &run.dir);
     // One rule numbers server generations: processes.json and report.json agree on every server.
@@ -227,6 +250,31 @@ fn common_claims(run: &Run) {
     assert_eq!(links.len() as u64, failed_in_log);
     for l in links.iter().filter(|l| l["link"] == "exact") {
         assert_eq!(l["cause_pid"], l["worker_pid"], "an exact link blames another worker: {l}");
+    }
+    // The routes' plugin sockets learned from the trace are the stand-in's configured ones, and
+    // no failure is blamed on a socket its route does not use.
+    let configured = configured_routes();
+    let routes = report["routes"]["routes"].as_array().expect("routes in report.json");
+    for r in routes.iter().filter(|r| r["answered"].as_u64().unwrap_or(0) >= 50) {
+        let route = r["route"].as_str().unwrap().to_owned();
+        let used: BTreeSet<(String, String)> = r["sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["used"] == true)
+            .map(|s| (route.clone(), file_name(s["path"].as_str().unwrap())))
+            .collect();
+        let want: BTreeSet<(String, String)> = configured.iter().filter(|c| c.0 == route).cloned().collect();
+        assert_eq!(used, want, "route {route}: learned {r}");
+    }
+    let learned: BTreeSet<&str> = routes.iter().filter_map(|r| r["route"].as_str()).collect();
+    for endpoint in run.requests.iter().map(|r| r.endpoint.as_str()).collect::<BTreeSet<_>>() {
+        assert!(learned.contains(endpoint), "no route learned for {endpoint}: {learned:?}");
+    }
+    for l in links.iter().filter(|l| l["cause_socket"].is_string()) {
+        let pair =
+            (l["endpoint"].as_str().unwrap().to_owned(), file_name(l["cause_socket"].as_str().unwrap()));
+        assert!(configured.contains(&pair), "a failure blamed on a socket its route does not use: {l}");
     }
 
     // The timeline holds the reload, one span per spinning worker and one instant per failure.

@@ -9,7 +9,9 @@
 //! back to a time window across all workers ([`LinkMethod::Window`]), and says so.
 //!
 //! Either way a cause is blamed only for failures it can produce ([`fit`]); a failure that no
-//! cause can produce (a foreign body, a 4xx) is "not a reload effect" and counts apart.
+//! cause can produce (a foreign body, a 4xx) is "not a reload effect" and counts apart. Plugin
+//! socket trouble is blamed only on requests whose route uses that socket ([`Routes`], learned
+//! from the trace) or whose own handler called it.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,7 @@ use serde::Serialize;
 
 use super::Request;
 use super::fit::{self, CauseKind, FailureClass};
+use super::routes::{Allowed, Routes};
 use super::spin::Spin;
 use super::stale::{ConnectFailure, IoFailure, Stale};
 use super::text::{errno_name, rel_s, short_path};
@@ -86,6 +89,9 @@ pub struct Link {
     pub kind: String,
     /// The worker whose event explains it.
     pub cause_pid: Option<u32>,
+    /// The plugin socket of that event, for socket causes.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cause_socket: String,
     /// When that event happened (s from zero).
     pub cause_s: Option<f64>,
     /// One sentence for humans.
@@ -144,10 +150,19 @@ pub struct Attribution {
     pub links: Vec<Link>,
 }
 
-/// True when `path` is the socket of the plugin behind `endpoint` (`/js` -> `jsplugin.socket`).
-fn serves(endpoint: &str, path: &str) -> bool {
-    let name = endpoint.trim_start_matches('/');
-    !name.is_empty() && short_path(path).starts_with(name)
+/// What the failures are explained from.
+#[derive(Debug, Clone, Copy)]
+pub struct Evidence<'a> {
+    /// The requests the probe read, by id.
+    pub kernel: &'a KernelRequests<'a>,
+    /// Each route's plugin sockets.
+    pub routes: &'a Routes,
+    /// The reload's workers.
+    pub timeline: &'a Timeline,
+    /// Spinning workers.
+    pub spins: &'a [Spin],
+    /// Failed and stale unix traffic.
+    pub stale: &'a Stale,
 }
 
 /// Items of a time-sorted slice with `ts` in `[lo, hi]`.
@@ -157,9 +172,10 @@ fn in_window<T>(v: &[T], ts: impl Fn(&T) -> u64, lo: u64, hi: u64) -> &[T] {
     &v[a..b.max(a)]
 }
 
-/// The first item on the endpoint's own plugin socket: another plugin's trouble cannot fail it.
-fn pick<'a, T>(items: &'a [T], endpoint: &str, path: impl Fn(&T) -> &str) -> Option<&'a T> {
-    items.iter().find(|x| serves(endpoint, path(x)))
+/// The first item on a socket the request may be failed by: another plugin's trouble cannot
+/// fail it.
+fn pick<'a, T>(items: &'a [T], allowed: &Allowed<'_>, path: impl Fn(&T) -> &str) -> Option<&'a T> {
+    items.iter().find(|x| allowed.admits(path(x)))
 }
 
 /// Picks inside the request's own window first; the slack only when nothing is inside, since a
@@ -169,14 +185,11 @@ fn pick_near<'a, T>(
     ts: impl Fn(&T) -> u64 + Copy,
     r: &Request,
     slack: u64,
+    allowed: &Allowed<'_>,
     path: impl Fn(&T) -> &str + Copy,
 ) -> Option<&'a T> {
-    pick(in_window(v, ts, r.start_mono_ns, r.end_mono_ns), &r.endpoint, path).or_else(|| {
-        pick(
-            in_window(v, ts, r.start_mono_ns.saturating_sub(slack), r.end_mono_ns + slack),
-            &r.endpoint,
-            path,
-        )
+    pick(in_window(v, ts, r.start_mono_ns, r.end_mono_ns), allowed, path).or_else(|| {
+        pick(in_window(v, ts, r.start_mono_ns.saturating_sub(slack), r.end_mono_ns + slack), allowed, path)
     })
 }
 
@@ -188,14 +201,8 @@ struct Index<'a> {
 }
 
 /// Links every failed request.
-pub fn correlate(
-    requests: &[Request],
-    kernel: &KernelRequests<'_>,
-    timeline: &Timeline,
-    spins: &[Spin],
-    stale: &Stale,
-    zero_ns: u64,
-) -> Attribution {
+pub fn correlate(requests: &[Request], ev: &Evidence<'_>, zero_ns: u64) -> Attribution {
+    let stale = ev.stale;
     let mut ix = Index {
         connects: BTreeMap::new(),
         ios: BTreeMap::new(),
@@ -215,7 +222,7 @@ pub fn correlate(
     for r in failed {
         att.failed += 1;
         let class = fit::classify(r.reason.as_ref());
-        let read = kernel.get(r.request_id.as_str()).copied();
+        let read = ev.kernel.get(r.request_id.as_str()).copied();
         let worker = match (read, r.worker_pid) {
             (Some(k), _) => Some((k.task.tgid, LinkMethod::Kernel)),
             (None, Some(w)) => Some((w, LinkMethod::GatewayHeader)),
@@ -232,8 +239,8 @@ pub fn correlate(
         }
         let mut link = match worker {
             _ if !fit::reload_can_cause(class) => not_reload(r, zero_ns),
-            Some((w, m)) => explain_exact(r, (w, m, read), class, timeline, spins, stale, &ix, zero_ns),
-            None => explain_window(r, class, timeline, spins, stale, &ix, zero_ns),
+            Some((w, m)) => explain_exact(r, (w, m, read), class, ev, &ix, zero_ns),
+            None => explain_window(r, class, ev, &ix, zero_ns),
         };
         link.method = worker.map(|(_, m)| m).unwrap_or_default();
         if let Some((w, _)) = worker {
@@ -324,17 +331,16 @@ fn spin_text(s: &Spin) -> String {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 fn explain_exact(
     r: &Request,
     (w, method, read): (u32, LinkMethod, Option<&HttpRequestEvent>),
     class: FailureClass,
-    timeline: &Timeline,
-    spins: &[Spin],
-    stale: &Stale,
+    ev: &Evidence<'_>,
     ix: &Index,
     zero_ns: u64,
 ) -> Link {
+    let (timeline, spins, stale) = (ev.timeline, ev.spins, ev.stale);
+    let allowed = ev.routes.allowed(&r.endpoint, read);
     let mut l = base(r, zero_ns);
     l.worker_generation = timeline.worker_generation(w);
     let (lo, hi) = (r.start_mono_ns.saturating_sub(EXACT_SLACK_NS), r.end_mono_ns + EXACT_SLACK_NS);
@@ -368,8 +374,9 @@ fn explain_exact(
     if found.is_none()
         && can(CauseKind::FailedConnect)
         && let Some(v) = ix.connects.get(&w)
-        && let Some(c) = pick_near(v, |c| c.ts_ns, r, EXACT_SLACK_NS, |c| &c.path)
+        && let Some(c) = pick_near(v, |c| c.ts_ns, r, EXACT_SLACK_NS, &allowed, |c| &c.path)
     {
+        l.cause_socket = c.path.clone();
         found = Some((
             CauseKind::FailedConnect,
             c.ts_ns,
@@ -379,8 +386,9 @@ fn explain_exact(
     if found.is_none()
         && can(CauseKind::FailedIo)
         && let Some(v) = ix.ios.get(&w)
-        && let Some(i) = pick_near(v, |i| i.ts_ns, r, EXACT_SLACK_NS, |i| &i.path)
+        && let Some(i) = pick_near(v, |i| i.ts_ns, r, EXACT_SLACK_NS, &allowed, |i| &i.path)
     {
+        l.cause_socket = i.path.clone();
         found = Some((CauseKind::FailedIo, i.ts_ns, format!("{served}; its {}", io_text(i))));
     }
     if found.is_none()
@@ -388,8 +396,9 @@ fn explain_exact(
         && let Some(s) = stale
             .stale_flows
             .iter()
-            .find(|s| s.pid == w && s.first_ns <= hi && s.last_ns >= lo && serves(&r.endpoint, &s.path))
+            .find(|s| s.pid == w && s.first_ns <= hi && s.last_ns >= lo && allowed.admits(&s.path))
     {
+        l.cause_socket = s.path.clone();
         found = Some((
             CauseKind::StaleFlow,
             s.first_ns.max(lo),
@@ -419,22 +428,30 @@ fn explain_exact(
             l.sentence = sentence;
         }
         None => {
-            l.sentence =
-                format!("{served} ({}); nothing of it in the window that can produce this failure", l.reason)
+            l.cause_socket.clear();
+            l.sentence = format!(
+                "{served} ({}); nothing of it in the window that can produce this failure{}",
+                l.reason,
+                unknown_route(&allowed, &r.endpoint, class)
+            )
         }
     }
     l
 }
 
-fn explain_window(
-    r: &Request,
-    class: FailureClass,
-    timeline: &Timeline,
-    spins: &[Spin],
-    stale: &Stale,
-    ix: &Index,
-    zero_ns: u64,
-) -> Link {
+/// A clause saying why no plugin socket could be blamed, when one could have caused the failure
+/// and none is known for the route.
+fn unknown_route(allowed: &Allowed<'_>, endpoint: &str, class: FailureClass) -> String {
+    if allowed.unknown() && fit::fits(CauseKind::FailedConnect, class) {
+        format!(" (no plugin socket is known for {endpoint}: no answered request of it called one)")
+    } else {
+        String::new()
+    }
+}
+
+fn explain_window(r: &Request, class: FailureClass, ev: &Evidence<'_>, ix: &Index, zero_ns: u64) -> Link {
+    let (timeline, spins, stale) = (ev.timeline, ev.spins, ev.stale);
+    let allowed = ev.routes.allowed(&r.endpoint, None);
     let mut l = base(r, zero_ns);
     let (lo, hi) = (r.start_mono_ns.saturating_sub(WINDOW_SLACK_NS), r.end_mono_ns + WINDOW_SLACK_NS);
     let what = match &r.reason {
@@ -495,8 +512,8 @@ fn explain_window(
             ),
         )
     });
-    let connect = pick_near(&ix.all_connects, |c| c.ts_ns, r, WINDOW_SLACK_NS, |c| &c.path);
-    let io = pick_near(&ix.all_ios, |i| i.ts_ns, r, WINDOW_SLACK_NS, |i| &i.path);
+    let connect = pick_near(&ix.all_connects, |c| c.ts_ns, r, WINDOW_SLACK_NS, &allowed, |c| &c.path);
+    let io = pick_near(&ix.all_ios, |i| i.ts_ns, r, WINDOW_SLACK_NS, &allowed, |i| &i.path);
     let spin_found = busy.first().map(|first| {
         let who: Vec<String> = busy
             .iter()
@@ -542,6 +559,11 @@ fn explain_window(
     });
     let io_found = io
         .map(|i| (CauseKind::FailedIo, i.pid, i.at_s, format!("{lead}: worker {}'s {}", i.pid, io_text(i))));
+    let socket_of = |kind: CauseKind| match kind {
+        CauseKind::FailedConnect => connect.map_or(String::new(), |c| c.path.clone()),
+        CauseKind::FailedIo => io.map_or(String::new(), |i| i.path.clone()),
+        _ => String::new(),
+    };
     let long = l.duration_s >= 1.0;
     let order = if long {
         [spin_found, keepalive_found, exit_found, connect_found, io_found]
@@ -554,9 +576,15 @@ fn explain_window(
             l.kind = kind.as_str().into();
             l.cause_pid = Some(pid);
             l.cause_s = Some(at);
+            l.cause_socket = socket_of(kind);
             l.sentence = sentence;
         }
-        None => l.sentence = format!("{lead}: nothing in the window can produce this failure"),
+        None => {
+            l.sentence = format!(
+                "{lead}: nothing in the window can produce this failure{}",
+                unknown_route(&allowed, &r.endpoint, class)
+            )
+        }
     }
     l
 }
@@ -580,6 +608,33 @@ mod tests {
             worker_pid: worker,
             ..Request::default()
         }
+    }
+
+    /// /js calls the JS socket and /python the Python one, as three answered requests each show.
+    fn routes() -> Routes {
+        let mut events = vec![
+            sock(1, 11, UnixOp::Connect, 0, 50, 0, "/p/jsplugin.socket"),
+            sock(2, 11, UnixOp::Connect, 0, 60, 0, "/p/pythonplugin.socket"),
+        ];
+        for i in 0..3 {
+            events.push(http_req(10 + i, 11, "/js", Some(200), Some(50)));
+            events.push(http_req(20 + i, 11, "/python", Some(200), Some(60)));
+            // A route named after no plugin: only the trace says it calls the JS server.
+            events.push(http_req(30 + i, 11, "/alpha", Some(200), Some(50)));
+        }
+        Routes::learn(&events)
+    }
+
+    fn run(
+        requests: &[Request],
+        timeline: &Timeline,
+        spins: &[Spin],
+        stale: &Stale,
+        zero_ns: u64,
+    ) -> Attribution {
+        let kernel = KernelRequests::new();
+        let routes = routes();
+        correlate(requests, &Evidence { kernel: &kernel, routes: &routes, timeline, spins, stale }, zero_ns)
     }
 
     fn timeline() -> Timeline {
@@ -651,11 +706,12 @@ mod tests {
             req("c", ms(2295), ms(2305), Some(12), "plugin header missing"),
             req("d", ms(2295), ms(2305), Some(11), ""),
         ];
-        let a = correlate(&requests, &KernelRequests::new(), &timeline(), &[spin()], &stale(), ms(1000));
+        let a = run(&requests, &timeline(), &[spin()], &stale(), ms(1000));
         assert_eq!((a.requests, a.failed, a.with_worker, a.without_worker), (4, 3, 2, 1));
         assert_eq!((a.exact, a.window, a.unexplained), (1, 1, 1));
         let l = &a.links[0];
         assert_eq!((l.link.as_str(), l.kind.as_str(), l.cause_pid), ("exact", "failed_connect", Some(11)));
+        assert_eq!(l.cause_socket, "/p/jsplugin.socket");
         assert!((l.cause_s.unwrap() - 1.3).abs() < 1e-9);
         assert!(
             l.sentence.starts_with(
@@ -707,8 +763,12 @@ mod tests {
             req("500", ms(2295), ms(2305), Some(11), "status 500"),
             // A closed connection with a failed plugin connect on its worker: plugins fail open.
             req("closed2", ms(2295), ms(2305), Some(11), "connection reset by peer"),
+            // A route whose name says nothing: the trace says it calls the JS server.
+            on("/alpha", req("alpha", ms(2295), ms(2305), Some(11), "status 502")),
+            // A route no answered request taught anything: no plugin socket can be blamed.
+            on("/beta", req("beta", ms(2295), ms(2305), Some(11), "status 502")),
         ];
-        let a = correlate(&requests, &KernelRequests::new(), &t, &[], &stale(), 0);
+        let a = run(&requests, &t, &[], &stale(), 0);
         let by = |id: &str| a.links.iter().find(|l| l.request_id == id).unwrap();
         let got = |id: &str| (by(id).link.clone(), by(id).kind.clone());
         let pair = |l: &str, k: &str| (l.to_string(), k.to_string());
@@ -721,22 +781,28 @@ mod tests {
         assert_eq!(got("py"), pair("unexplained", ""));
         assert_eq!(got("500"), pair("exact", "failed_connect"));
         assert_eq!(got("closed2"), pair("unexplained", ""));
+        assert_eq!(got("alpha"), pair("exact", "failed_connect"));
+        assert_eq!(by("alpha").cause_socket, "/p/jsplugin.socket");
+        assert_eq!(got("beta"), pair("unexplained", ""));
+        assert!(
+            by("beta").sentence.contains("no plugin socket is known for /beta"),
+            "{}",
+            by("beta").sentence
+        );
+        assert!(!by("py").sentence.contains("no plugin socket is known"), "{}", by("py").sentence);
+        // No link blames a socket its route does not use.
+        for l in a.links.iter().filter(|l| !l.cause_socket.is_empty()) {
+            assert!(routes().route(&l.endpoint).is_some_and(|r| r.uses(&l.cause_socket)), "{l:?}");
+        }
         // The two that no reload can cause are counted apart and out of every share.
-        assert_eq!((a.failed, a.not_reload, a.reload_failed), (7, 2, 5));
-        assert_eq!((a.exact, a.window, a.unexplained), (1, 1, 3));
-        assert!((a.exact_share - 0.2).abs() < 1e-9 && (a.unexplained_share - 0.6).abs() < 1e-9);
+        assert_eq!((a.failed, a.not_reload, a.reload_failed), (9, 2, 7));
+        assert_eq!((a.exact, a.window, a.unexplained), (2, 1, 4));
+        assert!((a.exact_share - 2.0 / 7.0).abs() < 1e-9 && (a.unexplained_share - 4.0 / 7.0).abs() < 1e-9);
     }
 
     #[test]
     fn no_failures_no_links() {
-        let a = correlate(
-            &[req("d", 1, 2, Some(11), "")],
-            &KernelRequests::new(),
-            &timeline(),
-            &[],
-            &Stale::default(),
-            0,
-        );
+        let a = run(&[req("d", 1, 2, Some(11), "")], &timeline(), &[], &Stale::default(), 0);
         assert_eq!((a.failed, a.links.len(), a.exact_share), (0, 0, 0.0));
     }
 }

@@ -100,9 +100,15 @@ fn reload_run(dir: &Path) -> Run {
     // What the kernel read of the requests: the timeout reached the spinning worker and was
     // never answered; the closed /python request was read by old worker 10, which closed its
     // connection on its way out.
-    events.push(http(ms(11_201), NEW[1], "/js", "r-7", None, None));
-    events.push(http(ms(11_491), OLD[0], "/python", "r-6", None, Some(ms(11_499))));
-    events.push(http(ms(9_101), OLD[0], "/js", "r-1", Some((ms(9_108), 200)), None));
+    events.push(http(ms(11_201), NEW[1], "/js", "r-7", None, None, Some(601)));
+    events.push(http(ms(11_491), OLD[0], "/python", "r-6", None, Some(ms(11_499)), None));
+    events.push(http(ms(9_101), OLD[0], "/js", "r-1", Some((ms(9_108), 200)), None, Some(500)));
+    // The routes' plugin sockets, learned from answered requests whose handlers called them
+    // (these three of each route came from outside the load test).
+    for i in 0..3 {
+        events.push(http_req(ms(9_200 + i), OLD[0], "/js", Some(200), Some(500)));
+        events.push(http_req(ms(9_300 + i), OLD[1], "/python", Some(200), Some(510)));
+    }
     // Old worker 11 closes two idle keep-alive connections on its way out; r-8, sent on one of
     // them, never reached a worker.
     events.push(close(ms(11_900), OLD[1], 2000, 3));
@@ -154,21 +160,6 @@ fn reload_run(dir: &Path) -> Run {
     }
 }
 
-/// A request the kernel read: (response time, status) or the close that left it unanswered.
-fn http(ts: u64, pid: u32, path: &str, id: &str, answer: Option<(u64, u16)>, closed: Option<u64>) -> Event {
-    Event::HttpRequest(crate::event::HttpRequestEvent {
-        task: crate::event::Task { ts_ns: ts, cpu: 0, tgid: pid, tid: pid, comm: String::new() },
-        fd: 7,
-        conn: 1000 + u64::from(pid),
-        method: "GET".into(),
-        path: path.into(),
-        request_id: Some(id.into()),
-        response_ns: answer.map(|a| a.0),
-        status: answer.map(|a| a.1),
-        closed_ns: closed,
-    })
-}
-
 /// A keep-alive connection `pid` closed idle after `requests` requests.
 fn close(ts: u64, pid: u32, conn: u64, requests: u32) -> Event {
     Event::TcpConn(crate::event::TcpConnEvent {
@@ -180,6 +171,7 @@ fn close(ts: u64, pid: u32, conn: u64, requests: u32) -> Event {
         peer: String::new(),
         requests,
         unanswered: false,
+        plugin_inode: None,
     })
 }
 

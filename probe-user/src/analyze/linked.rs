@@ -1,6 +1,7 @@
 //! `requests-linked.jsonl`: every request of the load test beside what the kernel saw of it,
 //! one line each: which worker read it (by the request id on its socket), which worker the
-//! gateway's header named, when the worker read and answered it, and the status it wrote.
+//! gateway's header named, when the worker read and answered it, the status it wrote, and the
+//! plugin socket its handler called.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,6 +11,7 @@ use serde::Serialize;
 
 use super::Request;
 use super::correlate::KernelRequests;
+use super::routes::Routes;
 
 /// One line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,10 +32,16 @@ pub struct LinkedLine<'a> {
     pub status: Option<u16>,
     /// When the worker closed the connection with it unanswered.
     pub closed_ns: Option<u64>,
+    /// The unix socket its handler wrote first, in the turn that read it.
+    pub plugin_socket: Option<&'a str>,
 }
 
 /// The lines, in the load test's order.
-pub fn lines<'a>(requests: &'a [Request], kernel: &KernelRequests<'a>) -> Vec<LinkedLine<'a>> {
+pub fn lines<'a>(
+    requests: &'a [Request],
+    kernel: &KernelRequests<'a>,
+    routes: &'a Routes,
+) -> Vec<LinkedLine<'a>> {
     requests
         .iter()
         .map(|r| {
@@ -47,6 +55,7 @@ pub fn lines<'a>(requests: &'a [Request], kernel: &KernelRequests<'a>) -> Vec<Li
                 answered_ns: k.and_then(|k| k.response_ns),
                 status: k.and_then(|k| k.status),
                 closed_ns: k.and_then(|k| k.closed_ns),
+                plugin_socket: k.and_then(|k| routes.socket_path(k.plugin_inode?)),
             }
         })
         .collect()

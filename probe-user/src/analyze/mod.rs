@@ -10,6 +10,7 @@ pub mod fit;
 pub mod lifecycle;
 mod linked;
 pub mod report;
+pub mod routes;
 pub mod spin;
 pub mod stale;
 pub mod standin;
@@ -122,6 +123,8 @@ pub struct Analysis {
     pub spins: Vec<spin::Spin>,
     /// Stale sockets and failed unix traffic.
     pub stale: stale::Stale,
+    /// Each route's plugin sockets, learned from the trace.
+    pub routes: routes::Routes,
     /// Failed requests linked to their causes.
     pub attribution: correlate::Attribution,
     /// The findings checked against the stand-in's own log (empty without one).
@@ -162,7 +165,18 @@ pub fn analyze(run: &Run) -> Analysis {
     );
     let stale = stale::detect(&run.events, &timeline, &lifecycle, zero);
     let kernel = correlate::kernel_requests(&run.events);
-    let attribution = correlate::correlate(&run.requests, &kernel, &timeline, &spins, &stale, zero);
+    let routes = routes::Routes::learn(&run.events);
+    let attribution = correlate::correlate(
+        &run.requests,
+        &correlate::Evidence {
+            kernel: &kernel,
+            routes: &routes,
+            timeline: &timeline,
+            spins: &spins,
+            stale: &stale,
+        },
+        zero,
+    );
     let ground_truth_check =
         standin::ground_truth_check(&run.ground_truth, &lifecycle, &spins, run.meta.ended_ns);
     Analysis {
@@ -172,6 +186,7 @@ pub fn analyze(run: &Run) -> Analysis {
         lifecycle,
         spins,
         stale,
+        routes,
         attribution,
         ground_truth_check,
         flamegraphs: None,

@@ -211,15 +211,7 @@ pub fn path_state(l: &Lifecycle, path: &str, ts_ns: u64) -> PathState {
 
 /// Finds stale flows, old-generation connects, failed connects and failed I/O of workers.
 pub fn detect(events: &[Event], timeline: &Timeline, l: &Lifecycle, zero_ns: u64) -> Stale {
-    let mut paths: BTreeMap<u64, &str> = BTreeMap::new();
-    for ev in events {
-        if let Event::UnixSock(u) = ev
-            && !u.path.is_empty()
-            && u.id.inode != 0
-        {
-            paths.entry(u.id.inode).or_insert(&u.path);
-        }
-    }
+    let paths = super::routes::socket_paths(events);
     let path_of = |inode: u64, peer: Option<&ServerGen>| -> String {
         paths.get(&inode).map(|p| p.to_string()).or_else(|| peer.map(|s| s.path.clone())).unwrap_or_default()
     };

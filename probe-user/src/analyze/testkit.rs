@@ -94,3 +94,34 @@ pub fn truth(v: serde_json::Value) -> shared::truth::TruthLine {
 pub fn ms(v: u64) -> u64 {
     v * 1_000_000
 }
+
+/// A request worker `pid` read at `ts` on connection `1000 + pid`: its answer (time, status) or
+/// the close that left it unanswered, and the plugin socket its handler wrote first.
+pub fn http(
+    ts: u64,
+    pid: u32,
+    path: &str,
+    id: &str,
+    answer: Option<(u64, u16)>,
+    closed: Option<u64>,
+    plugin_inode: Option<u64>,
+) -> Event {
+    Event::HttpRequest(HttpRequestEvent {
+        task: task(ts, pid, ""),
+        fd: 7,
+        conn: 1000 + u64::from(pid),
+        method: "GET".into(),
+        path: path.into(),
+        request_id: Some(id.into()),
+        response_ns: answer.map(|a| a.0),
+        status: answer.map(|a| a.1),
+        closed_ns: closed,
+        plugin_inode,
+    })
+}
+
+/// A request answered `status` 1 ns after `ts` (or never), its handler having called
+/// `plugin_inode`.
+pub fn http_req(ts: u64, pid: u32, path: &str, status: Option<u16>, plugin_inode: Option<u64>) -> Event {
+    http(ts, pid, path, &format!("r-{ts}"), status.map(|s| (ts + 1, s)), None, plugin_inode)
+}

@@ -729,12 +729,57 @@ fn stale_md(s: &mut String, a: &Analysis) {
     }
 }
 
+/// The plugin sockets each route uses, as learned from the trace.
+fn routes_md(s: &mut String, a: &Analysis) {
+    use crate::analyze::routes;
+    let all = &a.routes.routes;
+    if all.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "Plugin sockets per route, learned from the trace: the unix socket each answered request's handler wrote first, in the event-loop turn that read it. A socket counts for a route with at least {} such requests and {:.0}% of the route's; the rest are other handlers' writes in the same turn.\n",
+        routes::MIN_VOTES,
+        routes::MIN_SHARE * 100.0
+    );
+    let mut routes: Vec<&routes::RouteSockets> = all.iter().collect();
+    routes.sort_by(|x, y| y.answered.cmp(&x.answered).then_with(|| x.route.cmp(&y.route)));
+    let mut t = Table::new(&[
+        ("route", Left),
+        ("answered", Right),
+        ("called a plugin", Right),
+        ("plugin sockets", Left),
+        ("not counted", Left),
+    ]);
+    let list = |used: bool, r: &routes::RouteSockets| {
+        let v: Vec<String> = r
+            .sockets
+            .iter()
+            .filter(|x| x.used == used)
+            .map(|x| format!("{} ({})", short_path(&x.path), x.votes))
+            .collect();
+        if v.is_empty() { "–".to_string() } else { v.join(", ") }
+    };
+    for r in routes.iter().take(TOP) {
+        t.row([
+            r.route.clone(),
+            r.answered.to_string(),
+            r.with_socket.to_string(),
+            list(true, r),
+            list(false, r),
+        ]);
+    }
+    t.render(s);
+    more(s, routes.len());
+    s.push('\n');
+}
+
 fn attribution_md(s: &mut String, a: &Analysis) {
     let att = &a.attribution;
     s.push_str("\n## Failure attribution\n\n");
     let _ = writeln!(
         s,
-        "{} failed requests. Their worker was named by the kernel for {} (the request id read from the worker's own socket), by the gateway's worker header alone for {} (`x-standin-worker`, the stand-in only), by neither for {}, which were linked by time window. A cause is blamed only for failures it can produce: an old worker's exit, or the worker closing the request's own connection, for a closed or reset connection, a spin for a timeout, a plugin socket's trouble (failed connect or I/O, a stale server generation) for its own endpoint's missing header or a 5xx. {} failed in ways no reload effect produces (`not_reload`: a foreign body, a 4xx) and count apart. Of the other {}: **{} exact, {} window, {} unexplained**.\n",
+        "{} failed requests. Their worker was named by the kernel for {} (the request id read from the worker's own socket), by the gateway's worker header alone for {} (`x-standin-worker`, the stand-in only), by neither for {}, which were linked by time window. A cause is blamed only for failures it can produce: an old worker's exit, or the worker closing the request's own connection, for a closed or reset connection, a spin for a timeout, a plugin socket's trouble (failed connect or I/O, a stale server generation) for a missing header or a 5xx of a route that uses that socket (learned from the trace, below) or of a request whose own handler called it. {} failed in ways no reload effect produces (`not_reload`: a foreign body, a 4xx) and count apart. Of the other {}: **{} exact, {} window, {} unexplained**.\n",
         att.failed,
         att.by_kernel,
         att.by_header,
@@ -745,6 +790,7 @@ fn attribution_md(s: &mut String, a: &Analysis) {
         pct(att.window_share),
         pct(att.unexplained_share)
     );
+    routes_md(s, a);
     if att.table.is_empty() {
         return;
     }

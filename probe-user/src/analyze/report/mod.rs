@@ -35,7 +35,7 @@ pub fn write(run: &Run, a: &Analysis) -> Result<Written> {
         let kernel = super::correlate::kernel_requests(&run.events);
         super::linked::write(
             &run.dir.join("requests-linked.jsonl"),
-            &super::linked::lines(&run.requests, &kernel),
+            &super::linked::lines(&run.requests, &kernel, &a.routes),
         )?;
     }
     let md = markdown(run, a);
