@@ -258,6 +258,53 @@ pub fn spawn_nginx(dir: &Path, port: u16) -> Child {
     master
 }
 
+/// An nginx.conf for Debian's nginx with everything under `dir`: `workers` workers, its Lua module
+/// when `lua` (workers as root, so they reach sockets in the test's directory), and `http`
+/// inside the http block (the servers).
+pub fn nginx_conf(dir: &Path, workers: u32, lua: bool, http: &str) -> String {
+    let d = dir.display();
+    let modules = if lua {
+        "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n\
+         load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\nuser root root;\n"
+    } else {
+        ""
+    };
+    format!(
+        "{modules}worker_processes {workers};\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{http}}}\n"
+    )
+}
+
+/// Reads one whole HTTP/1.1 response from `s` (a length or chunked body); returns its status.
+pub fn read_response(s: &mut std::net::TcpStream) -> u16 {
+    use std::io::Read;
+    let mut r = BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = Some(v.trim().parse().unwrap());
+        }
+    }
+    match length {
+        Some(n) => r.read_exact(&mut vec![0; n]).unwrap(),
+        // Chunked (Lua's ngx.say sets no length): up to the last, empty chunk.
+        None => {
+            let mut body = String::new();
+            while r.read_line(&mut body).unwrap() > 0 && !body.ends_with("\r\n0\r\n\r\n") {}
+        }
+    }
+    status.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 /// A free local TCP port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -24,14 +24,13 @@ impl Nginx {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let d = dir.path().display();
-        let conf = format!(
-            "worker_processes 2;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               keepalive_timeout 60s;\n\
-               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
+        let conf = nginx_conf(
+            dir.path(),
+            2,
+            false,
+            &format!(
+                "  keepalive_timeout 60s;\n  server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }}\n"
+            ),
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let master = spawn_nginx(dir.path(), port);
@@ -69,23 +68,7 @@ impl Drop for Nginx {
 /// Sends one request with `header: id` on `s` and reads its whole response; returns the status.
 fn request(s: &mut TcpStream, header: &str, id: &str) -> u16 {
     write!(s, "GET /ping HTTP/1.1\r\nHost: t\r\n{header}: {id}\r\n\r\n").unwrap();
-    let mut r = BufReader::new(&mut *s);
-    let mut status = String::new();
-    r.read_line(&mut status).unwrap();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    r.read_exact(&mut body).unwrap();
-    status.split_whitespace().nth(1).unwrap().parse().unwrap()
+    read_response(s)
 }
 
 fn record_nginx(nginx: &Nginx, out: &Path, extra: &[&str], load: impl FnOnce()) -> Trace {

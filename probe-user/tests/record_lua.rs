@@ -114,20 +114,18 @@ impl LuaNginx {
                 "location = /{name} {{ content_by_lua_block {{ local m = require \"spinmod\"; local r = {call}; ngx.say(r) }} }}\n"
             )
         };
-        let conf = format!(
-            "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n\
-             load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n\
-             user root root;\nworker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               lua_package_path \"{d}/?.lua;;\";\n\
-               server {{ listen 127.0.0.1:{port};\n{}{}{}{}{}  location = /ping {{ return 200 \"ok\\n\"; }}\n}}\n}}\n",
-            location("interp", "m.spin_interp(3)"),
-            location("jit", "m.spin_jit(3)"),
-            location("md5", "m.spin_md5(3)"),
-            location("yield", "m.spin_yield(3)"),
-            location("profiled", &format!("m.profiled(3, \"{d}/jitp.txt\")")),
+        let conf = nginx_conf(
+            dir.path(),
+            1,
+            true,
+            &format!(
+                "  lua_package_path \"{d}/?.lua;;\";\n  server {{ listen 127.0.0.1:{port};\n{}{}{}{}{}  location = /ping {{ return 200 \"ok\\n\"; }}\n}}\n",
+                location("interp", "m.spin_interp(3)"),
+                location("jit", "m.spin_jit(3)"),
+                location("md5", "m.spin_md5(3)"),
+                location("yield", "m.spin_yield(3)"),
+                location("profiled", &format!("m.profiled(3, \"{d}/jitp.txt\")")),
+            ),
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
         let master = spawn_nginx(dir.path(), port);

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -50,33 +50,12 @@ fn location(route: &str, socket: Option<&str>, dir: &Path) -> String {
     format!("location = {route} {{ content_by_lua_block {{ {body} }} }}\n")
 }
 
-/// Sends `GET route` with an id on `s` and reads the whole response; returns the status.
+/// Sends `GET route` with an id on `s` in one write and reads the whole response; returns the
+/// status.
 fn get(s: &mut TcpStream, route: &str, id: &str) -> u16 {
     // One write: a request in pieces waits on Nagle and delayed ACKs (40 ms each).
     s.write_all(format!("GET {route} HTTP/1.1\r\nHost: t\r\nx-request-id: {id}\r\n\r\n").as_bytes()).unwrap();
-    let mut r = BufReader::new(&mut *s);
-    let mut status = String::new();
-    r.read_line(&mut status).unwrap();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap();
-        }
-    }
-    // Lua's ngx.say answers chunked when no length is set: read to the last chunk.
-    if length == 0 {
-        let mut line = String::new();
-        while r.read_line(&mut line).unwrap() > 0 && !line.ends_with("\r\n0\r\n\r\n") {}
-    } else {
-        let mut body = vec![0; length];
-        r.read_exact(&mut body).unwrap();
-    }
-    status.split_whitespace().nth(1).unwrap().parse().unwrap()
+    read_response(s)
 }
 
 #[test]
@@ -92,16 +71,7 @@ fn each_request_names_the_plugin_socket_its_handler_called_and_routes_are_learne
     }
     let port = free_port();
     let locations: String = ROUTES.iter().map(|(r, s)| location(r, *s, d)).collect();
-    let conf = format!(
-        "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n\
-         load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n\
-         user root root;\nworker_processes 2;\nerror_log {dd}/error.log;\npid {dd}/nginx.pid;\n\
-         events {{ worker_connections 256; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n\
-           fastcgi_temp_path {dd}/fcgi;\n  uwsgi_temp_path {dd}/uwsgi;\n  scgi_temp_path {dd}/scgi;\n\
-           server {{ listen 127.0.0.1:{port};\n{locations}}}\n}}\n",
-        dd = d.display()
-    );
+    let conf = nginx_conf(d, 2, true, &format!("  server {{ listen 127.0.0.1:{port};\n{locations}}}\n"));
     std::fs::write(d.join("nginx.conf"), conf).unwrap();
     let mut master = spawn_nginx(d, port);
     let out = d.join("trace");

@@ -1,10 +1,13 @@
-//! `reload.json`: when and how `xtask run` sent the reload.
+//! `reload.json`: when and how `xtask run` sent each reload, in order.
+//!
+//! The file is `{"reloads": [...]}`; a run from before repeated reloads wrote one bare
+//! [`Reload`], which [`read_all`] still reads.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// `reload.json`.
+/// One reload.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reload {
     /// Offset into the load in ms.
@@ -26,16 +29,31 @@ pub struct Reload {
     pub how: String,
 }
 
-impl Reload {
-    /// Reads `reload.json`; `None` when absent or unreadable.
-    pub fn read(path: &Path) -> Option<Self> {
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-    }
+/// The file's two shapes.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum File {
+    All { reloads: Vec<Reload> },
+    One(Reload),
+}
 
-    /// Writes it.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(path, serde_json::to_string_pretty(self)? + "\n")
+/// Every reload in `reload.json`, in the order sent; empty when absent or unreadable.
+pub fn read_all(path: &Path) -> Vec<Reload> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    match serde_json::from_str(&text) {
+        Ok(File::All { reloads }) => reloads,
+        Ok(File::One(r)) => vec![r],
+        Err(_) => Vec::new(),
     }
+}
+
+/// Writes `reload.json` with every reload so far.
+pub fn write_all(path: &Path, reloads: &[Reload]) -> std::io::Result<()> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        reloads: &'a [Reload],
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&Out { reloads })? + "\n")
 }
 
 #[cfg(test)]
@@ -43,10 +61,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keeps_the_shape_xtask_wrote() {
-        let text = r#"{"offset_ms":3005,"monotonic_ns":7,"realtime_ns":9,"pump_phase_s":6.5,"master":42,"how":"SIGHUP to nginx master 42"}"#;
-        let r: Reload = serde_json::from_str(text).unwrap();
-        assert_eq!((r.offset_ms, r.master, r.pump_phase_s), (3005, 42, Some(6.5)));
-        assert_eq!(serde_json::to_string(&r).unwrap(), text);
+    fn reads_both_shapes_and_writes_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reload.json");
+        let one = r#"{"offset_ms":3005,"monotonic_ns":7,"realtime_ns":9,"pump_phase_s":6.5,"master":42,"how":"SIGHUP to nginx master 42"}"#;
+        std::fs::write(&path, one).unwrap();
+        let r = read_all(&path);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].offset_ms, r[0].master, r[0].pump_phase_s), (3005, 42, Some(6.5)));
+        let second = Reload { offset_ms: 9000, monotonic_ns: 11, ..r[0].clone() };
+        write_all(&path, &[r[0].clone(), second.clone()]).unwrap();
+        assert_eq!(read_all(&path), vec![r[0].clone(), second]);
+        assert!(read_all(&dir.path().join("absent.json")).is_empty());
+        std::fs::write(&path, "{").unwrap();
+        assert!(read_all(&path).is_empty());
     }
 }

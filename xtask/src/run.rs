@@ -34,9 +34,19 @@ pub enum RunTarget {
 /// Options of `cargo xtask run`.
 #[derive(Args, Clone, Debug)]
 pub struct RunOptions {
-    /// When to reload, from the start of the load (e.g. 10s).
+    /// When to reload, from the start of the load: one instant (10s) or a list (10s,40s,70s).
+    #[arg(
+        long,
+        value_name = "WHEN[,WHEN...]",
+        value_delimiter = ',',
+        value_parser = shared::duration::parse,
+        required_unless_present = "reload_every"
+    )]
+    pub reload_at: Vec<Duration>,
+    /// Reload again every this long until the load ends: after the last --reload-at, or from
+    /// the start of the load (e.g. 30s).
     #[arg(long, value_parser = shared::duration::parse)]
-    pub reload_at: Duration,
+    pub reload_every: Option<Duration>,
     /// How long the load runs. 30 s with the reload at 10 s holds old worker 0's exit, which its
     /// plugin-server pumps can put 10 s or more after the reload (kong/README.md).
     #[arg(long, default_value = "30s", value_parser = shared::duration::parse)]
@@ -112,14 +122,60 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
+/// Closest two reloads may be: a reload's new workers need about this long to start.
+const MIN_RELOAD_GAP: Duration = Duration::from_secs(1);
+/// Most reloads in one run.
+const MAX_RELOADS: usize = 100;
+
+impl RunOptions {
+    /// When each reload goes out, from the start of the load, in order: the --reload-at
+    /// instants, then every --reload-every after the last of them until the load ends.
+    pub fn reloads(&self) -> Vec<Duration> {
+        let mut at = self.reload_at.clone();
+        if let Some(every) = self.reload_every.filter(|e| !e.is_zero()) {
+            let mut next = at.last().map_or(every, |&l| l + every);
+            while next < self.duration && at.len() <= MAX_RELOADS {
+                at.push(next);
+                next += every;
+            }
+        }
+        at
+    }
+}
+
 /// Checks the options that need no system state.
 pub fn validate(opts: &RunOptions) -> Result<()> {
-    if opts.reload_at >= opts.duration {
+    let fmt = shared::duration::format;
+    if let Some(every) = opts.reload_every
+        && every < MIN_RELOAD_GAP
+    {
+        bail!("--reload-every {}: reloads must be at least {} apart", fmt(every), fmt(MIN_RELOAD_GAP));
+    }
+    let reloads = opts.reloads();
+    if reloads.is_empty() {
         bail!(
-            "--reload-at {} is not inside the load's --duration {}",
-            shared::duration::format(opts.reload_at),
-            shared::duration::format(opts.duration)
+            "--reload-every {} leaves no reload inside the load's --duration {}",
+            fmt(opts.reload_every.unwrap_or_default()),
+            fmt(opts.duration)
         );
+    }
+    if reloads.len() > MAX_RELOADS {
+        bail!("more than {MAX_RELOADS} reloads in one run");
+    }
+    for pair in reloads.windows(2) {
+        if pair[1] < pair[0] + MIN_RELOAD_GAP {
+            bail!(
+                "--reload-at {} after {}: reloads must come in order, at least {} apart",
+                fmt(pair[1]),
+                fmt(pair[0]),
+                fmt(MIN_RELOAD_GAP)
+            );
+        }
+    }
+    if let Some(&last) = reloads.last()
+        && last >= opts.duration
+    {
+        bail!("--reload-at {} is not inside the load's --duration {}", fmt(last), fmt(opts.duration));
     }
     match (opts.target, opts.pid.is_some() || opts.container.is_some()) {
         (RunTarget::Attach, false) => {
@@ -461,22 +517,24 @@ fn align_phase(opts: &RunOptions, target: RunTarget, endpoints: &str) -> Result<
             (e, server)
         })
         .collect();
+    // The phase is the first reload's; later ones land where the clock puts them.
     Ok(Some(stack::align_reload_phase(
         GATEWAY,
         &plugins,
         opts.gateway.workers,
-        opts.reload_at,
+        opts.reloads()[0],
         opts.reload_phase,
     )?))
 }
 
 /// Phase 3b: starts the load test.
 fn start_load(bin: &Path, out: &Path, opts: &RunOptions, endpoints: &str) -> Result<Child> {
+    let at: Vec<String> = opts.reloads().into_iter().map(shared::duration::format).collect();
     println!(
         "run: [load] {} users on {endpoints} for {}, reload at {}",
         opts.users,
         shared::duration::format(opts.duration),
-        shared::duration::format(opts.reload_at)
+        at.join(", ")
     );
     let host = opts.host.clone().unwrap_or_else(|| format!("http://{GATEWAY}"));
     let mut cmd = Command::new(bin.join("loadtest"));
@@ -512,8 +570,13 @@ struct ReloadPlan<'a> {
 }
 
 impl ReloadPlan<'_> {
-    /// Writes `reload.json` and sends the reload from a thread (a `kong reload` takes a while).
-    fn send(&self, elapsed: Duration) -> Result<std::thread::JoinHandle<Result<()>>> {
+    /// Adds this reload to `sent`, writes `reload.json` with all of them, and sends the reload
+    /// from a thread (a `kong reload` takes a while).
+    fn send(
+        &self,
+        elapsed: Duration,
+        sent: &mut Vec<shared::reload::Reload>,
+    ) -> Result<std::thread::JoinHandle<Result<()>>> {
         let (target, master) = (self.target, self.master);
         let realtime_ns = realtime_ns();
         let instant = shared::reload::Reload {
@@ -530,8 +593,9 @@ impl ReloadPlan<'_> {
                 (None, _) => format!("SIGHUP to nginx master {master}"),
             },
         };
-        instant.write(&self.out.join("reload.json"))?;
-        println!("run: [reload] at {:.2} s", elapsed.as_secs_f64());
+        sent.push(instant);
+        shared::reload::write_all(&self.out.join("reload.json"), sent)?;
+        println!("run: [reload {}] at {:.2} s", sent.len(), elapsed.as_secs_f64());
         let cmd = self.opts.reload_cmd.clone();
         Ok(std::thread::spawn(move || match (cmd, target) {
             (Some(cmd), _) => crate::util::run(Command::new("sh").args(["-c", &cmd])),
@@ -547,25 +611,35 @@ impl ReloadPlan<'_> {
     }
 }
 
-/// Phase 4: the load runs, the reload goes out at its offset, progress every second; returns
+/// Phase 4: the load runs, each reload goes out at its offset, progress every second; returns
 /// the load test's exit status, or `None` on Ctrl-C.
 fn drive_load(plan: &ReloadPlan<'_>, teardown: &mut Teardown) -> Result<Option<std::process::ExitStatus>> {
     let opts = plan.opts;
+    let schedule = opts.reloads();
     let request_log = plan.out.join("requests.jsonl");
     let load_start = Instant::now();
-    let mut reload: Option<std::thread::JoinHandle<Result<()>>> = None;
+    let mut sent = Vec::new();
+    let mut in_flight: Option<std::thread::JoinHandle<Result<()>>> = None;
     let mut last_print = Instant::now() - Duration::from_secs(1);
     let status = loop {
         if STOP.load(Ordering::SeqCst) {
             return Ok(None);
         }
         let elapsed = load_start.elapsed();
-        if reload.is_none() && elapsed >= opts.reload_at {
-            reload = Some(plan.send(elapsed)?);
+        if let Some(&due) = schedule.get(sent.len())
+            && elapsed >= due
+        {
+            // One reload at a time: the next waits for the previous command to return.
+            finish_reload(in_flight.take());
+            in_flight = Some(plan.send(load_start.elapsed(), &mut sent)?);
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             let (requests, failures) = progress(&request_log);
-            let phase = if reload.is_some() { "after reload" } else { "load" };
+            let phase = match sent.len() {
+                0 => "load".to_string(),
+                1 if schedule.len() == 1 => "after reload".to_string(),
+                n => format!("after reload {n}/{}", schedule.len()),
+            };
             println!(
                 "run: [{phase}] {:>5.1} s / {:.0} s: {requests} requests logged, {failures} failed",
                 elapsed.as_secs_f64(),
@@ -585,13 +659,24 @@ fn drive_load(plan: &ReloadPlan<'_>, teardown: &mut Teardown) -> Result<Option<s
     if !status.success() {
         eprintln!("run: the load test exited with {status} (see loadtest.log)");
     }
-    match reload.map(std::thread::JoinHandle::join) {
-        Some(Ok(Ok(()))) => {}
-        Some(Ok(Err(e))) => eprintln!("run: the reload failed: {e:#}"),
-        Some(Err(_)) => eprintln!("run: the reload thread panicked"),
-        None => eprintln!("run: the load ended before the reload offset; no reload happened"),
+    finish_reload(in_flight);
+    match sent.len() {
+        0 => eprintln!("run: the load ended before the reload offset; no reload happened"),
+        n if n < schedule.len() => {
+            eprintln!("run: the load ended after {n} of {} reloads", schedule.len())
+        }
+        _ => {}
     }
     Ok(Some(status))
+}
+
+/// Waits for a reload command to return, and says so when it failed.
+fn finish_reload(handle: Option<std::thread::JoinHandle<Result<()>>>) {
+    match handle.map(std::thread::JoinHandle::join) {
+        Some(Ok(Err(e))) => eprintln!("run: the reload failed: {e:#}"),
+        Some(Err(_)) => eprintln!("run: the reload thread panicked"),
+        _ => {}
+    }
 }
 
 /// Phase 5: ends the probe's window normally (SIGUSR1), waiting up to 30 s for it to write.
@@ -630,8 +715,27 @@ mod tests {
     #[test]
     fn the_readme_command_parses_with_its_defaults() {
         let o = parse(&["--reload-at", "10s"]).unwrap();
-        assert_eq!((o.reload_at, o.duration, o.users), (Duration::from_secs(10), Duration::from_secs(30), 8));
+        assert_eq!((o.reloads(), o.duration, o.users), (vec![secs(10)], secs(30), 8));
         assert_eq!(o.target, RunTarget::Auto);
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn reloads_come_as_a_list_or_every_so_often() {
+        let at = |args: &[&str]| parse(args).unwrap().reloads();
+        assert_eq!(
+            at(&["--reload-at", "10s,40s,70s", "--duration", "90s"]),
+            vec![secs(10), secs(40), secs(70)]
+        );
+        assert_eq!(at(&["--reload-every", "30s", "--duration", "90s"]), vec![secs(30), secs(60)]);
+        assert_eq!(
+            at(&["--reload-at", "10s", "--reload-every", "30s", "--duration", "90s"]),
+            vec![secs(10), secs(40), secs(70)]
+        );
+        assert_eq!(at(&["--reload-every", "60s", "--duration", "10m"]).len(), 9);
     }
 
     #[test]
@@ -645,5 +749,12 @@ mod tests {
         assert!(err(&["--reload-at", "0s"]).contains("more than 0"));
         assert!(err(&["--reload-at", "1s", "--reload-phase", "10s"]).contains("not inside the 10 s window"));
         assert_eq!(parse(&["--reload-at", "1s"]).unwrap().reload_phase, Duration::from_secs(7));
+        assert!(err(&[]).contains("--reload-at"));
+        assert!(err(&["--reload-at", "10s,5s"]).contains("in order"));
+        assert!(err(&["--reload-at", "10s,10500ms"]).contains("at least 1s apart"));
+        assert!(err(&["--reload-at", "10s,40s"]).contains("--reload-at 40s is not inside"));
+        assert!(err(&["--reload-every", "500ms"]).contains("at least 1s apart"));
+        assert!(err(&["--reload-every", "30s"]).contains("leaves no reload"));
+        assert!(err(&["--reload-every", "1s", "--duration", "10m"]).contains("more than 100"));
     }
 }

@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use shared::reload::Reload;
 use shared::requests::{self, RequestLine};
 
 /// One row of goose's own per-request metrics in `goose-report.json`.
@@ -44,10 +43,16 @@ fn read(dir: &Path, name: &str) -> String {
 /// Renders the summary of a run directory as Markdown.
 pub fn render(dir: &Path) -> String {
     let mut s = String::from("# reloadscope run summary\n\n");
-    match Reload::read(&dir.join("reload.json")) {
-        None => s.push_str("No reload happened during the load.\n\n"),
-        Some(r) => {
+    let reloads = shared::reload::read_all(&dir.join("reload.json"));
+    match reloads.as_slice() {
+        [] => s.push_str("No reload happened during the load.\n\n"),
+        [r] => {
             let _ = writeln!(s, "Reload at {:.2} s into the load ({}).\n", r.offset_ms as f64 / 1e3, r.how);
+        }
+        all => {
+            let at: Vec<String> = all.iter().map(|r| format!("{:.2} s", r.offset_ms as f64 / 1e3)).collect();
+            let _ =
+                writeln!(s, "{} reloads at {} into the load ({}).\n", all.len(), at.join(", "), all[0].how);
         }
     }
 

@@ -71,6 +71,9 @@ pub struct Link {
     pub endpoint: String,
     /// Start (s from zero).
     pub start_s: f64,
+    /// The reload whose window it started in (1 for the first), when one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<usize>,
     /// Duration in s.
     pub duration_s: f64,
     /// The load test's failure reason.

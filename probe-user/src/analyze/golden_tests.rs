@@ -150,12 +150,12 @@ fn reload_run(dir: &Path) -> Run {
         events,
         processes,
         requests,
-        reload: Some(Reload {
+        reloads: vec![Reload {
             monotonic_ns: ms(10_000),
             how: "SIGHUP".into(),
             offset_ms: 2000,
             ..Reload::default()
-        }),
+        }],
         ground_truth,
     }
 }
@@ -265,8 +265,25 @@ fn a_long_runs_report_stays_within_its_budget() {
             ..link.clone()
         })
         .collect();
+    // A reload every 6 s for 10 minutes, each leaving one more replaced server running.
+    let window =
+        super::reloads::ReloadWindow { handovers: a.reloads[0].handovers.clone(), ..Default::default() };
+    a.reloads = (0..100)
+        .map(|i| super::reloads::ReloadWindow {
+            index: i + 1,
+            at_s: 6.0 * i as f64,
+            until_s: 6.0 * (i + 1) as f64,
+            servers_superseded: i,
+            ..window.clone()
+        })
+        .collect();
     let md = report::markdown::markdown(&run, &a);
     assert!(md.chars().count() <= report::markdown::BUDGET, "{} characters", md.chars().count());
+    assert!(md.contains("## Reloads") && md.contains("…and 90 more"), "the reload rows are summarised");
+    assert!(
+        md.contains("Plugin servers left running after being replaced"),
+        "the accumulation is a headline"
+    );
     assert!(md.contains("…and 490 more"), "the spin rows are summarised");
     assert!(md.contains("…and 4990 more"), "the window examples are summarised");
     assert!(md.lines().all(|l| l.chars().count() <= 1_000), "every sentence is bounded");

@@ -9,6 +9,7 @@ pub mod correlate;
 pub mod fit;
 pub mod lifecycle;
 mod linked;
+pub mod reloads;
 pub mod report;
 pub mod routes;
 pub mod spin;
@@ -55,16 +56,17 @@ pub struct Run {
     pub processes: Vec<Process>,
     /// `requests.jsonl` (empty when absent).
     pub requests: Vec<Request>,
-    /// `reload.json`, when present.
-    pub reload: Option<Reload>,
+    /// `reload.json`: every reload sent, in order (empty when absent).
+    pub reloads: Vec<Reload>,
     /// `standin-ground-truth.jsonl` (empty when absent).
     pub ground_truth: Vec<TruthLine>,
 }
 
 impl Run {
-    /// Time zero of the analysis: the reload, else the first HUP of the root, else the trace start.
+    /// Time zero of the analysis: the first reload, else the first HUP of the root, else the
+    /// trace start.
     pub fn zero_ns(&self) -> u64 {
-        if let Some(r) = &self.reload {
+        if let Some(r) = self.reloads.first() {
             return r.monotonic_ns;
         }
         let root = self.meta.options.root_pid;
@@ -90,7 +92,7 @@ pub fn load(dir: &Path) -> Result<Run> {
         ),
     };
     let requests = json_lines(&dir.join("requests.jsonl"))?;
-    let reload = Reload::read(&dir.join("reload.json"));
+    let reloads = shared::reload::read_all(&dir.join("reload.json"));
     let ground_truth = json_lines(&dir.join("standin-ground-truth.jsonl"))?;
     Ok(Run {
         dir: dir.to_path_buf(),
@@ -99,7 +101,7 @@ pub fn load(dir: &Path) -> Result<Run> {
         events: trace.events,
         processes,
         requests,
-        reload,
+        reloads,
         ground_truth,
     })
 }
@@ -127,6 +129,8 @@ pub struct Analysis {
     pub routes: routes::Routes,
     /// Failed requests linked to their causes.
     pub attribution: correlate::Attribution,
+    /// Each reload's window: what it started, stopped and left running, and its failures.
+    pub reloads: Vec<reloads::ReloadWindow>,
     /// The findings checked against the stand-in's own log (empty without one).
     pub ground_truth_check: Vec<Check>,
     /// The flamegraphs drawn from the CPU samples (filled by the caller that draws them).
@@ -166,7 +170,7 @@ pub fn analyze(run: &Run) -> Analysis {
     let stale = stale::detect(&run.events, &timeline, &lifecycle, zero);
     let kernel = correlate::kernel_requests(&run.events);
     let routes = routes::Routes::learn(&run.events);
-    let attribution = correlate::correlate(
+    let mut attribution = correlate::correlate(
         &run.requests,
         &correlate::Evidence {
             kernel: &kernel,
@@ -177,6 +181,15 @@ pub fn analyze(run: &Run) -> Analysis {
         },
         zero,
     );
+    let instants: Vec<u64> = if run.reloads.is_empty() {
+        timeline.hups.iter().map(|h| h.ts_ns).collect()
+    } else {
+        run.reloads.iter().map(|r| r.monotonic_ns).collect()
+    };
+    let reloads = reloads::windows(&instants, run.meta.ended_ns, &timeline, &lifecycle, &attribution, zero);
+    for l in &mut attribution.links {
+        l.reload = reloads::index_at(&reloads, l.start_s);
+    }
     let ground_truth_check =
         standin::ground_truth_check(&run.ground_truth, &lifecycle, &spins, run.meta.ended_ns);
     Analysis {
@@ -188,6 +201,7 @@ pub fn analyze(run: &Run) -> Analysis {
         stale,
         routes,
         attribution,
+        reloads,
         ground_truth_check,
         flamegraphs: None,
         container_pids: run
@@ -216,7 +230,7 @@ pub fn flame_input<'a>(run: &'a Run, a: &Analysis) -> crate::flame::Input<'a> {
             .iter()
             .filter_map(|p| Some((p.pid, p.worker_generation?)))
             .collect(),
-        reload_ns: run.reload.as_ref().map(|r| r.monotonic_ns),
+        reload_ns: run.reloads.first().map(|r| r.monotonic_ns),
         spinning: a.spins.iter().map(|s| s.pid).collect(),
         lua_disabled: run.meta.lua.iter().flat_map(|l| l.disabled.iter().map(|d| d.pid)).collect(),
     }
@@ -249,7 +263,7 @@ mod tests {
         let run = load(dir.path()).unwrap();
         assert_eq!(run.requests.len(), 1);
         assert_eq!((run.requests[0].worker_pid, run.requests[0].status), (Some(42), Some(200)));
-        assert!(run.reload.is_none() && run.ground_truth.is_empty());
+        assert!(run.reloads.is_empty() && run.ground_truth.is_empty());
         assert_eq!(run.zero_ns(), 5_000, "no reload.json: the HUP to the root is time zero");
         std::fs::write(
             dir.path().join("reload.json"),

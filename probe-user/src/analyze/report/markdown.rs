@@ -78,12 +78,13 @@ const SENTENCE: usize = 600;
 /// importance, and one that does not fit is left out with a line saying so (`report.json`
 /// keeps everything).
 pub fn markdown(run: &Run, a: &Analysis) -> String {
-    let sections: [(&str, String); 8] = [
+    let sections: [(&str, String); 9] = [
         ("summary", section(|s| summary_md(s, a))),
         ("environment", section(|s| environment_md(s, run, a))),
         ("load test", section(|s| load_test_md(s, run))),
         ("stand-in", section(|s| standin_md(s, a))),
         ("timeline", section(|s| timeline_md(s, a))),
+        ("reloads", section(|s| reloads_md(s, a))),
         ("findings", section(|s| findings_md(s, a))),
         ("failure attribution", section(|s| attribution_md(s, a))),
         ("flamegraphs", section(|s| flamegraphs_md(s, a))),
@@ -173,8 +174,11 @@ fn environment_md(s: &mut String, run: &Run, a: &Analysis) {
     if let Some(b) = behaviour(run) {
         let _ = writeln!(s, "- gateway: local stand-in, behaviour `{b}` (from `standin-ground-truth.jsonl`)");
     }
-    match &run.reload {
-        Some(r) => {
+    match run.reloads.as_slice() {
+        [] => s.push_str(
+            "- reload: no `reload.json`; time 0 is the first HUP of the root, else the trace start\n",
+        ),
+        [r] => {
             let _ = writeln!(
                 s,
                 "- reload: {} at {:.2} s into the load; time 0 below is the reload",
@@ -182,9 +186,16 @@ fn environment_md(s: &mut String, run: &Run, a: &Analysis) {
                 r.offset_ms as f64 / 1e3
             );
         }
-        None => s.push_str(
-            "- reload: no `reload.json`; time 0 is the first HUP of the root, else the trace start\n",
-        ),
+        all => {
+            let at: Vec<String> = all.iter().map(|r| format!("{:.2} s", r.offset_ms as f64 / 1e3)).collect();
+            let _ = writeln!(
+                s,
+                "- reloads: {} ({}) at {} into the load; time 0 below is the first (see Reloads)",
+                all.len(),
+                all[0].how,
+                at.join(", ")
+            );
+        }
     }
 }
 
@@ -312,10 +323,34 @@ pub fn lua_hot_sentence(hot: &crate::flame::LuaHot, samples: u64) -> String {
     )
 }
 
+/// `items` joined with commas; past 2 × [`TOP`], the first and last [`TOP`] around an ellipsis.
+fn elided(items: &[String]) -> String {
+    if items.len() > 2 * TOP {
+        format!("{}, …, {}", items[..TOP].join(", "), items[items.len() - TOP..].join(", "))
+    } else {
+        items.join(", ")
+    }
+}
+
 /// One line per kind of finding, for the report's top and the CLI.
 pub fn headlines(a: &Analysis) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(h) = a.timeline.hups.first() {
+    if a.timeline.hups.len() > 1 {
+        let t = &a.timeline;
+        let at = elided(&t.hups.iter().map(|h| format!("{:.2} s", h.at_s)).collect::<Vec<_>>());
+        let forked = elided(
+            &t.generations
+                .iter()
+                .filter_map(|g| Some(format!("{} from {:.2} s", g.generation, g.first_fork_s?)))
+                .collect::<Vec<_>>(),
+        );
+        out.push(format!(
+            "{} reloads: HUPs from {} ({}) at {at}; worker generations {forked}",
+            t.hups.len(),
+            t.hups[0].from_pid,
+            t.hups[0].from_comm
+        ));
+    } else if let Some(h) = a.timeline.hups.first() {
         let newest = a.timeline.generations.last();
         out.push(format!(
             "Reload: HUP from {} ({}) at {:.2} s; worker generation {} forked {}",
@@ -348,6 +383,17 @@ pub fn headlines(a: &Analysis) -> Vec<String> {
     }
     for h in &a.lifecycle.handovers {
         out.push(format!("Hand-over: {}", h.sentence()));
+    }
+    if a.reloads.len() > 1 {
+        let left = elided(&a.reloads.iter().map(|w| w.servers_superseded.to_string()).collect::<Vec<_>>());
+        let most = a.reloads.iter().map(|w| w.servers_superseded).max().unwrap_or(0);
+        if most > 0 {
+            out.push(format!(
+                "Plugin servers left running after being replaced, at the end of each of the {} reloads' windows: {} (see Reloads)",
+                a.reloads.len(),
+                left
+            ));
+        }
     }
     let closers: Vec<&crate::analyze::timeline::Worker> =
         a.timeline.workers.iter().filter(|w| w.keepalive_closed > 0).collect();
@@ -400,6 +446,58 @@ pub fn headlines(a: &Analysis) -> Vec<String> {
         out.push(format!("{} orphan(s), {alive} outliving the trace", a.lifecycle.orphans.len()));
     }
     out
+}
+
+/// One row per reload, when there was more than one.
+fn reloads_md(s: &mut String, a: &Analysis) {
+    if a.reloads.len() < 2 {
+        return;
+    }
+    s.push_str("\n## Reloads\n\nEach reload's window runs to the next reload (the last to the end of the trace). Servers: plugin servers that bound their path in the window, SIGKILLs to servers in it, and those running at its end, of which replaced on their path (left running) and orphaned. Failed: load-test failures that started in the window, by explanation.\n\n");
+    let mut t = Table::new(&[
+        ("#", Right),
+        ("sent", Right),
+        ("HUP", Right),
+        ("new workers", Left),
+        ("older workers gone", Left),
+        ("servers bound", Right),
+        ("killed", Right),
+        ("running at end", Right),
+        ("left running", Right),
+        ("orphaned", Right),
+        ("failed", Left),
+    ]);
+    for w in a.reloads.iter().take(TOP) {
+        let mut kinds: Vec<(&String, &u64)> = w.failed_by_kind.iter().collect();
+        kinds.sort_by(|x, y| y.1.cmp(x.1).then_with(|| x.0.cmp(y.0)));
+        let kinds: Vec<String> = kinds.iter().take(3).map(|(k, n)| format!("{k} {n}")).collect();
+        let failed =
+            if w.failed == 0 { "0".to_string() } else { format!("{} ({})", w.failed, kinds.join(", ")) };
+        t.row([
+            w.index.to_string(),
+            secs(w.at_s),
+            opt_s(w.hup_s),
+            w.generation.map_or("–".into(), |g| format!("generation {g} from {}", opt_s(w.forked_s))),
+            match w.older_workers_gone_s {
+                Some(t) => secs(t),
+                None if w.generation.is_some() => "still running".into(),
+                None => "–".into(),
+            },
+            w.servers_bound.to_string(),
+            w.servers_killed.to_string(),
+            w.servers_alive.to_string(),
+            w.servers_superseded.to_string(),
+            w.servers_orphaned.to_string(),
+            failed,
+        ]);
+    }
+    t.render(s);
+    more(s, a.reloads.len());
+    for w in a.reloads.iter().take(TOP) {
+        for h in &w.handovers {
+            let _ = writeln!(s, "- reload {}: {}", w.index, truncate(&h.sentence(), SENTENCE));
+        }
+    }
 }
 
 fn timeline_md(s: &mut String, a: &Analysis) {
