@@ -349,7 +349,7 @@ pub struct UnixFlowEvent {
     pub eagain: u64,
 }
 
-/// A CPU sample; its user-stack copy lives in `samples.bin` at `stack_offset`.
+/// A CPU sample; its user-stack copy lives in `samples.bin.gz` at `stack_offset`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuSampleEvent {
     /// The sampled thread, and when.
@@ -369,7 +369,7 @@ pub struct CpuSampleEvent {
     pub user_mode: bool,
     /// Bytes of user stack copied.
     pub stack_len: u32,
-    /// Where the copy starts in `samples.bin`.
+    /// Where the copy starts in the (gunzipped) `samples.bin.gz`.
     pub stack_offset: u64,
     /// The Lua stack, for a process running a LuaJIT VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]

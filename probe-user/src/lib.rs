@@ -26,6 +26,7 @@ mod preflight;
 mod probe;
 mod proctree;
 mod record;
+mod samples;
 mod summary;
 mod trace;
 mod tracefs;

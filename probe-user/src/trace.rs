@@ -5,7 +5,7 @@
 //! - `events.jsonl`: one [`Event`] per line;
 //! - `processes.json`: the [`Process`] model;
 //! - `stacks.json`: kernel and frame-pointer stacks by stack id;
-//! - `samples.bin`: the raw user-stack copies of the CPU samples;
+//! - `samples.bin.gz`: the raw user-stack copies of the CPU samples ([`crate::samples`]);
 //! - `maps/<pid>.maps`: copies of `/proc/PID/maps`;
 //! - `binaries/`: copies of code files that exist only in another mount namespace;
 //! - `lua-symbols.json`: the Lua prototypes, lines and call-site names the samples point at;
@@ -32,7 +32,6 @@ const META: &str = "meta.json";
 const EVENTS: &str = "events.jsonl";
 const PROCESSES: &str = "processes.json";
 const STACKS: &str = "stacks.json";
-const SAMPLES: &str = "samples.bin";
 const MAPS: &str = "maps";
 const LUA_SYMBOLS: &str = "lua-symbols.json";
 const BINARY_INDEX: &str = "binaries/index.json";
@@ -141,8 +140,7 @@ pub struct TraceWriter {
     dir: PathBuf,
     events: BufWriter<File>,
     count: u64,
-    samples: BufWriter<File>,
-    samples_len: u64,
+    samples: crate::samples::Writer,
 }
 
 /// What only the end of a recording knows.
@@ -166,7 +164,7 @@ fn create(path: &Path) -> Result<BufWriter<File>> {
 }
 
 impl TraceWriter {
-    /// Creates `dir` (and parents), `maps/`, and opens `events.jsonl` and `samples.bin`.
+    /// Creates `dir` (and parents), `maps/`, and opens `events.jsonl` and `samples.bin.gz`.
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir.join(MAPS))
             .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -174,8 +172,7 @@ impl TraceWriter {
             dir: dir.to_path_buf(),
             events: create(&dir.join(EVENTS))?,
             count: 0,
-            samples: create(&dir.join(SAMPLES))?,
-            samples_len: 0,
+            samples: crate::samples::Writer::create(dir)?,
         })
     }
 
@@ -187,12 +184,9 @@ impl TraceWriter {
         Ok(())
     }
 
-    /// Appends a CPU sample's user-stack copy to `samples.bin`; returns its offset there.
+    /// Appends a CPU sample's user-stack copy; returns its offset in the copies' stream.
     pub fn write_sample_stack(&mut self, stack: &[u8]) -> Result<u64> {
-        let at = self.samples_len;
-        self.samples.write_all(stack)?;
-        self.samples_len += stack.len() as u64;
-        Ok(at)
+        self.samples.append(stack)
     }
 
     /// Copies `/proc/PID/maps` into `maps/`, replacing an older copy; returns it, `None` when
@@ -211,7 +205,7 @@ impl TraceWriter {
     /// Flushes the events and samples and writes the other files.
     pub fn finish(mut self, meta: &mut Meta, end: &Ending<'_>) -> Result<()> {
         self.events.flush()?;
-        self.samples.flush()?;
+        self.samples.finish()?;
         write_json(&self.dir.join(STACKS), end.stacks)?;
         write_json(&self.dir.join(PROCESSES), &end.processes)?;
         write_json(&self.dir.join(LUA_SYMBOLS), end.lua_symbols)?;
@@ -232,8 +226,9 @@ impl TraceWriter {
                 "stack id -> instruction pointers (leaf first) for cpu_sample kstack_id/ustack_id",
             ),
             (
-                "samples.bin",
-                "raw user-stack copies of cpu_sample events, at their stack_offset, stack_len bytes",
+                crate::samples::FILE,
+                "raw user-stack copies of cpu_sample events, at their stack_offset, stack_len bytes of the \
+                 gunzipped stream (gzip members of 1 MiB each)",
             ),
             ("maps/", "<pid>.maps: /proc/PID/maps of each traced process, copied while it lived"),
             (
@@ -287,11 +282,6 @@ pub fn read_stacks(dir: &Path) -> Stacks {
         .unwrap_or_default()
 }
 
-/// Reads `samples.bin` (empty when absent).
-pub fn read_sample_stacks(dir: &Path) -> Vec<u8> {
-    std::fs::read(dir.join(SAMPLES)).unwrap_or_default()
-}
-
 /// Reads `binaries/index.json` (empty when absent).
 pub fn read_binary_index(dir: &Path) -> BinaryIndex {
     std::fs::read_to_string(dir.join(BINARY_INDEX))
@@ -315,6 +305,12 @@ pub fn read_maps(dir: &Path, pid: u32) -> Option<String> {
 
 /// Reads a trace directory written by [`TraceWriter`].
 pub fn read(dir: &Path) -> Result<Trace> {
+    read_with(dir, Some)
+}
+
+/// Reads a trace directory, passing each event through `visit` as it is read: only the events
+/// it returns are kept, so a caller can fold the bulky kinds into summaries instead.
+pub fn read_with(dir: &Path, mut visit: impl FnMut(Event) -> Option<Event>) -> Result<Trace> {
     let meta_path = dir.join(META);
     let meta: Meta = serde_json::from_reader(BufReader::new(
         File::open(&meta_path)
@@ -338,9 +334,9 @@ pub fn read(dir: &Path) -> Result<Trace> {
         if line.is_empty() {
             continue;
         }
-        events.push(
-            serde_json::from_str(&line).with_context(|| format!("{}:{}", events_path.display(), i + 1))?,
-        );
+        let event =
+            serde_json::from_str(&line).with_context(|| format!("{}:{}", events_path.display(), i + 1))?;
+        events.extend(visit(event));
     }
     Ok(Trace { meta, events })
 }
@@ -380,7 +376,8 @@ mod tests {
         assert_eq!((t.meta.events, t.meta.window_ns(), t.meta.total_drops()), (1, 10, 3));
         assert!(t.meta.files.contains_key("events.jsonl"));
         let dir = dir.path().join("t");
-        assert_eq!((read_stacks(&dir), read_sample_stacks(&dir)), (stacks, vec![1, 2, 3, 4]));
+        assert_eq!(read_stacks(&dir), stacks);
+        assert_eq!(crate::samples::Reader::open(&dir).get(0, 4), Some(&[1, 2, 3, 4][..]));
         assert_eq!(read_processes(&dir).unwrap(), Some(vec![]));
     }
 

@@ -99,8 +99,9 @@ fn each_request_names_the_plugin_socket_its_handler_called_and_routes_are_learne
     unsafe { libc::kill(master.id() as i32, libc::SIGTERM) };
     let _ = master.wait();
 
+    let trace = reloadscope::read_trace(&out).unwrap();
+    let events: Vec<&reloadscope::HttpRequestEvent> = events_of!(trace, HttpRequest);
     let run = reloadscope::load(&out).unwrap();
-    let events: Vec<&reloadscope::HttpRequestEvent> = events_of!(run, HttpRequest);
     let analysis = reloadscope::analyze(&run);
     let socket_of = |inode: Option<u64>| {
         inode

@@ -105,8 +105,11 @@ fn cpu_samples_land_on_the_busy_pid_at_the_configured_rate() {
     let user = samples.iter().filter(|s| s.user_mode).count();
     assert!(user * 10 >= samples.len() * 8, "a CPU burner runs in user mode: {user}/{}", samples.len());
     assert!(samples.iter().all(|s| s.sp != 0 && s.ip != 0 && s.stack_len >= 256));
-    let bin = std::fs::metadata(out.join("samples.bin")).unwrap().len();
-    assert_eq!(bin, samples.iter().map(|s| s.stack_len as u64).sum::<u64>());
+    // The copies are one gzip stream, their lengths end to end.
+    let plain =
+        std::process::Command::new("gzip").arg("-dc").arg(out.join("samples.bin.gz")).output().unwrap();
+    assert!(plain.status.success());
+    assert_eq!(plain.stdout.len() as u64, samples.iter().map(|s| s.stack_len as u64).sum::<u64>());
     assert_eq!(trace.meta.drops.get("cpu_sample"), None);
     // Its memory map was kept for symbolizing later.
     assert!(out.join(format!("maps/{pid}.maps")).exists());

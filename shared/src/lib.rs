@@ -22,4 +22,4 @@ pub mod reload;
 pub mod requests;
 pub mod truth;
 
-pub use jsonl::read_json_lines;
+pub use jsonl::{for_each_json_line, read_json_lines};

@@ -146,24 +146,48 @@ impl EndpointLoad {
     }
 }
 
-/// Counts requests and failures per endpoint.
-pub fn per_endpoint(requests: &[RequestLine]) -> BTreeMap<String, EndpointLoad> {
-    let mut out: BTreeMap<String, EndpointLoad> = BTreeMap::new();
-    for r in requests {
-        let e = out.entry(r.endpoint.clone()).or_default();
+/// The per-endpoint counts, and the failed requests themselves: what the analysis keeps of a log
+/// of any length (successes are only counted).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogSummary {
+    /// Requests in the log.
+    pub requests: u64,
+    /// Requests and failures per endpoint.
+    pub endpoints: BTreeMap<String, EndpointLoad>,
+    /// Every failed request, in the log's order.
+    pub failed: Vec<RequestLine>,
+}
+
+impl LogSummary {
+    /// Counts one request, and keeps it when it failed.
+    pub fn add(&mut self, r: RequestLine) {
+        self.requests += 1;
+        let e = self.endpoints.entry(r.endpoint.clone()).or_default();
         e.requests += 1;
         if r.failed() {
             let tag = r.reason.as_ref().map_or_else(|| "unknown".into(), Failure::to_string);
             *e.failures.entry(tag).or_default() += 1;
+            self.failed.push(r);
         }
     }
-    out
+
+    /// Reads `requests.jsonl` one line at a time (empty when absent).
+    pub fn read(path: &std::path::Path) -> std::io::Result<Self> {
+        let mut s = LogSummary::default();
+        crate::for_each_json_line(path, |r| s.add(r))?;
+        Ok(s)
+    }
+
+    /// The per-endpoint table.
+    pub fn table(&self) -> String {
+        table_of(&self.endpoints)
+    }
 }
 
-/// The Markdown table of [`per_endpoint`], as the report and the run's summary print it.
-pub fn load_table(requests: &[RequestLine]) -> String {
+/// The Markdown table of the per-endpoint counts, as the report and the run's summary print it.
+fn table_of(endpoints: &BTreeMap<String, EndpointLoad>) -> String {
     let mut s = String::from("| endpoint | requests | failed | failures by reason |\n|---|---:|---:|---|\n");
-    for (endpoint, load) in per_endpoint(requests) {
+    for (endpoint, load) in endpoints {
         let why: Vec<String> = load.failures.iter().map(|(r, n)| format!("{r}: {n}")).collect();
         let _ = writeln!(s, "| {endpoint} | {} | {} | {} |", load.requests, load.failed(), why.join(", "));
     }
@@ -205,10 +229,14 @@ mod tests {
     fn counts_per_endpoint() {
         let r: RequestLine = serde_json::from_str(LINE).unwrap();
         let ok = RequestLine { outcome: Outcome::Ok, reason: None, ..r.clone() };
-        let t = load_table(&[r.clone(), ok, RequestLine { endpoint: "/go".into(), ..r }]);
+        let mut log = LogSummary::default();
+        for line in [r.clone(), ok, RequestLine { endpoint: "/go".into(), ..r }] {
+            log.add(line);
+        }
         assert_eq!(
-            t.lines().skip(2).collect::<Vec<_>>(),
+            log.table().lines().skip(2).collect::<Vec<_>>(),
             ["| /go | 1 | 1 | plugin header missing: 1 |", "| /js | 2 | 1 | plugin header missing: 1 |"]
         );
+        assert_eq!((log.requests, log.failed.len()), (3, 2), "only the failures are kept");
     }
 }

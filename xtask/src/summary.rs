@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use shared::requests::{self, RequestLine};
+use shared::requests;
 
 /// One row of goose's own per-request metrics in `goose-report.json`.
 #[derive(serde::Deserialize)]
@@ -56,14 +56,13 @@ pub fn render(dir: &Path) -> String {
         }
     }
 
-    let requests: Vec<RequestLine> = shared::read_json_lines(&dir.join("requests.jsonl")).unwrap_or_default();
+    // One line at a time: a long run's log does not fit in memory comfortably.
+    let log = requests::LogSummary::read(&dir.join("requests.jsonl")).unwrap_or_default();
     s.push_str("## Load test\n\n");
-    s.push_str(&requests::load_table(&requests));
+    s.push_str(&log.table());
     if let Some(goose) = goose_counts(&read(dir, "goose-report.json")) {
-        let ours: BTreeMap<String, (u64, u64)> = requests::per_endpoint(&requests)
-            .into_iter()
-            .map(|(e, load)| (e, (load.requests, load.failed())))
-            .collect();
+        let ours: BTreeMap<String, (u64, u64)> =
+            log.endpoints.iter().map(|(e, load)| (e.clone(), (load.requests, load.failed()))).collect();
         let verdict =
             if ours == goose { "equal".to_string() } else { format!("DIFFERENT (goose {goose:?})") };
         let _ = writeln!(

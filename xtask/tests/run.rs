@@ -548,7 +548,11 @@ fn two_reloads_in_one_run_are_reported_one_by_one() {
         let ready = run.truth.iter().filter(|e| e.ev == TruthEv::ServerReady && inside(e)).count() as u64;
         let spawned = run.truth.iter().filter(|e| e.ev == TruthEv::Spawn && inside(e)).count() as u64;
         let bound = w["servers_bound"].as_u64().unwrap();
-        assert!(ready <= bound && bound <= spawned, "binds in reload {}: {ready} ≤ {bound} ≤ {spawned}: {w}", i + 1);
+        assert!(
+            ready <= bound && bound <= spawned,
+            "binds in reload {}: {ready} ≤ {bound} ≤ {spawned}: {w}",
+            i + 1
+        );
     }
     // At the second reload, the first generation's servers that were replaced on their path and
     // not yet stopped are left running: kong-2.7 stops them only at old worker 0's next pump.

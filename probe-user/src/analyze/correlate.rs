@@ -26,6 +26,7 @@ use super::text::{errno_name, rel_s, short_path};
 use super::timeline::Timeline;
 use crate::event::HttpRequestEvent;
 use crate::event::neg_errno;
+use shared::requests::LogSummary;
 
 /// Slack around a request's window for its own worker's events: clocks are the same
 /// (CLOCK_MONOTONIC), the slack covers the client's and the kernel's sides of the same call.
@@ -204,7 +205,7 @@ struct Index<'a> {
 }
 
 /// Links every failed request.
-pub fn correlate(requests: &[Request], ev: &Evidence<'_>, zero_ns: u64) -> Attribution {
+pub fn correlate(log: &LogSummary, ev: &Evidence<'_>, zero_ns: u64) -> Attribution {
     let stale = ev.stale;
     let mut ix = Index {
         connects: BTreeMap::new(),
@@ -218,9 +219,9 @@ pub fn correlate(requests: &[Request], ev: &Evidence<'_>, zero_ns: u64) -> Attri
     for i in &stale.io_failures {
         ix.ios.entry(i.pid).or_default().push(i);
     }
-    let mut att = Attribution { requests: requests.len() as u64, ..Attribution::default() };
+    let mut att = Attribution { requests: log.requests, ..Attribution::default() };
     let mut table: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-    let mut failed: Vec<&Request> = requests.iter().filter(|r| r.failed()).collect();
+    let mut failed: Vec<&Request> = log.failed.iter().filter(|r| r.failed()).collect();
     failed.sort_by_key(|r| r.start_mono_ns);
     for r in failed {
         att.failed += 1;
@@ -625,7 +626,7 @@ mod tests {
             // A route named after no plugin: only the trace says it calls the JS server.
             events.push(http_req(30 + i, 11, "/alpha", Some(200), Some(50)));
         }
-        Routes::learn(&events)
+        Routes::learn(&super::super::routes::Votes::of(&events), &events)
     }
 
     fn run(
@@ -637,7 +638,9 @@ mod tests {
     ) -> Attribution {
         let kernel = KernelRequests::new();
         let routes = routes();
-        correlate(requests, &Evidence { kernel: &kernel, routes: &routes, timeline, spins, stale }, zero_ns)
+        let mut log = LogSummary::default();
+        requests.iter().cloned().for_each(|r| log.add(r));
+        correlate(&log, &Evidence { kernel: &kernel, routes: &routes, timeline, spins, stale }, zero_ns)
     }
 
     fn timeline() -> Timeline {

@@ -143,13 +143,17 @@ fn reload_run(dir: &Path) -> Run {
         serde_json::json!({"ev":"kill","signal":"SIGKILL","server_pid":JS_OLD,"pid":OLD[0],"mono_ns":ms(10_500)}),
         serde_json::json!({"ev":"claim_spin","pid":NEW[1],"mono_ns":ms(11_200)}),
     ].map(truth).to_vec();
+    let mut log = shared::requests::LogSummary::default();
+    requests.into_iter().for_each(|r| log.add(r));
     Run {
         dir: dir.to_path_buf(),
         trace_dir: dir.join("trace"),
         meta,
+        votes: super::routes::Votes::of(&events),
+        kernel: super::linked::KernelIndex::of(&events),
         events,
         processes,
-        requests,
+        log,
         reloads: vec![Reload {
             monotonic_ns: ms(10_000),
             how: "SIGHUP".into(),

@@ -37,6 +37,7 @@ use crate::trace::Meta;
 pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 pub use shared::reload::Reload;
+use shared::requests::LogSummary;
 pub use shared::requests::RequestLine as Request;
 use shared::truth::TruthLine;
 use standin::Check;
@@ -50,12 +51,17 @@ pub struct Run {
     pub trace_dir: PathBuf,
     /// `trace/meta.json`.
     pub meta: Meta,
-    /// `trace/events.jsonl`.
+    /// `trace/events.jsonl`, but for the `http_request` events: only those of failed requests
+    /// are kept, the others are folded into [`Run::votes`] and [`Run::kernel`] as they are read.
     pub events: Vec<Event>,
+    /// The answered requests' plugin-socket votes, per route.
+    pub votes: routes::Votes,
+    /// What the kernel saw of every request, by request id.
+    pub kernel: linked::KernelIndex,
     /// `trace/processes.json`, or the model rebuilt from the events.
     pub processes: Vec<Process>,
-    /// `requests.jsonl` (empty when absent).
-    pub requests: Vec<Request>,
+    /// `requests.jsonl`: counts per endpoint, and the failed requests (empty when absent).
+    pub log: LogSummary,
     /// `reload.json`: every reload sent, in order (empty when absent).
     pub reloads: Vec<Reload>,
     /// `standin-ground-truth.jsonl` (empty when absent).
@@ -78,10 +84,25 @@ impl Run {
     }
 }
 
-/// Reads a run directory (a trace directory under `trace/`, or the directory itself).
+/// Reads a run directory (a trace directory under `trace/`, or the directory itself). Memory
+/// grows with the failures and the findings, not with the requests: each of those is counted as
+/// it is read, and only the failed ones are kept.
 pub fn load(dir: &Path) -> Result<Run> {
     let trace_dir = if dir.join("trace/meta.json").exists() { dir.join("trace") } else { dir.to_path_buf() };
-    let trace = crate::trace::read(&trace_dir)?;
+    let requests = dir.join("requests.jsonl");
+    let log = LogSummary::read(&requests).with_context(|| format!("cannot read {}", requests.display()))?;
+    let failed: std::collections::HashSet<&str> = log.failed.iter().map(|r| r.request_id.as_str()).collect();
+    let mut votes = routes::Votes::default();
+    let mut kernel = linked::KernelIndex::default();
+    let trace = crate::trace::read_with(&trace_dir, |e| match e {
+        Event::HttpRequest(h) => {
+            votes.add(&h);
+            kernel.add(&h);
+            h.request_id.as_deref().is_some_and(|id| failed.contains(id)).then_some(Event::HttpRequest(h))
+        }
+        other => Some(other),
+    })?;
+    kernel.finish();
     let processes = match crate::trace::read_processes(&trace_dir)? {
         Some(p) => p,
         // Older traces: rebuild the model from the events alone.
@@ -91,7 +112,6 @@ pub fn load(dir: &Path) -> Result<Run> {
             &BTreeMap::<u32, ProcInfo>::new(),
         ),
     };
-    let requests = json_lines(&dir.join("requests.jsonl"))?;
     let reloads = shared::reload::read_all(&dir.join("reload.json"));
     let ground_truth = json_lines(&dir.join("standin-ground-truth.jsonl"))?;
     Ok(Run {
@@ -99,8 +119,10 @@ pub fn load(dir: &Path) -> Result<Run> {
         trace_dir,
         meta: trace.meta,
         events: trace.events,
+        votes,
+        kernel,
         processes,
-        requests,
+        log,
         reloads,
         ground_truth,
     })
@@ -169,9 +191,9 @@ pub fn analyze(run: &Run) -> Analysis {
     );
     let stale = stale::detect(&run.events, &timeline, &lifecycle, zero);
     let kernel = correlate::kernel_requests(&run.events);
-    let routes = routes::Routes::learn(&run.events);
+    let routes = routes::Routes::learn(&run.votes, &run.events);
     let mut attribution = correlate::correlate(
-        &run.requests,
+        &run.log,
         &correlate::Evidence {
             kernel: &kernel,
             routes: &routes,
@@ -261,8 +283,8 @@ mod tests {
         let line = r#"{"start_unix_ns":1,"end_unix_ns":2,"start_mono_ns":6000,"end_mono_ns":7000,"endpoint":"/js","request_id":"r-1","user":0,"status":200,"outcome":"failed","reason":"plugin header missing","worker_pid":42,"echoed_request_id":"r-1"}"#;
         std::fs::write(dir.path().join("requests.jsonl"), format!("{line}\n{{\"start_mo")).unwrap();
         let run = load(dir.path()).unwrap();
-        assert_eq!(run.requests.len(), 1);
-        assert_eq!((run.requests[0].worker_pid, run.requests[0].status), (Some(42), Some(200)));
+        assert_eq!((run.log.requests, run.log.failed.len()), (1, 1));
+        assert_eq!((run.log.failed[0].worker_pid, run.log.failed[0].status), (Some(42), Some(200)));
         assert!(run.reloads.is_empty() && run.ground_truth.is_empty());
         assert_eq!(run.zero_ns(), 5_000, "no reload.json: the HUP to the root is time zero");
         std::fs::write(

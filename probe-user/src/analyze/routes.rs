@@ -21,6 +21,48 @@ pub const MIN_VOTES: u64 = 3;
 pub const MIN_SHARE: f64 = 0.2;
 /// Highest status of a request that counts as answered normally.
 const LAST_NORMAL_STATUS: u16 = 499;
+/// Most routes learned: paths with ids in them (`/orders/17`) would otherwise make one route
+/// per request; the rest are counted under [`OTHER_ROUTES`].
+const MAX_ROUTES: usize = 1000;
+/// Where the routes past [`MAX_ROUTES`] are counted.
+pub const OTHER_ROUTES: &str = "(other routes)";
+
+/// The votes of the answered requests, gathered one request at a time (memory grows with the
+/// routes and sockets, not with the requests).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Votes {
+    /// Route → (answered requests, plugin socket inode → requests that named it).
+    by_route: BTreeMap<String, (u64, BTreeMap<u64, u64>)>,
+}
+
+impl Votes {
+    /// Counts one request the probe read.
+    pub fn add(&mut self, h: &HttpRequestEvent) {
+        if h.status.is_none_or(|s| s > LAST_NORMAL_STATUS) {
+            return;
+        }
+        let mut route = route_of(&h.path);
+        if self.by_route.len() >= MAX_ROUTES && !self.by_route.contains_key(route) {
+            route = OTHER_ROUTES;
+        }
+        let (answered, votes) = self.by_route.entry(route.to_owned()).or_default();
+        *answered += 1;
+        if let Some(i) = h.plugin_inode {
+            *votes.entry(i).or_default() += 1;
+        }
+    }
+
+    /// The votes of every request among `events`.
+    pub fn of(events: &[Event]) -> Votes {
+        let mut v = Votes::default();
+        for e in events {
+            if let Event::HttpRequest(h) = e {
+                v.add(h);
+            }
+        }
+        v
+    }
+}
 
 /// A socket and the requests of a route whose handler wrote it first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -83,27 +125,22 @@ pub fn socket_paths(events: &[Event]) -> BTreeMap<u64, &str> {
 }
 
 impl Routes {
-    /// Learns the routes from the requests the probe read.
-    pub fn learn(events: &[Event]) -> Routes {
+    /// The routes the votes say, with the unix sockets' paths from `events`.
+    pub fn learn(votes: &Votes, events: &[Event]) -> Routes {
         let paths: BTreeMap<u64, String> =
             socket_paths(events).into_iter().map(|(i, p)| (i, p.to_owned())).collect();
-        let mut by_route: BTreeMap<&str, (u64, BTreeMap<&str, u64>)> = BTreeMap::new();
-        for ev in events {
-            let Event::HttpRequest(h) = ev else { continue };
-            if h.status.is_none_or(|s| s > LAST_NORMAL_STATUS) {
-                continue;
-            }
-            let (answered, votes) = by_route.entry(route_of(&h.path)).or_default();
-            *answered += 1;
-            if let Some(p) = h.plugin_inode.and_then(|i| paths.get(&i)) {
-                *votes.entry(p.as_str()).or_default() += 1;
-            }
-        }
-        let routes = by_route
-            .into_iter()
-            .map(|(route, (answered, votes))| {
-                let with_socket: u64 = votes.values().sum();
-                let mut sockets: Vec<SocketVotes> = votes
+        let routes = votes
+            .by_route
+            .iter()
+            .map(|(route, (answered, by_inode))| {
+                let mut by_path: BTreeMap<&str, u64> = BTreeMap::new();
+                for (inode, n) in by_inode {
+                    if let Some(p) = paths.get(inode) {
+                        *by_path.entry(p.as_str()).or_default() += n;
+                    }
+                }
+                let with_socket: u64 = by_path.values().sum();
+                let mut sockets: Vec<SocketVotes> = by_path
                     .into_iter()
                     .map(|(path, n)| SocketVotes {
                         path: path.to_owned(),
@@ -112,7 +149,7 @@ impl Routes {
                     })
                     .collect();
                 sockets.sort_by(|a, b| b.votes.cmp(&a.votes).then_with(|| a.path.cmp(&b.path)));
-                RouteSockets { route: route.to_owned(), answered, with_socket, sockets }
+                RouteSockets { route: route.clone(), answered: *answered, with_socket, sockets }
             })
             .collect();
         Routes { routes, paths }
@@ -179,7 +216,7 @@ mod tests {
         for i in 0..10 {
             events.push(http_req(400 + i, 11, "/plain", Some(200), None));
         }
-        let r = Routes::learn(&events);
+        let r = Routes::learn(&Votes::of(&events), &events);
         let js_route = r.route("/js").unwrap();
         assert_eq!((js_route.answered, js_route.with_socket), (42, 42));
         assert!(js_route.uses("/p/jsplugin.socket") && !js_route.uses("/p/pythonplugin.socket"));
@@ -200,11 +237,25 @@ mod tests {
             sock(1, 11, crate::event::UnixOp::Connect, 0, 70, 0, "/p/go.socket"),
             http_req(2, 11, "/go", None, Some(70)),
         ];
-        let r = Routes::learn(&events);
+        let r = Routes::learn(&Votes::of(&events), &events);
         let Event::HttpRequest(own) = &events[1] else { unreachable!() };
         let a = r.allowed("/go", Some(own));
         assert!(!a.unknown() && a.admits("/p/go.socket") && !a.admits("/p/js.socket"));
         assert!(r.allowed("/go", None).unknown());
+    }
+
+    #[test]
+    fn paths_with_ids_in_them_cannot_grow_the_routes_without_bound() {
+        let mut v = Votes::default();
+        for i in 0..(MAX_ROUTES as u64 + 500) {
+            let Event::HttpRequest(h) = http_req(i, 11, &format!("/orders/{i}"), Some(200), None) else {
+                unreachable!()
+            };
+            v.add(&h);
+        }
+        let r = Routes::learn(&v, &[]);
+        assert_eq!(r.routes.len(), MAX_ROUTES + 1);
+        assert_eq!(r.route(OTHER_ROUTES).map(|o| o.answered), Some(500));
     }
 
     #[test]

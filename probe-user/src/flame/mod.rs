@@ -270,7 +270,7 @@ fn write_diff(out: &Path, before: &Folded, after: &Folded, files: &mut Vec<PathB
 /// What the graphs are drawn from, loaded by the caller.
 #[derive(Debug)]
 pub struct Input<'a> {
-    /// The trace directory: `samples.bin`, `stacks.json` and `maps/` are read from it.
+    /// The trace directory: `samples.bin.gz`, `stacks.json` and `maps/` are read from it.
     pub trace: &'a Path,
     /// The CPU samples, in time order.
     pub samples: Vec<&'a CpuSampleEvent>,
@@ -348,7 +348,7 @@ fn fold_samples(
     report: &mut FlameReport,
 ) -> Folds {
     let trace = input.trace;
-    let stack_bytes = crate::trace::read_sample_stacks(trace);
+    let mut stacks = crate::samples::Reader::open(trace);
     let kstacks = crate::trace::read_stacks(trace);
     let mut unwinders: HashMap<u32, Option<ProcessUnwinder>> = HashMap::new();
     let lua_names =
@@ -374,8 +374,7 @@ fn fold_samples(
             && s.stack_len > 0
             && s.ip != 0
         {
-            let off = s.stack_offset as usize;
-            let stack = stack_bytes.get(off..off + s.stack_len as usize).unwrap_or(&[]);
+            let stack = stacks.get(s.stack_offset, s.stack_len as usize).unwrap_or(&[]);
             let t = Instant::now();
             let addrs = u.unwind(s.ip, s.sp, s.bp, stack, MAX_FRAMES);
             report.unwind_time += t.elapsed();

@@ -201,8 +201,8 @@ fn environment_md(s: &mut String, run: &Run, a: &Analysis) {
 
 fn load_test_md(s: &mut String, run: &Run) {
     s.push_str("\n## Load test\n\n");
-    s.push_str(&shared::requests::load_table(&run.requests));
-    if run.requests.is_empty() {
+    s.push_str(&run.log.table());
+    if run.log.requests == 0 {
         s.push_str("| (no `requests.jsonl`) | | | |\n");
     }
 }

@@ -31,11 +31,12 @@ pub struct Written {
 /// Writes the three report files, and `requests-linked.jsonl` when there is a request log, into
 /// the run directory.
 pub fn write(run: &Run, a: &Analysis) -> Result<Written> {
-    if !run.requests.is_empty() {
-        let kernel = super::correlate::kernel_requests(&run.events);
+    if run.log.requests > 0 {
         super::linked::write(
             &run.dir.join("requests-linked.jsonl"),
-            &super::linked::lines(&run.requests, &kernel, &a.routes),
+            &run.dir.join("requests.jsonl"),
+            &run.kernel,
+            &a.routes,
         )?;
     }
     let md = markdown(run, a);

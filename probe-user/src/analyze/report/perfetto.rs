@@ -82,7 +82,7 @@ pub fn trace_events(run: &Run, a: &Analysis) -> Value {
         ev.push(json!({"name": "reload (SIGHUP to master)", "cat": "reload", "ph": "i", "s": "g",
             "pid": a.timeline.root, "tid": a.timeline.root, "ts": us(h.ts_ns)}));
     }
-    let failed: Vec<&Request> = run.requests.iter().filter(|r| r.failed()).collect();
+    let failed: Vec<&Request> = run.log.failed.iter().collect();
     let by_id: BTreeMap<&str, &Link> =
         a.attribution.links.iter().map(|l| (l.request_id.as_str(), l)).collect();
     for r in failed.iter().take(MAX_REQUEST_INSTANTS) {
