@@ -106,6 +106,17 @@ fn is_process(pid: u32) -> bool {
         .is_ok_and(|s| s.lines().any(|l| l == format!("Tgid:\t{pid}")))
 }
 
+/// True for the events [`model::processes`] and [`summary::by_thread`] read: process lifecycles,
+/// signals, successful unix socket lifecycles with a path, and epoll buckets.
+fn for_the_model(ev: &Event) -> bool {
+    match ev {
+        Event::ProcFork(_) | Event::ProcExec(_) | Event::ProcExit(_) | Event::Signal(_) => true,
+        Event::EpollBucket(_) => true,
+        Event::UnixSock(u) => u.ret >= 0 && !u.path.is_empty(),
+        _ => false,
+    }
+}
+
 /// Everything the recording loop accumulates.
 struct Collector {
     writer: TraceWriter,
@@ -190,10 +201,13 @@ impl Collector {
         unanswered.map_or(Ok(()), |ev| self.keep(ev))
     }
 
-    /// Writes an event and keeps it for the process model and the summary.
+    /// Writes an event, and keeps it when the process model or the summary reads it: a long
+    /// run's requests, flows and failed connects go to the file only.
     fn keep(&mut self, ev: Event) -> Result<()> {
         self.writer.write(&ev)?;
-        self.events.push(ev);
+        if for_the_model(&ev) {
+            self.events.push(ev);
+        }
         Ok(())
     }
 }

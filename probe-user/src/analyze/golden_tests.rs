@@ -150,7 +150,7 @@ fn reload_run(dir: &Path) -> Run {
         trace_dir: dir.join("trace"),
         meta,
         votes: super::routes::Votes::of(&events),
-        kernel: super::linked::KernelIndex::of(&events),
+        kernel: Some(super::linked::KernelIndex::of(&events).unwrap()),
         events,
         processes,
         log,

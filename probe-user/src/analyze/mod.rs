@@ -56,8 +56,8 @@ pub struct Run {
     pub events: Vec<Event>,
     /// The answered requests' plugin-socket votes, per route.
     pub votes: routes::Votes,
-    /// What the kernel saw of every request, by request id.
-    pub kernel: linked::KernelIndex,
+    /// What the kernel saw of every request, by request id (none for a run built by hand).
+    pub kernel: Option<linked::KernelIndex>,
     /// `trace/processes.json`, or the model rebuilt from the events.
     pub processes: Vec<Process>,
     /// `requests.jsonl`: counts per endpoint, and the failed requests (empty when absent).
@@ -93,7 +93,7 @@ pub fn load(dir: &Path) -> Result<Run> {
     let log = LogSummary::read(&requests).with_context(|| format!("cannot read {}", requests.display()))?;
     let failed: std::collections::HashSet<&str> = log.failed.iter().map(|r| r.request_id.as_str()).collect();
     let mut votes = routes::Votes::default();
-    let mut kernel = linked::KernelIndex::default();
+    let mut kernel = linked::KernelIndex::new()?;
     let trace = crate::trace::read_with(&trace_dir, |e| match e {
         Event::HttpRequest(h) => {
             votes.add(&h);
@@ -102,7 +102,7 @@ pub fn load(dir: &Path) -> Result<Run> {
         }
         other => Some(other),
     })?;
-    kernel.finish();
+    kernel.finish()?;
     let processes = match crate::trace::read_processes(&trace_dir)? {
         Some(p) => p,
         // Older traces: rebuild the model from the events alone.
@@ -113,23 +113,27 @@ pub fn load(dir: &Path) -> Result<Run> {
         ),
     };
     let reloads = shared::reload::read_all(&dir.join("reload.json"));
-    let ground_truth = json_lines(&dir.join("standin-ground-truth.jsonl"))?;
+    // The stand-in logs every instance-cache event too: keep the kinds the analysis reads.
+    let mut ground_truth = Vec::new();
+    let truth = dir.join("standin-ground-truth.jsonl");
+    shared::for_each_json_line(&truth, |l: TruthLine| {
+        if standin::READS.contains(&l.ev) || l.behaviour.is_some() {
+            ground_truth.push(l);
+        }
+    })
+    .with_context(|| format!("cannot read {}", truth.display()))?;
     Ok(Run {
         dir: dir.to_path_buf(),
         trace_dir,
         meta: trace.meta,
         events: trace.events,
         votes,
-        kernel,
+        kernel: Some(kernel),
         processes,
         log,
         reloads,
         ground_truth,
     })
-}
-
-fn json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    shared::read_json_lines(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// The whole analysis of a run, as written to `report.json`.

@@ -31,6 +31,16 @@ fn pid_list(set: &BTreeSet<(String, u32)>) -> String {
     if v.is_empty() { "none".into() } else { v.join(", ") }
 }
 
+/// The kinds of the stand-in's lines the check reads.
+pub const READS: [TruthEv; 6] = [
+    TruthEv::MasterInit,
+    TruthEv::ServerReady,
+    TruthEv::ServerExit,
+    TruthEv::Kill,
+    TruthEv::ClaimWait,
+    TruthEv::ClaimSpin,
+];
+
 /// Compares servers, kills, crashes and spinning workers with the stand-in's ground truth.
 ///
 /// Only lines logged inside the trace's window (`until_ns`) must have evidence in it: what the

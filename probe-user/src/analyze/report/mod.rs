@@ -31,24 +31,36 @@ pub struct Written {
 /// Writes the three report files, and `requests-linked.jsonl` when there is a request log, into
 /// the run directory.
 pub fn write(run: &Run, a: &Analysis) -> Result<Written> {
-    if run.log.requests > 0 {
+    if let Some(kernel) = &run.kernel
+        && run.log.requests > 0
+    {
         super::linked::write(
             &run.dir.join("requests-linked.jsonl"),
             &run.dir.join("requests.jsonl"),
-            &run.kernel,
+            kernel,
             &a.routes,
         )?;
     }
     let md = markdown(run, a);
     let markdown = run.dir.join("report.md");
     std::fs::write(&markdown, &md).with_context(|| format!("cannot write {}", markdown.display()))?;
+    // Straight to the files: a long run's report.json is hundreds of MB.
     let json_path = run.dir.join("report.json");
-    let text = serde_json::to_string_pretty(a)?;
-    std::fs::write(&json_path, text).with_context(|| format!("cannot write {}", json_path.display()))?;
+    write_json(&json_path, |w| serde_json::to_writer_pretty(w, a))?;
     let timeline = run.dir.join("timeline.json");
-    let text = serde_json::to_string(&trace_events(run, a))?;
-    std::fs::write(&timeline, text).with_context(|| format!("cannot write {}", timeline.display()))?;
+    write_json(&timeline, |w| serde_json::to_writer(w, &trace_events(run, a)))?;
     Ok(Written { markdown, json: json_path, timeline, markdown_bytes: md.len() })
+}
+
+fn write_json(
+    path: &Path,
+    to: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> serde_json::Result<()>,
+) -> Result<()> {
+    use std::io::Write;
+    let cannot = || format!("cannot write {}", path.display());
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).with_context(cannot)?);
+    to(&mut w).with_context(cannot)?;
+    w.flush().with_context(cannot)
 }
 
 /// Where the files are, relative to the run directory when possible.
