@@ -143,6 +143,9 @@ fn reload_run(dir: &Path) -> Run {
         serde_json::json!({"ev":"kill","signal":"SIGKILL","server_pid":JS_OLD,"pid":OLD[0],"mono_ns":ms(10_500)}),
         serde_json::json!({"ev":"claim_spin","pid":NEW[1],"mono_ns":ms(11_200)}),
     ].map(truth).to_vec();
+    // requests-linked.jsonl reads the log from the run directory again.
+    let lines: Vec<String> = requests.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+    std::fs::write(dir.join("requests.jsonl"), lines.join("\n") + "\n").unwrap();
     let mut log = shared::requests::LogSummary::default();
     requests.into_iter().for_each(|r| log.add(r));
     Run {
