@@ -232,7 +232,7 @@ fn artifacts_md(s: &mut String, run: &Run) {
         ("requests.jsonl", "every request of the load test"),
         (
             "requests-linked.jsonl",
-            "every request beside the worker that read it (by the kernel), the worker the gateway's header named, and when the worker read and answered it",
+            "every request beside the worker that read it (by the kernel), the worker the gateway's header named, when the worker read and answered it, and the plugin socket its handler called",
         ),
         ("reload.json", "when the reload was sent"),
         ("trace/meta.json", "the trace's metadata"),
