@@ -15,6 +15,7 @@
 mod analyze;
 mod binaries;
 mod btf;
+pub mod bundle;
 mod event;
 pub mod flame;
 mod http;

@@ -60,7 +60,8 @@ enum Cmd {
     /// Analyse a run directory: link failed requests to their causes and write report.md,
     /// report.json and timeline.json into it (no root needed).
     Analyze {
-        /// A run directory (requests.jsonl, reload.json, trace/), or a bare trace directory.
+        /// A run directory (requests.jsonl, reload.json, trace/), a bare trace directory, or a
+        /// bundle (`reloadscope bundle`), which is unpacked next to itself first.
         dir: PathBuf,
         /// A debug directory to search before /usr/lib/debug (`.build-id/xx/…debug` or
         /// debug-link files); debuginfod servers come from DEBUGINFOD_URLS.
@@ -79,6 +80,24 @@ enum Cmd {
         /// DEBUGINFOD_URLS.
         #[arg(long = "debug-dir")]
         debug_dirs: Vec<PathBuf>,
+    },
+    /// Pack an analysed run directory into one .tar.gz to attach to a GitHub issue: the report,
+    /// timeline, flamegraphs, trace and load-test log, leaving the heaviest optional parts out
+    /// until it fits --max-size (no root needed).
+    Bundle {
+        /// An analysed run directory.
+        dir: PathBuf,
+        /// The archive to write (default: DIR/reloadscope-bundle.tar.gz).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Largest archive, in bytes or with a unit (25MB, 10MiB): GitHub takes 25 MB.
+        #[arg(long, default_value = "25MB", value_parser = shared::size::parse)]
+        max_size: u64,
+        /// Replace the host name, the user's and the run's paths, the plugin sockets' directory
+        /// and the request ids' random prefix with placeholders, and leave the raw stack copies
+        /// out.
+        #[arg(long)]
+        redact: bool,
     },
     /// Print the per-thread summary of a trace directory (no root needed).
     Show {
@@ -145,6 +164,16 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Analyze { dir, debug_dirs } => analyze(&dir, &debug_dirs),
+        Cmd::Bundle { dir, out, max_size, redact } => {
+            let out = out.unwrap_or_else(|| dir.join("reloadscope-bundle.tar.gz"));
+            reloadscope::bundle::write(&dir, &out, max_size, redact).map(|w| {
+                println!("{} ({:.1} MB): attach this file to the issue", w.path.display(), w.bytes as f64 / 1e6);
+                for p in &w.dropped {
+                    println!("left out: {}", p.loss());
+                }
+                ExitCode::SUCCESS
+            })
+        }
         Cmd::Flamegraph { dir, out, debug_dirs } => {
             flamegraph(&dir, out.as_deref(), &debug_dirs).map(|(r, dir_out)| {
                 for (pid, stack, n) in &r.heaviest {
@@ -211,12 +240,33 @@ fn flamegraph(
 /// `reloadscope analyze DIR`: a short summary on stdout, where the files are on stderr.
 fn analyze(dir: &std::path::Path, debug_dirs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
+    let unpacked;
+    let dir = if dir.is_file() {
+        unpacked = reloadscope::bundle::unpack(dir)?;
+        eprintln!("reloadscope: unpacked the bundle into {}", unpacked.display());
+        unpacked.as_path()
+    } else {
+        dir
+    };
+    let bundle = reloadscope::bundle::is_bundle(dir);
+    if bundle && !dir.join("trace/events.jsonl").exists() {
+        anyhow::bail!(
+            "this bundle left its events out to fit its size limit: its report.md is the run's report"
+        );
+    }
     let run = reloadscope::load(dir)?;
     let mut a = reloadscope::analyze(&run);
     let analysed = started.elapsed();
     // Flamegraphs after the detectors, which name the spinning workers that get theirs first.
+    // A bundle does not carry the gateway's binaries: its own flamegraphs stay.
     let sources = reloadscope::flame::debuginfo::Sources::from_env(debug_dirs);
-    match reloadscope::flame::run(&reloadscope::flame_input(&run, &a), None, sources) {
+    let drawn = if bundle {
+        a.flamegraphs = reloadscope::bundle::bundled_flamegraphs(dir);
+        Ok(Default::default())
+    } else {
+        reloadscope::flame::run(&reloadscope::flame_input(&run, &a), None, sources)
+    };
+    match drawn {
         Ok(r) if r.samples > 0 => {
             let rel = run.trace_dir.join("flamegraphs");
             let rel = rel.strip_prefix(&run.dir).unwrap_or(&rel).display().to_string();

@@ -6,8 +6,8 @@
 //! - [`truth`]: the stand-in's ground-truth log (`standin-ground-truth.jsonl`);
 //! - [`container`]: `--container NAME|ID`, the nginx master inside a container;
 //! - [`endpoint`]: `--endpoint PATH[=HEADER]`, an operator's own route;
-//! - [`clock`], [`procstat`], [`duration`]: the clocks, `/proc/PID/stat`, and durations typed
-//!   by a user.
+//! - [`clock`], [`procstat`], [`duration`], [`size`]: the clocks, `/proc/PID/stat`, and
+//!   durations and sizes typed by a user.
 //!
 //! The writers (loadtest, xtask, the stand-in) and the readers (probe-user, xtask's tests) use
 //! these types, so a field renamed on one side fails to compile on the other.
@@ -20,6 +20,7 @@ mod jsonl;
 pub mod procstat;
 pub mod reload;
 pub mod requests;
+pub mod size;
 pub mod truth;
 
 pub use jsonl::{for_each_json_line, read_json_lines};

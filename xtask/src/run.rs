@@ -102,6 +102,9 @@ fn parse_host(s: &str) -> std::result::Result<String, String> {
     }
 }
 
+/// The bundle `reloadscope bundle` writes into the run directory.
+const BUNDLE: &str = "reloadscope-bundle.tar.gz";
+
 /// The gateway's address: Kong's proxy port.
 const GATEWAY: &str = "127.0.0.1:8000";
 
@@ -434,10 +437,14 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     // The analysis also draws the flamegraphs (spinning workers first) and links them.
     println!("run: [analyse] reloadscope analyze {} (report and flamegraphs)", out.display());
     crate::util::run(Command::new(bin.join("reloadscope")).arg("analyze").arg(&out))?;
+    // One file for the issue: the report and what it was drawn from, under GitHub's limit.
+    println!("run: [bundle] reloadscope bundle {}", out.display());
+    crate::util::run(Command::new(bin.join("reloadscope")).arg("bundle").arg(&out))?;
     println!(
-        "run: artifacts in {}; the report to attach is {}",
+        "run: artifacts in {}; the report to paste is {}, the file to attach is {}",
         out.display(),
-        out.join("report.md").display()
+        out.join("report.md").display(),
+        out.join(BUNDLE).display()
     );
     if !load_status.success() {
         bail!("the load test failed ({load_status})");

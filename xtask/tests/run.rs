@@ -335,6 +335,7 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
     let dir = tempfile::tempdir().unwrap();
     let run = short_run(dir.path(), &[]);
     let report = &run.report;
+    bundle_reanalyses_to_the_same_findings(&run);
 
     // kong-2.7 SIGKILLs the old generation: the probe's SIGKILLs are the stand-in's.
     let killed = run.truth_pids(TruthEv::Kill, SERVER, |e| e.is_kill_with("SIGKILL"));
@@ -437,6 +438,33 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
     );
     let lua = "ngx_http_lua_run_thread [ngx_http_lua_module.so];access_by_lua(nginx.conf:";
     assert!(folded.contains(lua), "no Lua handler down into its Lua frames");
+}
+
+/// The run's bundle, copied alone into a fresh directory (no run directory, no binaries read),
+/// re-analysed: the same spins, servers, kills, routes and attribution counts.
+fn bundle_reanalyses_to_the_same_findings(run: &Run) {
+    let bundle = run.dir.join("reloadscope-bundle.tar.gz");
+    let size = std::fs::metadata(&bundle).expect("xtask run writes the bundle").len();
+    assert!(size <= 25_000_000, "{size} bytes");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let copy = elsewhere.path().join("bundle.tar.gz");
+    std::fs::copy(&bundle, &copy).unwrap();
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/reloadscope");
+    let out = Command::new(bin).arg("analyze").arg(&copy).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = json(&elsewhere.path().join("bundle.d/report.json"));
+    let pids = |r: &Value, k: &str, f: &str| numbers(&r[k], f);
+    assert_eq!(pids(&again, "spins", "pid"), pids(&run.report, "spins", "pid"), "spinning workers");
+    for k in ["servers", "kills", "handovers"] {
+        assert_eq!(again["lifecycle"][k], run.report["lifecycle"][k], "lifecycle.{k}");
+    }
+    assert_eq!(again["routes"], run.report["routes"], "routes");
+    for k in ["requests", "failed", "exact", "window", "unexplained", "not_reload", "by_kernel"] {
+        assert_eq!(again["attribution"][k], run.report["attribution"][k], "attribution.{k}");
+    }
+    assert_eq!(again["flamegraphs"], run.report["flamegraphs"], "the bundled flamegraphs stay");
+    let readme = std::fs::read_to_string(elsewhere.path().join("bundle.d/README.md")).unwrap();
+    assert!(readme.contains("reloadscope analyze"), "{readme}");
 }
 
 #[test]

@@ -31,7 +31,7 @@ const CLIENT: &str = "debuginfod-find";
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where a debug file came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// A `.build-id` tree of a debug directory.

@@ -13,7 +13,7 @@ use crate::luajit::symbols::NamedFrame;
 
 /// Where a process's Lua samples concentrate: the leaf Lua function and line most samples were
 /// in, and its caller.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct LuaHot {
     /// The function (`name file:firstline`, or `file:firstline`).
     pub function: String,
@@ -35,7 +35,7 @@ pub struct LuaHot {
 }
 
 /// How the Lua frames of the samples went in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LuaMerge {
     /// Samples whose Lua frames replaced an interpreter frame.
     pub merged: u64,

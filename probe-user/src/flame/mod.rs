@@ -66,7 +66,7 @@ pub struct FlameReport {
 }
 
 /// A module whose frames were named from its debug file.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct DebugNamed {
     /// The module (file name).
     pub module: String,
@@ -75,7 +75,7 @@ pub struct DebugNamed {
 }
 
 /// One flamegraph written.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Graph {
     /// File stem in the output directory (`<stem>.svg`, `<stem>.folded`).
     pub stem: String,
@@ -102,7 +102,7 @@ pub struct Graph {
 }
 
 /// What the report keeps of the flamegraphs (`report.json`'s `flamegraphs`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct FlameSummary {
     /// The directory, relative to the run directory.
     pub dir: String,
