@@ -5,8 +5,10 @@
 //! The archive holds the report, the timeline, the flamegraphs and their folded stacks, the
 //! trace's metadata and process model, the events, the compressed stack copies, the load test's
 //! log, and a `README.md` that lists what is in it and what was left out. When it is over the
-//! size limit, the optional parts go in [`DROP_ORDER`]: raw samples first, then the events away
-//! from the reloads, and so on; the report never goes.
+//! size limit, the optional parts go in [`DROP_ORDER`]: raw samples first, then what a
+//! re-analysis writes anew (`requests-linked.jsonl`, `report.json`, `timeline.json`), then the
+//! events away from the reloads, and so on; the report never goes. The flamegraphs' summary
+//! travels in `BUNDLE.json`, since their binaries do not.
 //!
 //! `--redact` ([`Redactor`]) replaces the host name, the user's and the run's paths, the plugin
 //! sockets' directory and the load test's random request-id prefix with placeholders in every
@@ -31,14 +33,16 @@ const BEFORE_NS: u64 = 5_000_000_000;
 const AFTER_NS: u64 = 30_000_000_000;
 
 /// The parts that may be left out, heaviest and least needed first.
-pub const DROP_ORDER: [Part; 7] = [
+pub const DROP_ORDER: [Part; 9] = [
     Part::Samples,
+    Part::LinkedRequests,
+    Part::ReportData,
+    Part::Timeline,
+    Part::StandinLog,
     Part::EventsAwayFromReloads,
     Part::Events,
-    Part::LinkedRequests,
     Part::RequestLog,
-    Part::StandinLog,
-    Part::Timeline,
+    Part::FlamegraphSvgs,
 ];
 
 /// An optional part of the archive.
@@ -52,13 +56,17 @@ pub enum Part {
     EventsAwayFromReloads,
     /// All of `events.jsonl`.
     Events,
-    /// `requests-linked.jsonl`.
+    /// `requests-linked.jsonl` (a re-analysis writes it anew).
     LinkedRequests,
+    /// `report.json` (a re-analysis writes it anew).
+    ReportData,
+    /// The flamegraphs' SVGs (their folded stacks stay).
+    FlamegraphSvgs,
     /// `requests.jsonl` (the attribution needs it).
     RequestLog,
     /// The stand-in's own log.
     StandinLog,
-    /// `timeline.json`.
+    /// `timeline.json` (a re-analysis writes it anew).
     Timeline,
 }
 
@@ -71,10 +79,14 @@ impl Part {
                 "events more than 5 s before the first reload or 30 s after the last one"
             }
             Part::Events => "every event: the analysis cannot be re-run",
-            Part::LinkedRequests => "requests-linked.jsonl",
+            Part::LinkedRequests => "requests-linked.jsonl (`reloadscope analyze` writes it anew)",
+            Part::ReportData => "report.json (`reloadscope analyze` writes it anew)",
+            Part::FlamegraphSvgs => {
+                "the flamegraphs' SVGs (their folded stacks are in; inferno or speedscope draws them)"
+            }
             Part::RequestLog => "the load test's log: failures cannot be re-attributed",
             Part::StandinLog => "the stand-in's own log: no check against it",
-            Part::Timeline => "timeline.json (Perfetto)",
+            Part::Timeline => "timeline.json (Perfetto; `reloadscope analyze` writes it anew)",
         }
     }
 }
@@ -87,6 +99,9 @@ pub struct Marker {
     /// Whether host names, paths and request ids were replaced.
     #[serde(default)]
     pub redacted: bool,
+    /// The run's flamegraph summary (`report.json`'s), for a re-analysis that cannot redraw them.
+    #[serde(default)]
+    pub flamegraphs: Option<crate::flame::FlameSummary>,
 }
 
 /// Replaces what identifies the user's machine and run with placeholders.
@@ -184,9 +199,8 @@ pub struct Written {
 }
 
 /// Run-directory files that always go in when they exist.
-const ALWAYS: [&str; 8] = [
+const ALWAYS: [&str; 7] = [
     "report.md",
-    "report.json",
     "summary.md",
     "reload.json",
     "trace/meta.json",
@@ -204,6 +218,8 @@ fn files(part: Part) -> &'static [&'static str] {
         Part::RequestLog => &["requests.jsonl"],
         Part::StandinLog => &["standin-ground-truth.jsonl"],
         Part::Timeline => &["timeline.json"],
+        Part::ReportData => &["report.json"],
+        Part::FlamegraphSvgs => &[],
     }
 }
 
@@ -248,10 +264,15 @@ fn write_once(run: &Path, out: &Path, dropped: &[Part], redactor: Option<&Redact
         tar.append_data(&mut h, name, text)?;
         Ok(())
     };
-    let marker = Marker { dropped: dropped.to_vec(), redacted: redactor.is_some() };
+    let marker = Marker {
+        dropped: dropped.to_vec(),
+        redacted: redactor.is_some(),
+        flamegraphs: report_flamegraphs(&run.join("report.json")),
+    };
+    let marker_text = serde_json::to_string_pretty(&marker)?;
     let readme = readme(run, &marker);
     add_text(&mut tar, "README.md", redactor.map_or(readme.clone(), |r| r.apply(&readme)).as_bytes())?;
-    add_text(&mut tar, MARKER, serde_json::to_string_pretty(&marker)?.as_bytes())?;
+    add_text(&mut tar, MARKER, redactor.map_or(marker_text.clone(), |r| r.apply(&marker_text)).as_bytes())?;
     let mut names: Vec<&str> = ALWAYS.to_vec();
     names.push("trace/flamegraphs");
     for part in DROP_ORDER {
@@ -261,7 +282,11 @@ fn write_once(run: &Path, out: &Path, dropped: &[Part], redactor: Option<&Redact
     }
     let near = dropped.contains(&Part::EventsAwayFromReloads);
     let scratch = tempfile::tempdir()?;
+    let svgs = dropped.contains(&Part::FlamegraphSvgs);
     for (name, path) in names.into_iter().flat_map(|n| expand(run, n)) {
+        if svgs && name.ends_with(".svg") {
+            continue;
+        }
         let near = near && name == "trace/events.jsonl";
         if !near && redactor.is_none() {
             tar.append_path_with_name(&path, &name)
@@ -387,12 +412,21 @@ pub fn is_bundle(dir: &Path) -> bool {
     dir.join(MARKER).exists()
 }
 
-/// The flamegraph summary the bundled report.json carried.
+/// The flamegraph summary of a `report.json` (read as a stream: the file can be large).
+fn report_flamegraphs(report: &Path) -> Option<crate::flame::FlameSummary> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        flamegraphs: Option<crate::flame::FlameSummary>,
+    }
+    let r: Only = serde_json::from_reader(BufReader::new(File::open(report).ok()?)).ok()?;
+    r.flamegraphs
+}
+
+/// The flamegraph summary an unpacked bundle carries.
 pub fn bundled_flamegraphs(dir: &Path) -> Option<crate::flame::FlameSummary> {
     let mut text = String::new();
-    File::open(dir.join("report.json")).ok()?.read_to_string(&mut text).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    serde_json::from_value(v.get("flamegraphs")?.clone()).ok()
+    File::open(dir.join(MARKER)).ok()?.read_to_string(&mut text).ok()?;
+    serde_json::from_str::<Marker>(&text).ok()?.flamegraphs
 }
 
 #[cfg(test)]
@@ -463,8 +497,8 @@ mod tests {
         let w = write(run.path(), &out, full - 1, false).unwrap();
         assert_eq!(w.dropped, vec![Part::Samples]);
         assert!(!names(&out).iter().any(|x| x.contains("samples")));
-        // Under the size without samples: the events away from the reload go next, and the
-        // events near it stay.
+        // Under the size without samples: the events away from the reload go next (the run has
+        // no report.json, timeline or logs to go first), and the events near it stay.
         let w = write(run.path(), &out, w.bytes - 1, false).unwrap();
         assert_eq!(w.dropped, vec![Part::Samples, Part::EventsAwayFromReloads]);
         let dir = unpack(&out).unwrap();
