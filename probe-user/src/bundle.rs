@@ -230,10 +230,17 @@ pub fn write(run: &Path, out: &Path, max: u64, redact: bool) -> Result<Written> 
         bail!("{} has no report.md: run `reloadscope analyze {}` first", run.display(), run.display());
     }
     let redactor = redact.then(|| Redactor::for_run(run));
+    // Read once: report.json can be hundreds of MB, and each attempt needs the summary.
+    let flamegraphs = report_flamegraphs(&run.join("report.json"));
     // Raw stack copies are process memory: they cannot be redacted, so they stay out.
     let mut dropped = if redact { vec![Part::Samples] } else { Vec::new() };
     loop {
-        let bytes = write_once(run, out, &dropped, redactor.as_ref())?;
+        let marker = Marker {
+            dropped: dropped.clone(),
+            redacted: redactor.is_some(),
+            flamegraphs: flamegraphs.clone(),
+        };
+        let bytes = write_once(run, out, &marker, redactor.as_ref())?;
         if bytes <= max {
             return Ok(Written { path: out.to_path_buf(), bytes, dropped });
         }
@@ -252,7 +259,8 @@ fn present(run: &Path, part: Part) -> bool {
 }
 
 /// One attempt: the archive without the `dropped` parts; returns its size.
-fn write_once(run: &Path, out: &Path, dropped: &[Part], redactor: Option<&Redactor>) -> Result<u64> {
+fn write_once(run: &Path, out: &Path, marker: &Marker, redactor: Option<&Redactor>) -> Result<u64> {
+    let dropped = &marker.dropped;
     let file = File::create(out).with_context(|| format!("cannot write {}", out.display()))?;
     let mut tar = tar::Builder::new(GzEncoder::new(std::io::BufWriter::new(file), Compression::default()));
     tar.mode(tar::HeaderMode::Deterministic);
@@ -264,13 +272,8 @@ fn write_once(run: &Path, out: &Path, dropped: &[Part], redactor: Option<&Redact
         tar.append_data(&mut h, name, text)?;
         Ok(())
     };
-    let marker = Marker {
-        dropped: dropped.to_vec(),
-        redacted: redactor.is_some(),
-        flamegraphs: report_flamegraphs(&run.join("report.json")),
-    };
-    let marker_text = serde_json::to_string_pretty(&marker)?;
-    let readme = readme(run, &marker);
+    let marker_text = serde_json::to_string_pretty(marker)?;
+    let readme = readme(run, marker);
     add_text(&mut tar, "README.md", redactor.map_or(readme.clone(), |r| r.apply(&readme)).as_bytes())?;
     add_text(&mut tar, MARKER, redactor.map_or(marker_text.clone(), |r| r.apply(&marker_text)).as_bytes())?;
     let mut names: Vec<&str> = ALWAYS.to_vec();

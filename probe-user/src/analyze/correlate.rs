@@ -221,7 +221,7 @@ pub fn correlate(log: &LogSummary, ev: &Evidence<'_>, zero_ns: u64) -> Attributi
     }
     let mut att = Attribution { requests: log.requests, ..Attribution::default() };
     let mut table: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-    let mut failed: Vec<&Request> = log.failed.iter().filter(|r| r.failed()).collect();
+    let mut failed: Vec<&Request> = log.failed.iter().collect();
     failed.sort_by_key(|r| r.start_mono_ns);
     for r in failed {
         att.failed += 1;
