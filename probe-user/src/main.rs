@@ -254,8 +254,9 @@ fn analyze(dir: &std::path::Path, debug_dirs: &[PathBuf]) -> anyhow::Result<Exit
             "this bundle left its events out to fit its size limit: its report.md is the run's report"
         );
     }
-    let run = reloadscope::load(dir)?;
+    let mut run = reloadscope::load(dir)?;
     let mut a = reloadscope::analyze(&run);
+    run.keep_for_report(&a);
     let analysed = started.elapsed();
     // Flamegraphs after the detectors, which name the spinning workers that get theirs first.
     // A bundle does not carry the gateway's binaries: its own flamegraphs stay.

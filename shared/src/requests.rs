@@ -154,7 +154,8 @@ pub struct LogSummary {
     pub requests: u64,
     /// Requests and failures per endpoint.
     pub endpoints: BTreeMap<String, EndpointLoad>,
-    /// Every failed request, in the log's order.
+    /// Every failed request, in the log's order, without the echoed id (nothing reads it back,
+    /// and a long run keeps hundreds of thousands of failures).
     pub failed: Vec<RequestLine>,
 }
 
@@ -167,7 +168,7 @@ impl LogSummary {
         if r.failed() {
             let tag = r.reason.as_ref().map_or_else(|| "unknown".into(), Failure::to_string);
             *e.failures.entry(tag).or_default() += 1;
-            self.failed.push(r);
+            self.failed.push(RequestLine { echoed_request_id: None, ..r });
         }
     }
 
@@ -175,6 +176,7 @@ impl LogSummary {
     pub fn read(path: &std::path::Path) -> std::io::Result<Self> {
         let mut s = LogSummary::default();
         crate::for_each_json_line(path, |r| s.add(r))?;
+        s.failed.shrink_to_fit();
         Ok(s)
     }
 

@@ -15,10 +15,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Request;
 use super::fit::{self, CauseKind, FailureClass};
+use super::linked::{KernelRead, id_hash};
+use super::links::Links;
 use super::routes::{Allowed, Routes};
 use super::spin::Spin;
 use super::stale::{ConnectFailure, IoFailure, Stale};
@@ -35,7 +37,7 @@ pub const EXACT_SLACK_NS: u64 = 10_000_000;
 pub const WINDOW_SLACK_NS: u64 = 50_000_000;
 
 /// How a failed request's worker was known.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkMethod {
     /// The probe read the request's id from that worker's socket.
@@ -47,24 +49,83 @@ pub enum LinkMethod {
     Window,
 }
 
-/// The requests the probe read, by request id (the first read of each id).
-pub type KernelRequests<'a> = BTreeMap<&'a str, &'a HttpRequestEvent>;
+/// The requests the probe read, by the hash of their request id (the first read of each id):
+/// a sorted vector, a third of a hash map's size at a quarter of a million failures.
+#[derive(Debug, Clone, Default)]
+pub struct KernelRequests {
+    reads: Vec<KernelRead>,
+    sorted: bool,
+}
 
-/// The requests the probe read that carried an id; the first read of an id counts.
-pub fn kernel_requests(events: &[crate::event::Event]) -> KernelRequests<'_> {
-    let mut out = KernelRequests::new();
-    for e in events {
-        if let crate::event::Event::HttpRequest(h) = e
-            && let Some(id) = h.request_id.as_deref()
-        {
-            out.entry(id).or_insert(h);
+impl KernelRequests {
+    /// Adds a read (a later read of the same id does not count).
+    pub fn add(&mut self, h: &HttpRequestEvent) {
+        if let Some(r) = KernelRead::of(h) {
+            self.reads.push(r);
+            self.sorted = false;
         }
     }
+
+    /// Sorts the reads for [`KernelRequests::get`]; the first read of an id stays.
+    pub fn finish(&mut self) {
+        self.reads.sort_by_key(KernelRead::id_hash);
+        self.reads.dedup_by_key(|r| r.id_hash());
+        self.reads.shrink_to_fit();
+        self.sorted = true;
+    }
+
+    /// The first read of request `id`.
+    pub fn get(&self, id: &str) -> Option<KernelRead> {
+        debug_assert!(self.sorted || self.reads.is_empty(), "finish() before get()");
+        let h = id_hash(id);
+        let i = self.reads.partition_point(|r| r.id_hash() < h);
+        self.reads.get(i).filter(|r| r.id_hash() == h).copied()
+    }
+}
+
+/// The requests the probe read that carried an id; the first read of an id counts (runs built
+/// by hand; [`super::load`] adds them as it reads).
+#[cfg(test)]
+pub fn kernel_requests(events: &[crate::event::Event]) -> KernelRequests {
+    let mut out = KernelRequests::default();
+    for e in events {
+        if let crate::event::Event::HttpRequest(h) = e {
+            out.add(h);
+        }
+    }
+    out.finish();
     out
 }
 
+/// How a failed request was explained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkClass {
+    /// Through its own worker's events.
+    Exact,
+    /// By the time-window fallback.
+    Window,
+    /// Nothing that could produce it was found, though a reload could have.
+    #[default]
+    Unexplained,
+    /// No reload effect can produce its reason (a foreign body, a 4xx).
+    NotReload,
+}
+
+impl LinkClass {
+    /// The name written to `report.json` and the tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkClass::Exact => "exact",
+            LinkClass::Window => "window",
+            LinkClass::Unexplained => "unexplained",
+            LinkClass::NotReload => "not_reload",
+        }
+    }
+}
+
 /// One failed request and what explains it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Link {
     /// The `x-request-id`.
     pub request_id: String,
@@ -73,7 +134,7 @@ pub struct Link {
     /// Start (s from zero).
     pub start_s: f64,
     /// The reload whose window it started in (1 for the first), when one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<usize>,
     /// Duration in s.
     pub duration_s: f64,
@@ -85,21 +146,42 @@ pub struct Link {
     pub method: LinkMethod,
     /// That worker's generation.
     pub worker_generation: Option<u32>,
-    /// `exact`, `window`, `unexplained`, or `not_reload` (no cause can produce its reason).
-    pub link: String,
+    /// How it was explained.
+    pub link: LinkClass,
     /// What its reason says went wrong.
     pub class: Option<FailureClass>,
-    /// `failed_connect`, `failed_io`, `stale_flow`, `spin`, `old_worker_exit`, or empty.
-    pub kind: String,
+    /// What explains it (written as an empty string when nothing does).
+    #[serde(with = "kind_or_empty")]
+    pub kind: Option<CauseKind>,
     /// The worker whose event explains it.
     pub cause_pid: Option<u32>,
     /// The plugin socket of that event, for socket causes.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cause_socket: String,
     /// When that event happened (s from zero).
     pub cause_s: Option<f64>,
     /// One sentence for humans.
     pub sentence: String,
+}
+
+/// `kind` as `report.json` has always written it: the cause's name, or `""`.
+mod kind_or_empty {
+    use serde::de::IntoDeserializer;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::CauseKind;
+
+    pub fn serialize<S: Serializer>(k: &Option<CauseKind>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(k.map_or("", CauseKind::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CauseKind>, D::Error> {
+        let name = String::deserialize(d)?;
+        if name.is_empty() {
+            return Ok(None);
+        }
+        CauseKind::deserialize(name.as_str().into_deserializer()).map(Some)
+    }
 }
 
 /// Failures per (link, kind, endpoint).
@@ -151,14 +233,14 @@ pub struct Attribution {
     /// Counts by link, kind and endpoint.
     pub table: Vec<Row>,
     /// Every failed request, in time order.
-    pub links: Vec<Link>,
+    pub links: Links,
 }
 
 /// What the failures are explained from.
 #[derive(Debug, Clone, Copy)]
 pub struct Evidence<'a> {
     /// The requests the probe read, by id.
-    pub kernel: &'a KernelRequests<'a>,
+    pub kernel: &'a KernelRequests,
     /// Each route's plugin sockets.
     pub routes: &'a Routes,
     /// The reload's workers.
@@ -204,8 +286,9 @@ struct Index<'a> {
     all_ios: Vec<&'a IoFailure>,
 }
 
-/// Links every failed request.
-pub fn correlate(log: &LogSummary, ev: &Evidence<'_>, zero_ns: u64) -> Attribution {
+/// Links every failed request. `reloads_ns` are the reload instants in order: each link names
+/// the one whose window it started in.
+pub fn correlate(log: &LogSummary, ev: &Evidence<'_>, reloads_ns: &[u64], zero_ns: u64) -> Attribution {
     let stale = ev.stale;
     let mut ix = Index {
         connects: BTreeMap::new(),
@@ -220,15 +303,16 @@ pub fn correlate(log: &LogSummary, ev: &Evidence<'_>, zero_ns: u64) -> Attributi
         ix.ios.entry(i.pid).or_default().push(i);
     }
     let mut att = Attribution { requests: log.requests, ..Attribution::default() };
-    let mut table: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    // By name, as the table is read.
+    let mut table: BTreeMap<(&str, &str, String), u64> = BTreeMap::new();
     let mut failed: Vec<&Request> = log.failed.iter().collect();
     failed.sort_by_key(|r| r.start_mono_ns);
     for r in failed {
         att.failed += 1;
         let class = fit::classify(r.reason.as_ref());
-        let read = ev.kernel.get(r.request_id.as_str()).copied();
+        let read = ev.kernel.get(&r.request_id);
         let worker = match (read, r.worker_pid) {
-            (Some(k), _) => Some((k.task.tgid, LinkMethod::Kernel)),
+            (Some(k), _) => Some((k.tgid, LinkMethod::Kernel)),
             (None, Some(w)) => Some((w, LinkMethod::GatewayHeader)),
             (None, None) => None,
         };
@@ -250,13 +334,16 @@ pub fn correlate(log: &LogSummary, ev: &Evidence<'_>, zero_ns: u64) -> Attributi
         if let Some((w, _)) = worker {
             link.worker_pid = Some(w);
         }
-        match link.link.as_str() {
-            "exact" => att.exact += 1,
-            "window" => att.window += 1,
-            NOT_RELOAD => att.not_reload += 1,
-            _ => att.unexplained += 1,
+        link.reload = reloads_ns.iter().rposition(|&at| r.start_mono_ns >= at).map(|i| i + 1);
+        match link.link {
+            LinkClass::Exact => att.exact += 1,
+            LinkClass::Window => att.window += 1,
+            LinkClass::NotReload => att.not_reload += 1,
+            LinkClass::Unexplained => att.unexplained += 1,
         }
-        *table.entry((link.link.clone(), link.kind.clone(), r.endpoint.clone())).or_default() += 1;
+        *table
+            .entry((link.link.as_str(), link.kind.map_or("", CauseKind::as_str), r.endpoint.clone()))
+            .or_default() += 1;
         att.links.push(link);
     }
     att.reload_failed = att.failed - att.not_reload;
@@ -266,13 +353,10 @@ pub fn correlate(log: &LogSummary, ev: &Evidence<'_>, zero_ns: u64) -> Attributi
     att.unexplained_share = share(att.unexplained);
     att.table = table
         .into_iter()
-        .map(|((link, kind, endpoint), count)| Row { link, kind, endpoint, count })
+        .map(|((link, kind, endpoint), count)| Row { link: link.into(), kind: kind.into(), endpoint, count })
         .collect();
     att
 }
-
-/// The link of a failure that no reload effect can produce.
-pub const NOT_RELOAD: &str = "not_reload";
 
 fn base(r: &Request, zero_ns: u64) -> Link {
     let reason = r.reason.as_ref().map(ToString::to_string).unwrap_or_default();
@@ -284,14 +368,14 @@ fn base(r: &Request, zero_ns: u64) -> Link {
         class: Some(fit::classify(r.reason.as_ref())),
         reason,
         worker_pid: r.worker_pid,
-        link: "unexplained".into(),
+        link: LinkClass::Unexplained,
         ..Link::default()
     }
 }
 
 fn not_reload(r: &Request, zero_ns: u64) -> Link {
     let mut l = base(r, zero_ns);
-    l.link = NOT_RELOAD.into();
+    l.link = LinkClass::NotReload;
     let reason = if l.reason.is_empty() { "no reason given" } else { l.reason.as_str() };
     l.sentence = format!("{}: {reason}; no reload effect can produce this failure", head(&l));
     l
@@ -337,37 +421,37 @@ fn spin_text(s: &Spin) -> String {
 
 fn explain_exact(
     r: &Request,
-    (w, method, read): (u32, LinkMethod, Option<&HttpRequestEvent>),
+    (w, method, read): (u32, LinkMethod, Option<KernelRead>),
     class: FailureClass,
     ev: &Evidence<'_>,
     ix: &Index,
     zero_ns: u64,
 ) -> Link {
     let (timeline, spins, stale) = (ev.timeline, ev.spins, ev.stale);
-    let allowed = ev.routes.allowed(&r.endpoint, read);
+    let allowed = ev.routes.allowed(&r.endpoint, read.and_then(|k| k.plugin_inode()));
     let mut l = base(r, zero_ns);
     l.worker_generation = timeline.worker_generation(w);
     let (lo, hi) = (r.start_mono_ns.saturating_sub(EXACT_SLACK_NS), r.end_mono_ns + EXACT_SLACK_NS);
     let wgen = l.worker_generation.map_or(String::new(), |g| format!(" (generation {g})"));
     let served = match (method, read) {
         (LinkMethod::Kernel, Some(k)) => {
-            let answer = match (k.response_ns, k.closed_ns) {
+            let answer = match (k.answered_ns(), k.closed_ns()) {
                 (Some(t), _) => format!(
                     ", answered {} at {:.2} s",
-                    k.status.map_or("?".into(), |s| s.to_string()),
+                    k.status().map_or("?".into(), |s| s.to_string()),
                     rel_s(t, zero_ns)
                 ),
                 (None, Some(_)) => ", never answered".to_string(),
                 (None, None) => ", never answered while traced".to_string(),
             };
-            format!("{}: reached worker {w}{wgen} at {:.2} s{answer}", head(&l), rel_s(k.task.ts_ns, zero_ns))
+            format!("{}: reached worker {w}{wgen} at {:.2} s{answer}", head(&l), rel_s(k.read_ns, zero_ns))
         }
         _ => format!("{}: served by worker {w}{wgen}", head(&l)),
     };
     let can = |k: CauseKind| fit::fits(k, class);
     let mut found = None;
     if can(CauseKind::WorkerClosed)
-        && let Some(t) = read.and_then(|k| k.closed_ns)
+        && let Some(t) = read.and_then(|k| k.closed_ns())
     {
         found = Some((
             CauseKind::WorkerClosed,
@@ -378,9 +462,9 @@ fn explain_exact(
     if found.is_none()
         && can(CauseKind::FailedConnect)
         && let Some(v) = ix.connects.get(&w)
-        && let Some(c) = pick_near(v, |c| c.ts_ns, r, EXACT_SLACK_NS, &allowed, |c| &c.path)
+        && let Some(c) = pick_near(v, |c| c.ts_ns, r, EXACT_SLACK_NS, &allowed, |c| &*c.path)
     {
-        l.cause_socket = c.path.clone();
+        l.cause_socket = c.path.to_string();
         found = Some((
             CauseKind::FailedConnect,
             c.ts_ns,
@@ -425,8 +509,8 @@ fn explain_exact(
     }
     match found {
         Some((kind, ts, sentence)) => {
-            l.link = "exact".into();
-            l.kind = kind.as_str().into();
+            l.link = LinkClass::Exact;
+            l.kind = Some(kind);
             l.cause_pid = Some(w);
             l.cause_s = Some(rel_s(ts, zero_ns));
             l.sentence = sentence;
@@ -516,7 +600,7 @@ fn explain_window(r: &Request, class: FailureClass, ev: &Evidence<'_>, ix: &Inde
             ),
         )
     });
-    let connect = pick_near(&ix.all_connects, |c| c.ts_ns, r, WINDOW_SLACK_NS, &allowed, |c| &c.path);
+    let connect = pick_near(&ix.all_connects, |c| c.ts_ns, r, WINDOW_SLACK_NS, &allowed, |c| &*c.path);
     let io = pick_near(&ix.all_ios, |i| i.ts_ns, r, WINDOW_SLACK_NS, &allowed, |i| &i.path);
     let spin_found = busy.first().map(|first| {
         let who: Vec<String> = busy
@@ -564,7 +648,7 @@ fn explain_window(r: &Request, class: FailureClass, ev: &Evidence<'_>, ix: &Inde
     let io_found = io
         .map(|i| (CauseKind::FailedIo, i.pid, i.at_s, format!("{lead}: worker {}'s {}", i.pid, io_text(i))));
     let socket_of = |kind: CauseKind| match kind {
-        CauseKind::FailedConnect => connect.map_or(String::new(), |c| c.path.clone()),
+        CauseKind::FailedConnect => connect.map_or(String::new(), |c| c.path.to_string()),
         CauseKind::FailedIo => io.map_or(String::new(), |i| i.path.clone()),
         _ => String::new(),
     };
@@ -576,8 +660,8 @@ fn explain_window(r: &Request, class: FailureClass, ev: &Evidence<'_>, ix: &Inde
     };
     match order.into_iter().flatten().find(|(kind, ..)| fit::fits(*kind, class)) {
         Some((kind, pid, at, sentence)) => {
-            l.link = "window".into();
-            l.kind = kind.as_str().into();
+            l.link = LinkClass::Window;
+            l.kind = Some(kind);
             l.cause_pid = Some(pid);
             l.cause_s = Some(at);
             l.cause_socket = socket_of(kind);
@@ -636,11 +720,40 @@ mod tests {
         stale: &Stale,
         zero_ns: u64,
     ) -> Attribution {
-        let kernel = KernelRequests::new();
+        run_with_reloads(requests, timeline, spins, stale, &[], zero_ns)
+    }
+
+    fn run_with_reloads(
+        requests: &[Request],
+        timeline: &Timeline,
+        spins: &[Spin],
+        stale: &Stale,
+        reloads_ns: &[u64],
+        zero_ns: u64,
+    ) -> Attribution {
+        let kernel = KernelRequests::default();
         let routes = routes();
         let mut log = LogSummary::default();
         requests.iter().cloned().for_each(|r| log.add(r));
-        correlate(&log, &Evidence { kernel: &kernel, routes: &routes, timeline, spins, stale }, zero_ns)
+        correlate(
+            &log,
+            &Evidence { kernel: &kernel, routes: &routes, timeline, spins, stale },
+            reloads_ns,
+            zero_ns,
+        )
+    }
+
+    #[test]
+    fn each_link_names_the_reload_it_started_after() {
+        let requests = vec![
+            req("before", ms(500), ms(510), Some(11), "plugin header missing"),
+            req("first", ms(1500), ms(1510), Some(11), "plugin header missing"),
+            req("second", ms(2295), ms(2305), Some(11), "plugin header missing"),
+        ];
+        let a = run_with_reloads(&requests, &timeline(), &[], &stale(), &[ms(1000), ms(2000)], ms(1000));
+        let got: Vec<(String, Option<usize>)> = a.links.iter().map(|l| (l.request_id, l.reload)).collect();
+        let want = [("before", None), ("first", Some(1)), ("second", Some(2))];
+        assert_eq!(got, want.map(|(id, r)| (id.to_string(), r)));
     }
 
     fn timeline() -> Timeline {
@@ -715,8 +828,12 @@ mod tests {
         let a = run(&requests, &timeline(), &[spin()], &stale(), ms(1000));
         assert_eq!((a.requests, a.failed, a.with_worker, a.without_worker), (4, 3, 2, 1));
         assert_eq!((a.exact, a.window, a.unexplained), (1, 1, 1));
-        let l = &a.links[0];
-        assert_eq!((l.link.as_str(), l.kind.as_str(), l.cause_pid), ("exact", "failed_connect", Some(11)));
+        let links = a.links.all();
+        let l = &links[0];
+        assert_eq!(
+            (l.link, l.kind, l.cause_pid),
+            (LinkClass::Exact, Some(CauseKind::FailedConnect), Some(11))
+        );
         assert_eq!(l.cause_socket, "/p/jsplugin.socket");
         assert!((l.cause_s.unwrap() - 1.3).abs() < 1e-9);
         assert!(
@@ -729,9 +846,9 @@ mod tests {
             l.sentence
         );
         let c = a.links.iter().find(|l| l.request_id == "c").unwrap();
-        assert_eq!(c.link, "unexplained", "worker 12 did nothing wrong then");
+        assert_eq!(c.link, LinkClass::Unexplained, "worker 12 did nothing wrong then");
         let b = a.links.iter().find(|l| l.request_id == "b").unwrap();
-        assert_eq!((b.link.as_str(), b.kind.as_str(), b.cause_pid), ("window", "spin", Some(12)));
+        assert_eq!((b.link, b.kind, b.cause_pid), (LinkClass::Window, Some(CauseKind::Spin), Some(12)));
         assert!(
             b.sentence.contains("no worker known to have read it, linked by time window"),
             "{}",
@@ -776,11 +893,14 @@ mod tests {
         ];
         let a = run(&requests, &t, &[], &stale(), 0);
         let by = |id: &str| a.links.iter().find(|l| l.request_id == id).unwrap();
-        let got = |id: &str| (by(id).link.clone(), by(id).kind.clone());
+        let got = |id: &str| {
+            let l = by(id);
+            (l.link.as_str().to_string(), l.kind.map_or("", CauseKind::as_str).to_string())
+        };
         let pair = |l: &str, k: &str| (l.to_string(), k.to_string());
-        assert_eq!(got("body"), pair(NOT_RELOAD, ""));
+        assert_eq!(got("body"), pair("not_reload", ""));
         assert!(by("body").sentence.contains("no reload effect can produce"), "{}", by("body").sentence);
-        assert_eq!(got("404"), pair(NOT_RELOAD, ""));
+        assert_eq!(got("404"), pair("not_reload", ""));
         assert_eq!(got("closed"), pair("window", "old_worker_exit"));
         assert_eq!(by("closed").cause_pid, Some(13));
         assert_eq!(got("timeout"), pair("unexplained", ""));

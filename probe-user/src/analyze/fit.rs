@@ -13,11 +13,11 @@
 //! A plugin cause must also be on the plugin socket of the request's own endpoint: a refused
 //! connect to `jsplugin.socket` cannot fail a `/python` request.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared::requests::Failure;
 
 /// What the load test saw go wrong, from its failure reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {
     /// The upstream's echo lacked the plugin's header: the plugin was skipped (fail-open).
@@ -33,7 +33,7 @@ pub enum FailureClass {
 }
 
 /// A kind of kernel evidence that can explain a failed request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CauseKind {
     /// A worker's connect to a plugin socket failed (ECONNREFUSED, ENOENT).

@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::correlate::LinkClass;
+use super::fit::CauseKind;
 use super::testkit::*;
 use super::*;
 use crate::event::Event;
@@ -154,6 +156,8 @@ fn reload_run(dir: &Path) -> Run {
         meta,
         votes: super::routes::Votes::of(&events),
         kernel: Some(super::linked::KernelIndex::of(&events).unwrap()),
+        reads: super::correlate::kernel_requests(&events),
+        failed_connects: Vec::new(),
         events,
         processes,
         log,
@@ -241,11 +245,10 @@ fn the_golden_run_shows_each_kind_of_finding() {
     // The kernel named the workers of the timeout and the closed request; the header the rest.
     let att = &a.attribution;
     assert_eq!((att.by_kernel, att.by_header, att.by_window), (2, 2, 1));
-    let kind =
-        |id: &str| att.links.iter().find(|l| l.request_id == id).map(|l| (l.link.clone(), l.kind.clone()));
-    assert_eq!(kind("r-7"), Some(("exact".into(), "spin".into())));
-    assert_eq!(kind("r-6"), Some(("exact".into(), "worker_closed".into())));
-    assert_eq!(kind("r-8"), Some(("window".into(), "keepalive_closed".into())));
+    let kind = |id: &str| att.links.iter().find(|l| l.request_id == id).map(|l| (l.link, l.kind));
+    assert_eq!(kind("r-7"), Some((LinkClass::Exact, Some(CauseKind::Spin))));
+    assert_eq!(kind("r-6"), Some((LinkClass::Exact, Some(CauseKind::WorkerClosed))));
+    assert_eq!(kind("r-8"), Some((LinkClass::Window, Some(CauseKind::KeepaliveClosed))));
     let js: Vec<(u32, u32)> =
         a.lifecycle.servers.iter().filter(|s| s.path == JS).map(|s| (s.pid, s.generation)).collect();
     assert_eq!(js, vec![(JS_OLD, 1), (JS_NEW, 2)]);
@@ -261,17 +264,18 @@ fn a_long_runs_report_stays_within_its_budget() {
     let mut a = analyze(&run);
     let spin = a.spins[0].clone();
     a.spins = (0..500).map(|i| super::spin::Spin { start_s: i as f64, ..spin.clone() }).collect();
-    let link = a.attribution.links[0].clone();
+    let link = a.attribution.links.all()[0].clone();
     let long = "a spin span of worker 13 from 1.00 s to 2.00 s; ".repeat(200);
     a.attribution.links = (0..5000)
         .map(|i| correlate::Link {
             request_id: format!("r-{i}"),
             worker_pid: Some(i),
-            link: "window".into(),
+            link: LinkClass::Window,
             sentence: long.clone(),
             ..link.clone()
         })
         .collect();
+    a.attribution.window = 5000;
     // A reload every 6 s for 10 minutes, each leaving one more replaced server running.
     let window =
         super::reloads::ReloadWindow { handovers: a.reloads[0].handovers.clone(), ..Default::default() };

@@ -27,20 +27,61 @@ use crate::event::{Event, HttpRequestEvent};
 /// Parts the requests are split into: a part of a 3-million-request run is 200k requests.
 const PARTS: u64 = 16;
 
-/// What the kernel saw of one request, with 0 for "none".
+/// What the kernel saw of one request (its first read), with 0 for "none": the record of the
+/// on-disk join and of the correlation alike.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Brief {
+pub struct KernelRead {
     id_hash: u64,
-    read_ns: u64,
+    /// When the worker read it (CLOCK_MONOTONIC ns).
+    pub read_ns: u64,
     answered_ns: u64,
     closed_ns: u64,
-    tgid: u32,
+    /// The worker that read it.
+    pub tgid: u32,
     status: u16,
     plugin_inode: u64,
 }
 
-impl Brief {
+impl KernelRead {
     const LEN: usize = 46;
+
+    /// The read `h`; `None` when it carried no request id.
+    pub fn of(h: &HttpRequestEvent) -> Option<Self> {
+        Some(KernelRead {
+            id_hash: id_hash(h.request_id.as_deref()?),
+            read_ns: h.task.ts_ns,
+            answered_ns: h.response_ns.unwrap_or(0),
+            closed_ns: h.closed_ns.unwrap_or(0),
+            tgid: h.task.tgid,
+            status: h.status.unwrap_or(0),
+            plugin_inode: h.plugin_inode.unwrap_or(0),
+        })
+    }
+
+    /// Its request id's hash ([`id_hash`]).
+    pub fn id_hash(&self) -> u64 {
+        self.id_hash
+    }
+
+    /// When its response started.
+    pub fn answered_ns(&self) -> Option<u64> {
+        Some(self.answered_ns).filter(|&t| t != 0)
+    }
+
+    /// When the worker closed the connection with it unanswered.
+    pub fn closed_ns(&self) -> Option<u64> {
+        Some(self.closed_ns).filter(|&t| t != 0)
+    }
+
+    /// The status written.
+    pub fn status(&self) -> Option<u16> {
+        Some(self.status).filter(|&s| s != 0)
+    }
+
+    /// The plugin socket (inode) its handler wrote first.
+    pub fn plugin_inode(&self) -> Option<u64> {
+        Some(self.plugin_inode).filter(|&i| i != 0)
+    }
 
     fn encode(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
@@ -54,9 +95,9 @@ impl Brief {
         b
     }
 
-    fn decode(b: &[u8; Self::LEN]) -> Brief {
+    fn decode(b: &[u8; Self::LEN]) -> KernelRead {
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
-        Brief {
+        KernelRead {
             id_hash: u64_at(0),
             read_ns: u64_at(8),
             answered_ns: u64_at(16),
@@ -68,7 +109,9 @@ impl Brief {
     }
 }
 
-fn id_hash(id: &str) -> u64 {
+/// A request id's 64-bit hash: the key of the kernel's reads (a collision among a run's ids is
+/// about one in 10^8 at a million requests).
+pub fn id_hash(id: &str) -> u64 {
     let mut h = DefaultHasher::new();
     id.hash(&mut h);
     h.finish()
@@ -95,16 +138,7 @@ impl KernelIndex {
 
     /// Adds a request the probe read.
     pub fn add(&mut self, h: &HttpRequestEvent) {
-        let Some(id) = &h.request_id else { return };
-        let b = Brief {
-            id_hash: id_hash(id),
-            read_ns: h.task.ts_ns,
-            answered_ns: h.response_ns.unwrap_or(0),
-            closed_ns: h.closed_ns.unwrap_or(0),
-            tgid: h.task.tgid,
-            status: h.status.unwrap_or(0),
-            plugin_inode: h.plugin_inode.unwrap_or(0),
-        };
+        let Some(b) = KernelRead::of(h) else { return };
         let part = (b.id_hash % PARTS) as usize;
         if let Err(e) = self.parts[part].write_all(&b.encode())
             && self.error.is_none()
@@ -139,12 +173,12 @@ impl KernelIndex {
     }
 
     /// One part's requests, by id hash; the first read of an id counts.
-    fn part(&self, p: u64) -> Result<HashMap<u64, Brief>> {
+    fn part(&self, p: u64) -> Result<HashMap<u64, KernelRead>> {
         let mut r = BufReader::new(File::open(self.dir.path().join(format!("kernel-{p}")))?);
-        let mut out: HashMap<u64, Brief> = HashMap::new();
-        let mut buf = [0u8; Brief::LEN];
+        let mut out: HashMap<u64, KernelRead> = HashMap::new();
+        let mut buf = [0u8; KernelRead::LEN];
         while r.read_exact(&mut buf).is_ok() {
-            let b = Brief::decode(&buf);
+            let b = KernelRead::decode(&buf);
             out.entry(b.id_hash)
                 .and_modify(|e| {
                     if b.read_ns < e.read_ns {
@@ -181,18 +215,17 @@ pub struct LinkedLine<'a> {
 }
 
 /// The line of one request.
-fn line<'a>(r: &'a Request, k: Option<&Brief>, routes: &'a Routes) -> LinkedLine<'a> {
-    let some = |v: u64| Some(v).filter(|&v| v != 0);
+fn line<'a>(r: &'a Request, k: Option<&KernelRead>, routes: &'a Routes) -> LinkedLine<'a> {
     LinkedLine {
         request_id: &r.request_id,
         endpoint: &r.endpoint,
         worker_kernel: k.map(|k| k.tgid),
         worker_header: r.worker_pid,
         read_ns: k.map(|k| k.read_ns),
-        answered_ns: k.and_then(|k| some(k.answered_ns)),
-        status: k.and_then(|k| Some(k.status).filter(|&s| s != 0)),
-        closed_ns: k.and_then(|k| some(k.closed_ns)),
-        plugin_socket: k.and_then(|k| routes.socket_path(some(k.plugin_inode)?)),
+        answered_ns: k.and_then(KernelRead::answered_ns),
+        status: k.and_then(KernelRead::status),
+        closed_ns: k.and_then(KernelRead::closed_ns),
+        plugin_socket: k.and_then(|k| routes.socket_path(k.plugin_inode()?)),
     }
 }
 
@@ -259,7 +292,7 @@ mod tests {
         let ix = KernelIndex::of(&events).unwrap();
         let a = *ix.part(id_hash("a") % PARTS).unwrap().get(&id_hash("a")).unwrap();
         assert_eq!((a.tgid, a.status, a.read_ns, a.answered_ns, a.plugin_inode), (11, 502, 10, 15, 7));
-        assert_eq!(Brief::decode(&a.encode()), a);
+        assert_eq!(KernelRead::decode(&a.encode()), a);
         let routes = Routes::default();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("requests.jsonl");

@@ -9,6 +9,7 @@ pub mod correlate;
 pub mod fit;
 pub mod lifecycle;
 mod linked;
+pub mod links;
 pub mod reloads;
 pub mod report;
 pub mod routes;
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::event::Event;
+use crate::event::{Event, UnixOp};
 use crate::model::{ProcInfo, Process};
 use crate::trace::Meta;
 
@@ -51,9 +52,14 @@ pub struct Run {
     pub trace_dir: PathBuf,
     /// `trace/meta.json`.
     pub meta: Meta,
-    /// `trace/events.jsonl`, but for the `http_request` events: only those of failed requests
-    /// are kept, the others are folded into [`Run::votes`] and [`Run::kernel`] as they are read.
+    /// `trace/events.jsonl`, but for the `http_request` events, which are folded into
+    /// [`Run::votes`], [`Run::kernel`] and [`Run::reads`] as they are read, and the failed
+    /// connects, which go to [`Run::failed_connects`].
     pub events: Vec<Event>,
+    /// What the kernel saw of each failed request, by request id.
+    pub reads: correlate::KernelRequests,
+    /// Every worker's failed connect to a unix socket, in time order.
+    pub failed_connects: Vec<stale::FailedConnect>,
     /// The answered requests' plugin-socket votes, per route.
     pub votes: routes::Votes,
     /// What the kernel saw of every request, by request id (none for a run built by hand).
@@ -69,6 +75,26 @@ pub struct Run {
 }
 
 impl Run {
+    /// Drops what only the detectors and the correlation read, once `a` was analysed from it:
+    /// the kernel's reads, the failed connects, the socket and process events, the epoll buckets
+    /// of threads that never spun, and all but the earliest failed requests (the timeline's).
+    /// The flamegraphs and the report files need the rest.
+    pub fn keep_for_report(&mut self, a: &Analysis) {
+        self.reads = correlate::KernelRequests::default();
+        self.failed_connects = Vec::new();
+        let spun: std::collections::HashSet<(u32, u32)> = a.spins.iter().map(|s| (s.pid, s.tid)).collect();
+        self.events.retain(|e| match e {
+            Event::EpollBucket(b) => spun.contains(&(b.task.tgid, b.task.tid)),
+            Event::Signal(_) | Event::CpuSample(_) => true,
+            _ => false,
+        });
+        self.events.shrink_to_fit();
+        self.log.failed.sort_by_key(|r| r.start_mono_ns);
+        self.log.failed.truncate(links::FIRST);
+        self.log.failed.shrink_to_fit();
+        release_freed_memory();
+    }
+
     /// Time zero of the analysis: the first reload, else the first HUP of the root, else the
     /// trace start.
     pub fn zero_ns(&self) -> u64 {
@@ -94,15 +120,39 @@ pub fn load(dir: &Path) -> Result<Run> {
     let failed: std::collections::HashSet<&str> = log.failed.iter().map(|r| r.request_id.as_str()).collect();
     let mut votes = routes::Votes::default();
     let mut kernel = linked::KernelIndex::new()?;
-    let trace = crate::trace::read_with(&trace_dir, |e| match e {
+    let mut reads = correlate::KernelRequests::default();
+    let mut failed_connects = Vec::new();
+    let mut paths = text::Interner::default();
+    // Sockets whose path an event gave: their close adds nothing (a crash loop closes a quarter
+    // of a million refused sockets).
+    let mut named = std::collections::HashSet::new();
+    let mut trace = crate::trace::read_with(&trace_dir, |e| match e {
         Event::HttpRequest(h) => {
             votes.add(&h);
             kernel.add(&h);
-            h.request_id.as_deref().is_some_and(|id| failed.contains(id)).then_some(Event::HttpRequest(h))
+            if h.request_id.as_deref().is_some_and(|id| failed.contains(id)) {
+                reads.add(&h);
+            }
+            None
+        }
+        Event::UnixSock(u) if u.op == UnixOp::Close && named.remove(&u.id.inode) => None,
+        Event::UnixSock(u) if stale::FailedConnect::is(&u) => {
+            named.insert(u.id.inode);
+            failed_connects.push(stale::FailedConnect::of(&u, &mut paths));
+            None
+        }
+        Event::UnixSock(u) => {
+            if !u.path.is_empty() && u.op != UnixOp::Close {
+                named.insert(u.id.inode);
+            }
+            Some(Event::UnixSock(u))
         }
         other => Some(other),
     })?;
     kernel.finish()?;
+    reads.finish();
+    trace.events.shrink_to_fit();
+    failed_connects.shrink_to_fit();
     let processes = match crate::trace::read_processes(&trace_dir)? {
         Some(p) => p,
         // Older traces: rebuild the model from the events alone.
@@ -127,6 +177,8 @@ pub fn load(dir: &Path) -> Result<Run> {
         trace_dir,
         meta: trace.meta,
         events: trace.events,
+        reads,
+        failed_connects,
         votes,
         kernel: Some(kernel),
         processes,
@@ -134,6 +186,16 @@ pub fn load(dir: &Path) -> Result<Run> {
         reloads,
         ground_truth,
     })
+}
+
+/// Gives the heap's freed pages back to the system: after the detectors, most of what the load
+/// held is free, and the flamegraphs come next.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of glibc's own heap; no pointer is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The whole analysis of a run, as written to `report.json`.
@@ -193,29 +255,30 @@ pub fn analyze(run: &Run) -> Analysis {
         },
         zero,
     );
-    let stale = stale::detect(&run.events, &timeline, &lifecycle, zero);
-    let kernel = correlate::kernel_requests(&run.events);
+    let stale = stale::detect(&run.events, &run.failed_connects, &timeline, &lifecycle, zero);
     let routes = routes::Routes::learn(&run.votes, &run.events);
-    let mut attribution = correlate::correlate(
-        &run.log,
-        &correlate::Evidence {
-            kernel: &kernel,
-            routes: &routes,
-            timeline: &timeline,
-            spins: &spins,
-            stale: &stale,
-        },
-        zero,
-    );
     let instants: Vec<u64> = if run.reloads.is_empty() {
         timeline.hups.iter().map(|h| h.ts_ns).collect()
     } else {
         run.reloads.iter().map(|r| r.monotonic_ns).collect()
     };
+    let attribution = correlate::correlate(
+        &run.log,
+        &correlate::Evidence {
+            kernel: &run.reads,
+            routes: &routes,
+            timeline: &timeline,
+            spins: &spins,
+            stale: &stale,
+        },
+        &instants,
+        zero,
+    );
     let reloads = reloads::windows(&instants, run.meta.ended_ns, &timeline, &lifecycle, &attribution, zero);
-    for l in &mut attribution.links {
-        l.reload = reloads::index_at(&reloads, l.start_s);
-    }
+    // Past the correlation only the timeline reads them, and only its first ones.
+    let mut stale = stale;
+    stale.connect_failures.truncate(report::MAX_SOCKET_INSTANTS);
+    stale.connect_failures.shrink_to_fit();
     let ground_truth_check =
         standin::ground_truth_check(&run.ground_truth, &lifecycle, &spins, run.meta.ended_ns);
     Analysis {

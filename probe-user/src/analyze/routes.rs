@@ -166,9 +166,10 @@ impl Routes {
         self.paths.get(&inode).map(String::as_str)
     }
 
-    /// What may fail a request: its route's plugin sockets and the one its own handler called.
-    pub fn allowed<'a>(&'a self, endpoint: &str, own: Option<&HttpRequestEvent>) -> Allowed<'a> {
-        Allowed { route: self.route(endpoint), own: own.and_then(|h| self.socket_path(h.plugin_inode?)) }
+    /// What may fail a request: its route's plugin sockets and the one its own handler called
+    /// (`own_inode`, from the kernel's read).
+    pub fn allowed<'a>(&'a self, endpoint: &str, own_inode: Option<u64>) -> Allowed<'a> {
+        Allowed { route: self.route(endpoint), own: own_inode.and_then(|i| self.socket_path(i)) }
     }
 }
 
@@ -239,7 +240,7 @@ mod tests {
         ];
         let r = Routes::learn(&Votes::of(&events), &events);
         let Event::HttpRequest(own) = &events[1] else { unreachable!() };
-        let a = r.allowed("/go", Some(own));
+        let a = r.allowed("/go", own.plugin_inode);
         assert!(!a.unknown() && a.admits("/p/go.socket") && !a.admits("/p/js.socket"));
         assert!(r.allowed("/go", None).unknown());
     }

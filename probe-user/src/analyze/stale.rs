@@ -6,13 +6,14 @@
 //! inode; the owner of a path at a time from the lifecycle's generations (the last to bind it).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::lifecycle::{Lifecycle, ServerGen};
-use super::text::{errno_name, rel_s};
+use super::text::{Interner, errno_name, rel_s};
 use super::timeline::Timeline;
-use crate::event::{Event, UnixOp, neg_errno};
+use crate::event::{Event, UnixOp, UnixSockEvent, neg_errno};
 
 /// Traffic of a worker with a server generation older than the path's owner at that time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -136,7 +137,33 @@ pub struct ConnectEpisode {
     pub state: PathState,
 }
 
-/// One failed connect (kept for correlation, not written).
+/// A failed connect to a unix socket as the trace has it, kept apart from the other events
+/// because a crash loop makes hundreds of thousands of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedConnect {
+    /// CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    /// The process.
+    pub tgid: u32,
+    /// -errno.
+    pub ret: i64,
+    /// Socket path (one shared copy per path).
+    pub path: Arc<str>,
+}
+
+impl FailedConnect {
+    /// True for a connect that failed.
+    pub fn is(u: &UnixSockEvent) -> bool {
+        u.op == UnixOp::Connect && u.ret < 0
+    }
+
+    /// The failed connect `u` (see [`FailedConnect::is`]), its path shared through `paths`.
+    pub fn of(u: &UnixSockEvent, paths: &mut Interner) -> Self {
+        FailedConnect { ts_ns: u.task.ts_ns, tgid: u.task.tgid, ret: u.ret, path: paths.get(&u.path) }
+    }
+}
+
+/// One failed connect of a worker (kept for correlation, not written).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConnectFailure {
     /// CLOCK_MONOTONIC ns.
@@ -144,7 +171,7 @@ pub struct ConnectFailure {
     /// Worker pid.
     pub pid: u32,
     /// Socket path.
-    pub path: String,
+    pub path: Arc<str>,
     /// -errno.
     pub ret: i64,
     /// Index of its episode in [`Stale::connect_episodes`].
@@ -190,7 +217,7 @@ pub struct Stale {
     pub failed_connects: u64,
     /// Failed or closed sends and receives of workers.
     pub io_failures: Vec<IoFailure>,
-    /// Every failed connect, in time order.
+    /// Every failed connect, in time order (after the correlation, the first ones only).
     #[serde(skip)]
     pub connect_failures: Vec<ConnectFailure>,
 }
@@ -209,8 +236,57 @@ pub fn path_state(l: &Lifecycle, path: &str, ts_ns: u64) -> PathState {
     }
 }
 
-/// Finds stale flows, old-generation connects, failed connects and failed I/O of workers.
-pub fn detect(events: &[Event], timeline: &Timeline, l: &Lifecycle, zero_ns: u64) -> Stale {
+/// Failed-connect episodes by (worker, path, errno, owner generation, owner dead).
+type Episodes = BTreeMap<(u32, Arc<str>, i64, u32, bool), usize>;
+
+/// Counts a worker's failed connect into its episode.
+fn add_failed_connect(
+    out: &mut Stale,
+    episodes: &mut Episodes,
+    c: &FailedConnect,
+    wgen: u32,
+    l: &Lifecycle,
+    zero_ns: u64,
+) {
+    let (pid, ts) = (c.tgid, c.ts_ns);
+    let state = path_state(l, &c.path, ts);
+    // One episode per owner and liveness, so its path state holds for every failure in it.
+    let key = (pid, c.path.clone(), c.ret, state.owner.map_or(0, |o| o.0), state.owner_dead);
+    let idx = *episodes.entry(key).or_insert_with(|| {
+        out.connect_episodes.push(ConnectEpisode {
+            pid,
+            worker_generation: Some(wgen),
+            path: c.path.to_string(),
+            error: errno_name(c.ret),
+            first_s: rel_s(ts, zero_ns),
+            state,
+            ..ConnectEpisode::default()
+        });
+        out.connect_episodes.len() - 1
+    });
+    let e = &mut out.connect_episodes[idx];
+    e.count += 1;
+    e.last_s = rel_s(ts, zero_ns);
+    out.failed_connects += 1;
+    out.connect_failures.push(ConnectFailure {
+        ts_ns: ts,
+        pid,
+        path: c.path.clone(),
+        ret: c.ret,
+        episode: idx,
+    });
+}
+
+/// Finds stale flows, old-generation connects, failed connects and failed I/O of workers. The
+/// failed connects are those in `events` and then `failed_connects` (a loaded run keeps them
+/// apart).
+pub fn detect(
+    events: &[Event],
+    failed_connects: &[FailedConnect],
+    timeline: &Timeline,
+    l: &Lifecycle,
+    zero_ns: u64,
+) -> Stale {
     let paths = super::routes::socket_paths(events);
     let path_of = |inode: u64, peer: Option<&ServerGen>| -> String {
         paths.get(&inode).map(|p| p.to_string()).or_else(|| peer.map(|s| s.path.clone())).unwrap_or_default()
@@ -218,7 +294,8 @@ pub fn detect(events: &[Event], timeline: &Timeline, l: &Lifecycle, zero_ns: u64
     let mut out = Stale::default();
     let mut stale: BTreeMap<(u32, u64), StaleFlow> = BTreeMap::new();
     let mut oldgen: BTreeMap<(u32, String, u32), OldGenerationConnect> = BTreeMap::new();
-    let mut episodes: BTreeMap<(u32, String, i64, u32, bool), usize> = BTreeMap::new();
+    let mut episodes = Episodes::new();
+    let mut paths_seen = Interner::default();
     for ev in events {
         let pid = ev.task().tgid;
         let Some(wgen) = timeline.worker_generation(pid) else { continue };
@@ -272,34 +349,9 @@ pub fn detect(events: &[Event], timeline: &Timeline, l: &Lifecycle, zero_ns: u64
                     c.last_s = rel_s(u.task.ts_ns, zero_ns);
                 }
             }
-            Event::UnixSock(u) if u.op == UnixOp::Connect && u.ret < 0 => {
-                let ts = u.task.ts_ns;
-                let state = path_state(l, &u.path, ts);
-                // One episode per owner and liveness, so its path state holds for every failure in it.
-                let key = (pid, u.path.clone(), u.ret, state.owner.map_or(0, |o| o.0), state.owner_dead);
-                let idx = *episodes.entry(key).or_insert_with(|| {
-                    out.connect_episodes.push(ConnectEpisode {
-                        pid,
-                        worker_generation: Some(wgen),
-                        path: u.path.clone(),
-                        error: errno_name(u.ret),
-                        first_s: rel_s(ts, zero_ns),
-                        state,
-                        ..ConnectEpisode::default()
-                    });
-                    out.connect_episodes.len() - 1
-                });
-                let e = &mut out.connect_episodes[idx];
-                e.count += 1;
-                e.last_s = rel_s(ts, zero_ns);
-                out.failed_connects += 1;
-                out.connect_failures.push(ConnectFailure {
-                    ts_ns: ts,
-                    pid,
-                    path: u.path.clone(),
-                    ret: u.ret,
-                    episode: idx,
-                });
+            Event::UnixSock(u) if FailedConnect::is(u) => {
+                let c = FailedConnect::of(u, &mut paths_seen);
+                add_failed_connect(&mut out, &mut episodes, &c, wgen, l, zero_ns);
             }
             Event::UnixIo(i) if i.ret <= 0 && i.ret != neg_errno(libc::EAGAIN) => {
                 let peer = l.server(i.id.peer_pid, None);
@@ -319,6 +371,11 @@ pub fn detect(events: &[Event], timeline: &Timeline, l: &Lifecycle, zero_ns: u64
                 });
             }
             _ => {}
+        }
+    }
+    for c in failed_connects {
+        if let Some(wgen) = timeline.worker_generation(c.tgid) {
+            add_failed_connect(&mut out, &mut episodes, c, wgen, l, zero_ns);
         }
     }
     out.stale_flows = stale
@@ -376,7 +433,7 @@ mod tests {
             flow(ms(2500), ms(2600), 11, 200, 20),
             io(ms(2700), 11, UnixOp::Recv, -104, 200, 20),
         ]);
-        let s = detect(&events, &t, &l, ms(1000));
+        let s = detect(&events, &[], &t, &l, ms(1000));
         assert_eq!(s.stale_flows.len(), 1, "{:?}", s.stale_flows);
         let f = &s.stale_flows[0];
         assert_eq!((f.pid, f.path.as_str(), f.peer_pid, f.peer_generation), (11, PY, 20, 1));
@@ -402,7 +459,7 @@ mod tests {
             sock(ms(1700), 11, UnixOp::Connect, -111, 202, 0, PY),
             sock(ms(1800), 11, UnixOp::Connect, -2, 203, 0, PY),
         ]);
-        let s = detect(&events, &t, &l, ms(1000));
+        let s = detect(&events, &[], &t, &l, ms(1000));
         assert_eq!(s.failed_connects, 3);
         assert_eq!(s.connect_episodes.len(), 2);
         let e = &s.connect_episodes[0];
@@ -417,6 +474,20 @@ mod tests {
             e.state.clause()
         );
         assert_eq!(s.connect_failures[2].ret, -2);
+        // A loaded run keeps its failed connects apart from the events: the same findings.
+        let mut paths = Interner::default();
+        let (apart, rest): (Vec<&Event>, Vec<&Event>) =
+            events.iter().partition(|e| matches!(e, Event::UnixSock(u) if FailedConnect::is(u)));
+        let apart: Vec<FailedConnect> = apart
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::UnixSock(u) => Some(FailedConnect::of(u, &mut paths)),
+                _ => None,
+            })
+            .collect();
+        let rest: Vec<Event> = rest.into_iter().cloned().collect();
+        assert_eq!(apart.len(), 3);
+        assert_eq!(detect(&rest, &apart, &t, &l, ms(1000)), s);
     }
 
     #[test]
@@ -426,7 +497,7 @@ mod tests {
             flow(ms(2100), ms(2200), 11, 210, 30),
             flow(ms(600), ms(700), 10, 100, 20),
         ]);
-        let s = detect(&events, &t, &l, ms(1000));
+        let s = detect(&events, &[], &t, &l, ms(1000));
         assert!(s.stale_flows.is_empty() && s.old_generation_connects.is_empty());
         assert!(s.connect_episodes.is_empty() && s.io_failures.is_empty());
     }

@@ -1,6 +1,8 @@
 //! Pure folding: frames of one sample → a folded-stack line (`comm;root;…;leaf count`).
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::rc::Rc;
 
 /// Where a frame comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,14 +51,28 @@ pub fn fold_stack(comm: &str, user: &[Frame], kernel: &[Frame]) -> String {
     parts.join(";")
 }
 
-/// Counts of folded stacks.
+/// Counts of folded stacks. A sample's stack goes into several graphs (its process, its
+/// generation, before or after the reload): they share one copy of it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Folded(pub BTreeMap<String, u64>);
+pub struct Folded(pub BTreeMap<Rc<str>, u64>);
 
 impl Folded {
     /// Adds one sample of `stack`.
-    pub fn add(&mut self, stack: &str) {
-        *self.0.entry(stack.to_owned()).or_default() += 1;
+    pub fn add(&mut self, stack: &Rc<str>) {
+        match self.0.get_mut(stack) {
+            Some(c) => *c += 1,
+            None => {
+                self.0.insert(stack.clone(), 1);
+            }
+        }
+    }
+
+    /// Writes the folded lines `stack count`, sorted by stack.
+    pub fn write_to(&self, mut w: impl Write) -> std::io::Result<()> {
+        for (s, c) in &self.0 {
+            writeln!(w, "{s} {c}")?;
+        }
+        w.flush()
     }
 
     /// Total samples.
@@ -67,11 +83,6 @@ impl Folded {
     /// True when there is no sample.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    /// Folded lines `stack count`, sorted by stack.
-    pub fn lines(&self) -> Vec<String> {
-        self.0.iter().map(|(s, c)| format!("{s} {c}")).collect()
     }
 
     /// Samples whose stack has a frame (`func [module]` label) for which `pred` holds.
@@ -128,14 +139,16 @@ mod tests {
         let mut f = Folded::default();
         assert!(f.is_empty());
         assert_eq!(f.heaviest(), None);
-        f.add("x;a");
-        f.add("x;b");
-        f.add("x;b");
+        f.add(&"x;a".into());
+        f.add(&"x;b".into());
+        f.add(&"x;b".into());
         assert_eq!(f.total(), 3);
         assert_eq!(f.heaviest(), Some(("x;b", 2)));
-        assert_eq!(f.lines(), vec!["x;a 1".to_string(), "x;b 2".to_string()]);
+        let mut out = Vec::new();
+        f.write_to(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "x;a 1\nx;b 2\n");
         // The command name is not a frame.
-        f.add("a;c");
+        f.add(&"a;c".into());
         assert_eq!(f.samples_with(|fr| fr == "b"), 2);
         assert_eq!(f.samples_with(|fr| fr == "a"), 1);
     }

@@ -50,8 +50,9 @@ pub struct LuaMerge {
 pub struct LuaCounts {
     spots: HashMap<(String, Option<String>, Option<String>), u64>,
     samples: u64,
-    /// Each sample's Lua functions, outermost first.
-    paths: Vec<Vec<String>>,
+    /// Samples by their Lua functions, outermost first (a spinning worker repeats a few paths
+    /// thousands of times).
+    paths: HashMap<Vec<String>, u64>,
 }
 
 impl LuaCounts {
@@ -64,9 +65,9 @@ impl LuaCounts {
         let caller = frames[i + 1..].iter().find(|f| f.kind == LuaFrameKind::Lua).map(NamedFrame::func_label);
         let at = trace_at.or_else(|| frames[i].at.clone());
         *self.spots.entry((frames[i].func_label(), at, caller)).or_default() += 1;
-        self.paths.push(
-            frames.iter().rev().filter(|f| f.kind == LuaFrameKind::Lua).map(NamedFrame::func_label).collect(),
-        );
+        let path =
+            frames.iter().rev().filter(|f| f.kind == LuaFrameKind::Lua).map(NamedFrame::func_label).collect();
+        *self.paths.entry(path).or_default() += 1;
     }
 
     /// The deepest function on the stack of at least half the samples, its caller, and count.
@@ -75,10 +76,12 @@ impl LuaCounts {
         let mut count = 0;
         loop {
             let mut next: HashMap<&str, u64> = HashMap::new();
-            for p in
-                self.paths.iter().filter(|p| p.len() > path.len() && p.iter().zip(&path).all(|(a, b)| a == b))
+            for (p, n) in self
+                .paths
+                .iter()
+                .filter(|(p, _)| p.len() > path.len() && p.iter().zip(&path).all(|(a, b)| a == b))
             {
-                *next.entry(p[path.len()].as_str()).or_default() += 1;
+                *next.entry(p[path.len()].as_str()).or_default() += n;
             }
             match next.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0))) {
                 Some((f, n)) if n * 2 >= self.samples => {

@@ -207,10 +207,9 @@ fn write_graph(
     folded: &Folded,
     report: &mut FlameReport,
 ) -> Result<()> {
-    let lines = folded.lines();
     let fpath = out.join(format!("{stem}.folded"));
-    fs::write(&fpath, lines.iter().map(|l| format!("{l}\n")).collect::<String>())?;
-    report.files.push(fpath);
+    folded.write_to(std::io::BufWriter::new(fs::File::create(&fpath)?))?;
+    report.files.push(fpath.clone());
     report.graphs.push(Graph {
         stem: stem.to_owned(),
         title: title.to_owned(),
@@ -233,28 +232,23 @@ fn write_graph(
     opts.deterministic = true;
     let svg = out.join(format!("{stem}.svg"));
     let w = std::io::BufWriter::new(fs::File::create(&svg)?);
-    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
+    // From the file just written: no second copy of the lines in memory.
+    inferno::flamegraph::from_reader(&mut opts, fs::File::open(&fpath)?, w)
         .with_context(|| format!("drawing {stem}"))?;
     report.files.push(svg);
     Ok(())
 }
 
-fn write_diff(out: &Path, before: &Folded, after: &Folded, files: &mut Vec<PathBuf>) -> Result<()> {
-    let b = before.lines().join("\n");
-    let a = after.lines().join("\n");
-    let mut merged = Vec::new();
+fn write_diff(out: &Path, before: &Path, after: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    let dpath = out.join("diff-before-after.folded");
     inferno::differential::from_readers(
         inferno::differential::Options { normalize: true, ..Default::default() },
-        b.as_bytes(),
-        a.as_bytes(),
-        &mut merged,
+        std::io::BufReader::new(fs::File::open(before)?),
+        std::io::BufReader::new(fs::File::open(after)?),
+        std::io::BufWriter::new(fs::File::create(&dpath)?),
     )?;
-    let merged = String::from_utf8_lossy(&merged).into_owned();
-    let dpath = out.join("diff-before-after.folded");
-    fs::write(&dpath, &merged)?;
-    files.push(dpath);
-    let lines: Vec<&str> = merged.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
+    files.push(dpath.clone());
+    if fs::metadata(&dpath)?.len() == 0 {
         return Ok(());
     }
     let mut opts = inferno::flamegraph::Options::default();
@@ -262,7 +256,11 @@ fn write_diff(out: &Path, before: &Folded, after: &Folded, files: &mut Vec<PathB
     opts.count_name = "samples".to_owned();
     opts.deterministic = true;
     let svg = out.join("diff-before-after.svg");
-    inferno::flamegraph::from_lines(&mut opts, lines, std::io::BufWriter::new(fs::File::create(&svg)?))?;
+    inferno::flamegraph::from_reader(
+        &mut opts,
+        fs::File::open(&dpath)?,
+        std::io::BufWriter::new(fs::File::create(&svg)?),
+    )?;
     files.push(svg);
     Ok(())
 }
@@ -292,13 +290,16 @@ pub fn run(input: &Input<'_>, out: Option<&Path>, debug: debuginfo::Sources) -> 
     let elfs = Rc::new(elf::Elfs::default());
     let mut names = Names::new(debug, elfs.clone());
     let folds = fold_samples(input, &elfs, &mut names, &mut report);
-    write_graphs(&out, input, &folds, &mut report)?;
     report.debug_named = names
         .named_from_debug_info()
         .iter()
         .map(|(module, origin)| DebugNamed { module: module.clone(), origin: *origin })
         .collect();
     report.debug_notes = names.debug_notes().to_vec();
+    // Every frame is named: the mapped files go before the graphs are drawn.
+    drop(names);
+    drop(elfs);
+    write_graphs(&out, input, &folds, &mut report)?;
     if report.samples > 0 {
         let index = write_index(&out, &report)?;
         report.files.push(index);
@@ -402,7 +403,7 @@ fn fold_samples(
             let named = lua_names.frames(pid, ls, &mut c_name);
             if let Some(only) = lua::merge(&mut user, &named, ls.trace().is_some(), &mut report.lua) {
                 f.lua_counts.entry(pid).or_default().add(&named);
-                f.lua_only.entry(pid).or_default().add(&fold_stack(&s.task.comm, &only, &[]));
+                f.lua_only.entry(pid).or_default().add(&fold_stack(&s.task.comm, &only, &[]).into());
             }
         }
         let kernel: Vec<Frame> = if let Ok(id) = u32::try_from(s.kstack_id) {
@@ -412,7 +413,7 @@ fn fold_samples(
         } else {
             Vec::new()
         };
-        let stack = fold_stack(&s.task.comm, &user, &kernel);
+        let stack: Rc<str> = fold_stack(&s.task.comm, &user, &kernel).into();
         f.per_pid.entry(pid).or_insert_with(|| (s.task.comm.clone(), Folded::default())).1.add(&stack);
         if let Some(g) = input.worker_generations.get(&pid) {
             f.per_gen.entry(*g).or_default().add(&stack);
@@ -478,7 +479,12 @@ fn write_graphs(out: &Path, input: &Input<'_>, f: &Folds, report: &mut FlameRepo
         write_graph(out, "before-reload", "before the reload", false, &f.before, report)?;
         write_graph(out, "after-reload", "after the reload", false, &f.after, report)?;
         if !f.before.is_empty() || !f.after.is_empty() {
-            write_diff(out, &f.before, &f.after, &mut report.files)?;
+            write_diff(
+                out,
+                &out.join("before-reload.folded"),
+                &out.join("after-reload.folded"),
+                &mut report.files,
+            )?;
             report.graphs.push(Graph {
                 stem: "diff-before-after".to_owned(),
                 title: "before → after the reload (differential)".to_owned(),
@@ -502,12 +508,13 @@ mod tests {
         assert_eq!(r.files, vec![dir.path().join("x.folded")]);
         assert!(!dir.path().join("x.svg").exists());
         let mut f = Folded::default();
-        f.add("p;a;b");
+        f.add(&"p;a;b".into());
         write_graph(dir.path(), "y", "nginx pid 7 (spinning)", true, &f, &mut r).unwrap();
         assert!(dir.path().join("y.svg").exists());
         assert_eq!(r.graphs[1].heaviest, Some(("p;a;b".to_owned(), 1)));
         assert!(r.graphs[1].spinning && !r.graphs[0].spinning);
-        write_diff(dir.path(), &Folded::default(), &f, &mut r.files).unwrap();
+        write_diff(dir.path(), &dir.path().join("x.folded"), &dir.path().join("y.folded"), &mut r.files)
+            .unwrap();
         assert!(dir.path().join("diff-before-after.svg").exists());
     }
 

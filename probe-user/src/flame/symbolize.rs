@@ -4,7 +4,7 @@
 //! [`super::stripped`].
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
     rc::Rc,
 };
@@ -24,7 +24,10 @@ use super::{
 /// Caching symbolizer for user addresses (per file and virtual offset) and kernel addresses.
 pub struct Names {
     symbolizer: Symbolizer,
-    user: HashMap<(PathBuf, u64), String>,
+    /// By file, then virtual offset: one shared copy of each name, as a function's many
+    /// addresses share it.
+    user: HashMap<PathBuf, HashMap<u64, Rc<str>>>,
+    user_names: HashSet<Rc<str>>,
     kernel: HashMap<u64, String>,
     fallback: HashMap<PathBuf, Fallback>,
     elfs: Rc<Elfs>,
@@ -37,8 +40,11 @@ impl Names {
     /// through `elfs`.
     pub fn new(sources: Sources, elfs: Rc<Elfs>) -> Self {
         Names {
-            symbolizer: Symbolizer::new(),
+            // Function names only: the graphs show no file or line, and a debug file's line tables
+            // and inlined functions cost tens of MB to parse.
+            symbolizer: Symbolizer::builder().enable_code_info(false).enable_inlined_fns(false).build(),
             user: HashMap::new(),
+            user_names: HashSet::new(),
             kernel: HashMap::new(),
             fallback: HashMap::new(),
             elfs,
@@ -61,8 +67,9 @@ impl Names {
     /// in one batch, filling the cache.
     pub fn prefetch_user(&mut self, path: &Path, svmas: &[u64]) {
         let missing: Vec<u64> = {
+            let known = self.user.get(path);
             let mut v: Vec<u64> =
-                svmas.iter().copied().filter(|a| !self.user.contains_key(&(path.to_owned(), *a))).collect();
+                svmas.iter().copied().filter(|a| !known.is_some_and(|k| k.contains_key(a))).collect();
             v.sort_unstable();
             v.dedup();
             v
@@ -94,6 +101,7 @@ impl Names {
                 *n = own.next().flatten();
             }
         }
+        let mut named = Vec::with_capacity(missing.len());
         for (a, n) in missing.into_iter().zip(found) {
             let n = n.or_else(|| {
                 let fallback = self
@@ -102,14 +110,24 @@ impl Names {
                     .or_insert_with(|| elf.clone().map_or_else(Fallback::default, Fallback::new));
                 fallback.name(a)
             });
-            self.user.insert((path.to_owned(), a), n.unwrap_or_else(|| format!("{a:#x}")));
+            let n = n.unwrap_or_else(|| format!("{a:#x}"));
+            let shared = match self.user_names.get(n.as_str()) {
+                Some(s) => s.clone(),
+                None => {
+                    let s: Rc<str> = n.into();
+                    self.user_names.insert(s.clone());
+                    s
+                }
+            };
+            named.push((a, shared));
         }
+        self.user.entry(path.to_owned()).or_default().extend(named);
     }
 
     /// The frame of a user address in file `path` at virtual offset `svma`.
     pub fn user_frame(&mut self, path: &Path, svma: u64) -> Frame {
         self.prefetch_user(path, &[svma]);
-        let func = self.user[&(path.to_owned(), svma)].clone();
+        let func = self.user[path][&svma].to_string();
         Frame { kind: FrameKind::User, func, module: module_name(path) }
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::table::{Align, Table};
-use crate::analyze::correlate::{self, Link};
+use crate::analyze::correlate::LinkClass;
 use crate::analyze::text::short_path;
 use crate::analyze::{Analysis, Run};
 
@@ -899,39 +899,20 @@ fn attribution_md(s: &mut String, a: &Analysis) {
         t.row([r.link.clone(), kind.to_string(), r.endpoint.clone(), r.count.to_string()]);
     }
     t.render(s);
-    for (link, title) in [
-        ("exact", "Examples (exact)"),
-        ("window", "Linked by time window"),
-        ("unexplained", "Unexplained"),
-        (correlate::NOT_RELOAD, "Unexplained (not a reload effect)"),
+    for (class, count, title) in [
+        (LinkClass::Exact, att.exact, "Examples (exact)"),
+        (LinkClass::Window, att.window, "Linked by time window"),
+        (LinkClass::Unexplained, att.unexplained, "Unexplained"),
+        (LinkClass::NotReload, att.not_reload, "Unexplained (not a reload effect)"),
     ] {
-        let rows: Vec<_> = att.links.iter().filter(|l| l.link == link).collect();
-        if rows.is_empty() {
+        let shown = att.links.examples(class);
+        if shown.is_empty() {
             continue;
         }
         let _ = writeln!(s, "\n{title}:\n");
-        // One example per explanation, endpoint and worker first, then the earliest.
-        let mut shown: Vec<&Link> = Vec::new();
-        for r in &rows {
-            if shown.len() < TOP
-                && !shown
-                    .iter()
-                    .any(|x| x.kind == r.kind && x.endpoint == r.endpoint && x.worker_pid == r.worker_pid)
-            {
-                shown.push(r);
-            }
-        }
-        for r in &rows {
-            if shown.len() >= TOP {
-                break;
-            }
-            if !shown.iter().any(|x| x.request_id == r.request_id) {
-                shown.push(r);
-            }
-        }
         for r in &shown {
             let _ = writeln!(s, "- {}", truncate(&r.sentence, SENTENCE));
         }
-        more(s, rows.len().max(shown.len()));
+        more(s, (count as usize).max(shown.len()));
     }
 }

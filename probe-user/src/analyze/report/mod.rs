@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use markdown::{headlines, markdown};
-pub use perfetto::trace_events;
+pub use perfetto::{MAX_SOCKET_INSTANTS, write_trace_events};
 
 use super::{Analysis, Run};
 
@@ -48,7 +48,7 @@ pub fn write(run: &Run, a: &Analysis) -> Result<Written> {
     let json_path = run.dir.join("report.json");
     write_json(&json_path, |w| serde_json::to_writer_pretty(w, a))?;
     let timeline = run.dir.join("timeline.json");
-    write_json(&timeline, |w| serde_json::to_writer(w, &trace_events(run, a)))?;
+    write_json(&timeline, |w| write_trace_events(run, a, w).map_err(serde_json::Error::io))?;
     Ok(Written { markdown, json: json_path, timeline, markdown_bytes: md.len() })
 }
 

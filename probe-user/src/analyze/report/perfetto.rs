@@ -2,6 +2,7 @@
 //! errors, signals, the reload and failed requests), for ui.perfetto.dev.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 
 use serde_json::{Value, json};
 
@@ -11,17 +12,41 @@ use crate::analyze::{Analysis, Request, Run};
 use crate::event::Event;
 
 /// Failed-request instants in `timeline.json` at most.
-const MAX_REQUEST_INSTANTS: usize = 3000;
+const MAX_REQUEST_INSTANTS: usize = crate::analyze::links::FIRST;
 /// Socket-error instants in `timeline.json` at most.
-const MAX_SOCKET_INSTANTS: usize = 20_000;
+pub const MAX_SOCKET_INSTANTS: usize = 20_000;
 /// The synthetic track of the load test's failed requests.
 const LOADTEST_PID: u32 = 999_999_999;
 
-/// Builds the Chrome/Perfetto trace-event document.
-pub fn trace_events(run: &Run, a: &Analysis) -> Value {
+/// The `traceEvents` array, written one event at a time: a long run has hundreds of thousands,
+/// which as one document in memory took far more than the file.
+struct EventArray<'w> {
+    w: &'w mut dyn Write,
+    first: bool,
+    error: Option<std::io::Error>,
+}
+
+impl EventArray<'_> {
+    fn push(&mut self, ev: Value) {
+        if self.error.is_some() {
+            return;
+        }
+        let sep: &[u8] = if self.first { b"" } else { b"," };
+        self.first = false;
+        let r =
+            self.w.write_all(sep).and_then(|()| serde_json::to_writer(&mut *self.w, &ev).map_err(Into::into));
+        if let Err(e) = r {
+            self.error = Some(e);
+        }
+    }
+}
+
+/// Writes the Chrome/Perfetto trace-event document to `w`.
+pub fn write_trace_events(run: &Run, a: &Analysis, w: &mut dyn Write) -> std::io::Result<()> {
     let t0 = run.meta.started_ns.min(a.zero_ns);
     let us = |ns: u64| ns.saturating_sub(t0) as f64 / 1e3;
-    let mut ev: Vec<Value> = Vec::new();
+    w.write_all(b"{\"traceEvents\":[")?;
+    let mut ev = EventArray { w: &mut *w, first: true, error: None };
     let mut names: BTreeMap<u32, String> = BTreeMap::new();
     for p in &run.processes {
         names.insert(p.pid, p.comm.clone());
@@ -82,16 +107,18 @@ pub fn trace_events(run: &Run, a: &Analysis) -> Value {
         ev.push(json!({"name": "reload (SIGHUP to master)", "cat": "reload", "ph": "i", "s": "g",
             "pid": a.timeline.root, "tid": a.timeline.root, "ts": us(h.ts_ns)}));
     }
-    let failed: Vec<&Request> = run.log.failed.iter().collect();
+    // The earliest failures, as the links keep them in full.
+    let mut failed: Vec<&Request> = run.log.failed.iter().collect();
+    failed.sort_by_key(|r| r.start_mono_ns);
     let by_id: BTreeMap<&str, &Link> =
-        a.attribution.links.iter().map(|l| (l.request_id.as_str(), l)).collect();
+        a.attribution.links.first().iter().map(|l| (l.request_id.as_str(), l)).collect();
     for r in failed.iter().take(MAX_REQUEST_INSTANTS) {
         let link = by_id.get(r.request_id.as_str());
         let pid = r.worker_pid.unwrap_or(LOADTEST_PID);
         ev.push(json!({"name": format!("failed {}: {}", r.endpoint, r.reason.as_ref().map_or_else(|| "?".into(), ToString::to_string)),
             "cat": "request", "ph": "i", "s": "t", "pid": pid, "tid": LOADTEST_PID, "ts": us(r.start_mono_ns),
             "args": {"request_id": r.request_id, "link": link.map(|l| l.link.as_str()),
-                     "kind": link.map(|l| l.kind.as_str()), "explanation": link.map(|l| l.sentence.as_str())}}));
+                     "kind": link.map(|l| l.kind.map_or("", |k| k.as_str())), "explanation": link.map(|l| l.sentence.as_str())}}));
         threads.insert((pid, LOADTEST_PID), "failed requests".into());
     }
     for (pid, name) in &names {
@@ -104,9 +131,14 @@ pub fn trace_events(run: &Run, a: &Analysis) -> Value {
     for ((pid, tid), name) in &threads {
         ev.push(json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}));
     }
-    json!({"traceEvents": ev, "displayTimeUnit": "ms",
-           "otherData": {"zero_s_from_trace_start": rel_s(a.zero_ns, t0), "source": "reloadscope analyze",
-                         // The instants are capped; a reader must know when some are missing.
-                         "failed_requests": failed.len(),
-                         "failed_request_instants": failed.len().min(MAX_REQUEST_INSTANTS)}})
+    if let Some(e) = ev.error {
+        return Err(e);
+    }
+    let tail = json!({"zero_s_from_trace_start": rel_s(a.zero_ns, t0), "source": "reloadscope analyze",
+                      // The instants are capped; a reader must know when some are missing.
+                      "failed_requests": a.attribution.failed,
+                      "failed_request_instants": failed.len().min(MAX_REQUEST_INSTANTS)});
+    w.write_all(b"],\"displayTimeUnit\":\"ms\",\"otherData\":")?;
+    serde_json::to_writer(&mut *w, &tail)?;
+    w.write_all(b"}")
 }
