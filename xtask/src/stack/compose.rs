@@ -85,13 +85,17 @@ pub fn wait_healthy(_opts: &UpOptions) -> Result<()> {
     }
 }
 
-/// The host pid of Kong's nginx master: the kong container's main process (untested here: no
-/// Docker engine on our machines).
+/// The host pid of Kong's nginx master, found in the kong container the way `--container` finds
+/// one (untested here: no Docker engine on our machines).
 pub fn master_pid() -> Option<i32> {
     let id = crate::util::output(compose().ok()?.args(["ps", "-q", "kong"]))?;
-    let pid =
-        crate::util::output(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", id.trim()]))?;
-    pid.trim().parse().ok().filter(|&p| p > 0)
+    match shared::container::find_master(id.trim()) {
+        Ok(pid) => i32::try_from(pid).ok(),
+        Err(e) => {
+            eprintln!("stack: {e}");
+            None
+        }
+    }
 }
 
 /// True when a Docker engine answers.
