@@ -710,7 +710,7 @@ mod tests {
             // A route named after no plugin: only the trace says it calls the JS server.
             events.push(http_req(30 + i, 11, "/alpha", Some(200), Some(50)));
         }
-        Routes::learn(&super::super::routes::Votes::of(&events), &events)
+        Routes::learn(&super::super::routes::Votes::of(&events), &super::super::routes::socket_paths(&events))
     }
 
     fn run(

@@ -255,8 +255,9 @@ pub fn analyze(run: &Run) -> Analysis {
         },
         zero,
     );
-    let stale = stale::detect(&run.events, &run.failed_connects, &timeline, &lifecycle, zero);
-    let routes = routes::Routes::learn(&run.votes, &run.events);
+    let paths = routes::socket_paths(&run.events);
+    let stale = stale::detect(&run.events, &run.failed_connects, &paths, &timeline, &lifecycle, zero);
+    let routes = routes::Routes::learn(&run.votes, &paths);
     let instants: Vec<u64> = if run.reloads.is_empty() {
         timeline.hups.iter().map(|h| h.ts_ns).collect()
     } else {

@@ -125,10 +125,9 @@ pub fn socket_paths(events: &[Event]) -> BTreeMap<u64, &str> {
 }
 
 impl Routes {
-    /// The routes the votes say, with the unix sockets' paths from `events`.
-    pub fn learn(votes: &Votes, events: &[Event]) -> Routes {
-        let paths: BTreeMap<u64, String> =
-            socket_paths(events).into_iter().map(|(i, p)| (i, p.to_owned())).collect();
+    /// The routes the votes say, with the unix sockets' paths ([`socket_paths`]).
+    pub fn learn(votes: &Votes, paths: &BTreeMap<u64, &str>) -> Routes {
+        let paths: BTreeMap<u64, String> = paths.iter().map(|(i, p)| (*i, (*p).to_owned())).collect();
         let routes = votes
             .by_route
             .iter()
@@ -217,7 +216,7 @@ mod tests {
         for i in 0..10 {
             events.push(http_req(400 + i, 11, "/plain", Some(200), None));
         }
-        let r = Routes::learn(&Votes::of(&events), &events);
+        let r = Routes::learn(&Votes::of(&events), &socket_paths(&events));
         let js_route = r.route("/js").unwrap();
         assert_eq!((js_route.answered, js_route.with_socket), (42, 42));
         assert!(js_route.uses("/p/jsplugin.socket") && !js_route.uses("/p/pythonplugin.socket"));
@@ -238,7 +237,7 @@ mod tests {
             sock(1, 11, crate::event::UnixOp::Connect, 0, 70, 0, "/p/go.socket"),
             http_req(2, 11, "/go", None, Some(70)),
         ];
-        let r = Routes::learn(&Votes::of(&events), &events);
+        let r = Routes::learn(&Votes::of(&events), &socket_paths(&events));
         let Event::HttpRequest(own) = &events[1] else { unreachable!() };
         let a = r.allowed("/go", own.plugin_inode);
         assert!(!a.unknown() && a.admits("/p/go.socket") && !a.admits("/p/js.socket"));
@@ -254,7 +253,7 @@ mod tests {
             };
             v.add(&h);
         }
-        let r = Routes::learn(&v, &[]);
+        let r = Routes::learn(&v, &BTreeMap::new());
         assert_eq!(r.routes.len(), MAX_ROUTES + 1);
         assert_eq!(r.route(OTHER_ROUTES).map(|o| o.answered), Some(500));
     }

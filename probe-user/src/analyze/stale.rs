@@ -279,15 +279,15 @@ fn add_failed_connect(
 
 /// Finds stale flows, old-generation connects, failed connects and failed I/O of workers. The
 /// failed connects are those in `events` and then `failed_connects` (a loaded run keeps them
-/// apart).
+/// apart); `paths` are the unix sockets' paths by inode ([`super::routes::socket_paths`]).
 pub fn detect(
     events: &[Event],
     failed_connects: &[FailedConnect],
+    paths: &BTreeMap<u64, &str>,
     timeline: &Timeline,
     l: &Lifecycle,
     zero_ns: u64,
 ) -> Stale {
-    let paths = super::routes::socket_paths(events);
     let path_of = |inode: u64, peer: Option<&ServerGen>| -> String {
         paths.get(&inode).map(|p| p.to_string()).or_else(|| peer.map(|s| s.path.clone())).unwrap_or_default()
     };
@@ -396,6 +396,7 @@ pub fn detect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analyze::routes::socket_paths;
     use crate::analyze::testkit::*;
     use crate::analyze::{lifecycle, timeline};
     use crate::model::{ProcInfo, processes};
@@ -433,7 +434,7 @@ mod tests {
             flow(ms(2500), ms(2600), 11, 200, 20),
             io(ms(2700), 11, UnixOp::Recv, -104, 200, 20),
         ]);
-        let s = detect(&events, &[], &t, &l, ms(1000));
+        let s = detect(&events, &[], &socket_paths(&events), &t, &l, ms(1000));
         assert_eq!(s.stale_flows.len(), 1, "{:?}", s.stale_flows);
         let f = &s.stale_flows[0];
         assert_eq!((f.pid, f.path.as_str(), f.peer_pid, f.peer_generation), (11, PY, 20, 1));
@@ -459,7 +460,7 @@ mod tests {
             sock(ms(1700), 11, UnixOp::Connect, -111, 202, 0, PY),
             sock(ms(1800), 11, UnixOp::Connect, -2, 203, 0, PY),
         ]);
-        let s = detect(&events, &[], &t, &l, ms(1000));
+        let s = detect(&events, &[], &socket_paths(&events), &t, &l, ms(1000));
         assert_eq!(s.failed_connects, 3);
         assert_eq!(s.connect_episodes.len(), 2);
         let e = &s.connect_episodes[0];
@@ -487,7 +488,7 @@ mod tests {
             .collect();
         let rest: Vec<Event> = rest.into_iter().cloned().collect();
         assert_eq!(apart.len(), 3);
-        assert_eq!(detect(&rest, &apart, &t, &l, ms(1000)), s);
+        assert_eq!(detect(&rest, &apart, &socket_paths(&rest), &t, &l, ms(1000)), s);
     }
 
     #[test]
@@ -497,7 +498,7 @@ mod tests {
             flow(ms(2100), ms(2200), 11, 210, 30),
             flow(ms(600), ms(700), 10, 100, 20),
         ]);
-        let s = detect(&events, &[], &t, &l, ms(1000));
+        let s = detect(&events, &[], &socket_paths(&events), &t, &l, ms(1000));
         assert!(s.stale_flows.is_empty() && s.old_generation_connects.is_empty());
         assert!(s.connect_episodes.is_empty() && s.io_failures.is_empty());
     }
