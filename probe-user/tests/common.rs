@@ -324,3 +324,26 @@ macro_rules! events_of {
             .collect::<Vec<_>>()
     };
 }
+
+/// The SVG next to a `.folded` file draws those stacks: its total is their sum of counts, and a
+/// frame of the heaviest stack's leaf function is in it.
+pub fn assert_svg_draws(folded_path: &std::path::Path) {
+    let folded = std::fs::read_to_string(folded_path).unwrap();
+    let stacks: Vec<(&str, u64)> = folded
+        .lines()
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, c)| (s, c.parse::<u64>().unwrap())))
+        .collect();
+    let total: u64 = stacks.iter().map(|s| s.1).sum();
+    let svg_path = folded_path.with_extension("svg");
+    let svg = std::fs::read_to_string(&svg_path).unwrap_or_else(|e| panic!("{}: {e}", svg_path.display()));
+    assert!(
+        svg.contains(&format!("total_samples=\"{total}\"")),
+        "{} does not draw {total} samples",
+        svg_path.display()
+    );
+    let (heaviest, _) = stacks.iter().max_by_key(|s| s.1).expect("stacks");
+    let leaf = heaviest.rsplit(';').next().unwrap();
+    // Titles escape XML's specials.
+    let leaf = leaf.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    assert!(svg.contains(&format!("<title>{leaf} (")), "{} has no frame {leaf}", svg_path.display());
+}

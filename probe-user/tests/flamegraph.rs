@@ -43,7 +43,7 @@ fn burn_heaviest_stack_is_a_b_c() {
     eprintln!("{stdout}{}", String::from_utf8_lossy(&res.stderr));
     assert!(res.status.success());
     let folded_path = folded_of(&out, pid);
-    assert!(folded_path.with_extension("svg").exists());
+    assert_svg_draws(&folded_path);
     let text = std::fs::read_to_string(&folded_path).unwrap();
     let (stack, count) = text
         .lines()

@@ -10,6 +10,8 @@
 //! After an intended change of the folded output, write the golden files anew with
 //! `RELOADSCOPE_BLESS=1 cargo test -p probe-user --test flamegraph_golden` and review the diff.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,8 +118,7 @@ fn recorded_trace_folds_to_the_golden_stacks() {
     let produced = folded_files(&trace.join("flamegraphs"));
     assert!(!produced.is_empty(), "no folded file written:\n{out}");
     for (name, _) in &produced {
-        let svg = trace.join("flamegraphs").join(name).with_extension("svg");
-        assert!(svg.exists(), "no {}", svg.display());
+        common::assert_svg_draws(&trace.join("flamegraphs").join(name));
     }
 
     // Independent of the golden files: most samples burn in inner, called through the chain.

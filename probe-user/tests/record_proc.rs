@@ -111,8 +111,26 @@ fn cpu_samples_land_on_the_busy_pid_at_the_configured_rate() {
     assert!(plain.status.success());
     assert_eq!(plain.stdout.len() as u64, samples.iter().map(|s| s.stack_len as u64).sum::<u64>());
     assert_eq!(trace.meta.drops.get("cpu_sample"), None);
-    // Its memory map was kept for symbolizing later.
-    assert!(out.join(format!("maps/{pid}.maps")).exists());
+    // Its memory map was kept for symbolizing later: the burner's own code is in it, mapped
+    // executable, and every sampled user-mode ip falls in one of its executable ranges.
+    let maps = std::fs::read_to_string(out.join(format!("maps/{pid}.maps"))).unwrap();
+    let exe = std::fs::canonicalize(fixture("burn")).unwrap();
+    let code: Vec<(u64, u64)> = maps
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1).is_some_and(|perms| perms.contains('x')))
+        .filter_map(|l| {
+            let (lo, hi) = l.split_whitespace().next()?.split_once('-')?;
+            Some((u64::from_str_radix(lo, 16).ok()?, u64::from_str_radix(hi, 16).ok()?))
+        })
+        .collect();
+    assert!(
+        maps.lines().any(|l| l.ends_with(&*exe.to_string_lossy()) && l.contains("r-xp")),
+        "{} is not mapped executable in:\n{maps}",
+        exe.display()
+    );
+    let outside =
+        samples.iter().filter(|s| s.user_mode && !code.iter().any(|&(lo, hi)| (lo..hi).contains(&s.ip)));
+    assert_eq!(outside.count(), 0, "user-mode samples outside the executable mappings");
 }
 
 /// CPU time thread `tid` of `pid` has spent running, in ns (procfs schedstat).

@@ -86,6 +86,9 @@ pub struct RunOptions {
     /// The gateway's proxy URL the load goes to (default: http://127.0.0.1:8000).
     #[arg(long, value_parser = parse_host)]
     pub host: Option<String>,
+    /// Where the stand-in and reflection listen (stand-in only).
+    #[command(flatten)]
+    pub addr: stack::Addresses,
 }
 
 fn parse_endpoint(s: &str) -> std::result::Result<String, String> {
@@ -104,9 +107,6 @@ fn parse_host(s: &str) -> std::result::Result<String, String> {
 
 /// The bundle `reloadscope bundle` writes into the run directory.
 const BUNDLE: &str = "reloadscope-bundle.tar.gz";
-
-/// The gateway's address: Kong's proxy port.
-const GATEWAY: &str = "127.0.0.1:8000";
 
 fn parse_phase(s: &str) -> std::result::Result<Duration, String> {
     let d = shared::duration::parse(s)?;
@@ -195,7 +195,13 @@ pub fn validate(opts: &RunOptions) -> Result<()> {
         bail!("--endpoint is only for --target attach (the stand-in and compose load their plugin routes)");
     }
     if opts.host.is_some() && opts.target != RunTarget::Attach {
-        bail!("--host is only for --target attach (the stand-in and compose listen on {GATEWAY})");
+        bail!(
+            "--host is only for --target attach (the stand-in listens on --listen, compose on {})",
+            stack::DEFAULT_LISTEN
+        );
+    }
+    if !opts.addr.are_default() && matches!(opts.target, RunTarget::Attach | RunTarget::Compose) {
+        bail!("--listen and --reflection are for the local stand-in (attach takes --host)");
     }
     Ok(())
 }
@@ -414,7 +420,7 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let endpoints = endpoints.as_str();
     let pump_anchor = align_phase(opts, target, endpoints)?;
     check_stop()?;
-    teardown.loadtest = Some(start_load(&bin, &out, opts, endpoints)?);
+    teardown.loadtest = Some(start_load(&bin, &out, opts, target, endpoints)?);
     let reload = ReloadPlan { opts, target, master, pump_anchor, out: &out };
     let Some(load_status) = drive_load(&reload, &mut teardown)? else {
         return Err(interrupted(teardown, &out));
@@ -452,6 +458,11 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     Ok(())
 }
 
+/// Where the gateway we bring up listens: the stand-in's --listen, compose's fixed port.
+fn gateway_addr(opts: &RunOptions, target: RunTarget) -> &str {
+    if target == RunTarget::Compose { stack::DEFAULT_LISTEN } else { &opts.addr.listen }
+}
+
 /// Phase 1, the gateway: the user's (attach), or ours brought up; returns its master's pid.
 fn gateway_up(opts: &RunOptions, target: RunTarget, teardown: &mut Teardown) -> Result<u32> {
     if target == RunTarget::Attach {
@@ -468,15 +479,15 @@ fn gateway_up(opts: &RunOptions, target: RunTarget, teardown: &mut Teardown) -> 
     }
     println!("run: [up] bringing the gateway up");
     stack::down()?;
-    if target == RunTarget::Local && TcpListener::bind(GATEWAY).is_err() {
-        bail!("port {GATEWAY} is already in use by another program; stop it and run again");
+    let listen = gateway_addr(opts, target);
+    if target == RunTarget::Local && TcpListener::bind(listen).is_err() {
+        bail!("{listen} is already in use by another program; stop it or choose another --listen");
     }
     teardown.stack_started = true;
     stack::up(&UpOptions {
         target: if target == RunTarget::Compose { stack::Target::Compose } else { stack::Target::Local },
         gateway: opts.gateway.clone(),
-        listen: GATEWAY.into(),
-        reflection: "127.0.0.1:9000".into(),
+        addr: opts.addr.clone(),
     })?;
     stack::master_pid()
 }
@@ -526,7 +537,7 @@ fn align_phase(opts: &RunOptions, target: RunTarget, endpoints: &str) -> Result<
         .collect();
     // The phase is the first reload's; later ones land where the clock puts them.
     Ok(Some(stack::align_reload_phase(
-        GATEWAY,
+        gateway_addr(opts, target),
         &plugins,
         opts.gateway.workers,
         opts.reloads()[0],
@@ -535,7 +546,13 @@ fn align_phase(opts: &RunOptions, target: RunTarget, endpoints: &str) -> Result<
 }
 
 /// Phase 3b: starts the load test.
-fn start_load(bin: &Path, out: &Path, opts: &RunOptions, endpoints: &str) -> Result<Child> {
+fn start_load(
+    bin: &Path,
+    out: &Path,
+    opts: &RunOptions,
+    target: RunTarget,
+    endpoints: &str,
+) -> Result<Child> {
     let at: Vec<String> = opts.reloads().into_iter().map(shared::duration::format).collect();
     println!(
         "run: [load] {} users on {endpoints} for {}, reload at {}",
@@ -543,7 +560,7 @@ fn start_load(bin: &Path, out: &Path, opts: &RunOptions, endpoints: &str) -> Res
         shared::duration::format(opts.duration),
         at.join(", ")
     );
-    let host = opts.host.clone().unwrap_or_else(|| format!("http://{GATEWAY}"));
+    let host = opts.host.clone().unwrap_or_else(|| format!("http://{}", gateway_addr(opts, target)));
     let mut cmd = Command::new(bin.join("loadtest"));
     if opts.endpoints.is_empty() {
         cmd.args(["--endpoints", endpoints]);
@@ -763,5 +780,14 @@ mod tests {
         assert!(err(&["--reload-every", "500ms"]).contains("at least 1s apart"));
         assert!(err(&["--reload-every", "30s"]).contains("leaves no reload"));
         assert!(err(&["--reload-every", "1s", "--duration", "10m"]).contains("more than 100"));
+        let attach = ["--reload-at", "1s", "--target", "attach", "--pid", "1"];
+        assert!(
+            err(&[&attach[..], &["--listen", "127.0.0.1:1"]].concat()).contains("for the local stand-in")
+        );
+        let o = parse(&["--reload-at", "1s", "--listen", "127.0.0.1:18000"]).unwrap();
+        assert_eq!(
+            (o.addr.listen.as_str(), o.addr.reflection.as_str()),
+            ("127.0.0.1:18000", "127.0.0.1:9000")
+        );
     }
 }

@@ -72,6 +72,26 @@ pub struct GatewayOptions {
     /// which names no worker, so only the kernel can.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub worker_header: Switch,
+    /// Stand-in only, a test aid: a fault to inject (the product never relies on it).
+    #[arg(long, value_enum)]
+    pub inject: Option<Inject>,
+}
+
+/// A fault the stand-in can inject, to force one branch of a race in tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Inject {
+    /// After a reload, each worker's first JS StartInstance connects where nothing listens
+    /// (as between a server's crash and respawn): kong-2.7 leaks the claim and the worker spins.
+    RefusedStart,
+}
+
+impl Inject {
+    /// The name on the command line and in standin.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            Inject::RefusedStart => "refused-start",
+        }
+    }
 }
 
 /// On or off.
@@ -93,12 +113,32 @@ pub struct UpOptions {
     /// How it runs its plugin servers.
     #[command(flatten)]
     pub gateway: GatewayOptions,
-    /// Gateway listen address (Kong's proxy port).
-    #[arg(long, default_value = "127.0.0.1:8000")]
+    /// Where the stand-in and reflection listen.
+    #[command(flatten)]
+    pub addr: Addresses,
+}
+
+/// Kong's proxy port, where the gateway listens unless told otherwise (compose: always).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+/// reflection's default listen address.
+pub const DEFAULT_REFLECTION: &str = "127.0.0.1:9000";
+
+/// Where the local stack listens; shared by `cargo xtask up` and `cargo xtask run`.
+#[derive(Args, Clone, Debug)]
+pub struct Addresses {
+    /// Gateway listen address (stand-in only; compose publishes Kong's proxy on 127.0.0.1:8000).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: String,
-    /// reflection's listen address.
-    #[arg(long, default_value = "127.0.0.1:9000")]
+    /// reflection's listen address (stand-in only).
+    #[arg(long, default_value = DEFAULT_REFLECTION)]
     pub reflection: String,
+}
+
+impl Addresses {
+    /// Whether both are the defaults (the only ones the compose target can use).
+    pub fn are_default(&self) -> bool {
+        self.listen == DEFAULT_LISTEN && self.reflection == DEFAULT_REFLECTION
+    }
 }
 
 impl Behaviour {
@@ -130,8 +170,9 @@ impl UpOptions {
             "workers": self.gateway.workers,
             "js_pdk": self.gateway.js_pdk.version(),
             "cpu_limit": self.gateway.cpu_limit,
-            "listen": self.listen,
-            "reflection": self.reflection,
+            "inject": self.gateway.inject.map(Inject::name),
+            "listen": self.addr.listen,
+            "reflection": self.addr.reflection,
         })
     }
 }
@@ -300,13 +341,13 @@ fn describe(opts: &UpOptions) -> String {
     match opts.target {
         Target::Local => format!(
             "stand-in on http://{}, behaviour {}, workers {}, js kong-pdk {}, {cpu}, prefix {}",
-            opts.listen,
+            opts.addr.listen,
             opts.gateway.behaviour.name(),
             opts.gateway.workers,
             opts.gateway.js_pdk.version(),
             prefix().display()
         ),
-        Target::Compose => format!("Kong 2.7.1 by docker compose on http://127.0.0.1:8000, {cpu}"),
+        Target::Compose => format!("Kong 2.7.1 by docker compose on http://{DEFAULT_LISTEN}, {cpu}"),
     }
 }
 

@@ -4,6 +4,8 @@
 //!
 //! Each test owns the whole stack for its duration; a guard runs `xtask down` even on failure.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,43 +15,63 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::Stand;
 use serde_json::Value;
 use shared::truth::{TruthEv, TruthLine};
 
-const GATEWAY: &str = "127.0.0.1:8000";
-
-fn prefix() -> PathBuf {
-    std::env::var_os("RELOADSCOPE_STANDIN_PREFIX")
-        .map_or_else(|| PathBuf::from("/tmp/reloadscope-standin"), PathBuf::from)
-}
-
-/// Runs the xtask binary; panics with its output unless it succeeds. Returns stdout.
-fn xtask(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().expect("xtask runs");
+/// Runs `cmd`; panics with its output unless it succeeds. Returns stdout.
+fn succeed(mut cmd: Command, what: &str) -> String {
+    let out = cmd.output().expect("xtask runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     print!("{stdout}");
-    assert!(out.status.success(), "xtask {args:?} failed: {}\n{stdout}\n{stderr}", out.status);
+    assert!(out.status.success(), "xtask {what} failed: {}\n{stdout}\n{stderr}", out.status);
     stdout
 }
 
-/// Brings the stack up; `down` runs when it drops, whatever happened in between.
+/// A stand-in of the test's own, up; `down` runs when it drops, whatever happened in between,
+/// and only then is its prefix removed.
 struct Stack {
+    stand: Stand,
     up_output: String,
 }
 
 impl Stack {
     fn up(extra: &[&str]) -> Stack {
-        let mut args = vec!["up"];
-        args.extend_from_slice(extra);
-        // A stack left by an earlier, killed run is replaced by `up` itself.
-        Stack { up_output: xtask(&args) }
+        let stand = Stand::new();
+        let mut cmd = stand.xtask();
+        cmd.arg("up").args(stand.addr_args()).args(extra);
+        let up_output = succeed(cmd, "up");
+        Stack { stand, up_output }
     }
-}
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let out = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("down").output();
+    /// Runs `xtask <args>` on this stand-in.
+    fn xtask(&self, args: &[&str]) -> String {
+        let mut cmd = self.stand.xtask();
+        cmd.args(args);
+        succeed(cmd, &args.join(" "))
+    }
+
+    fn prefix(&self) -> PathBuf {
+        self.stand.prefix()
+    }
+
+    /// The stand-in's log; every line must read as a [`TruthLine`] (the schema its readers share).
+    fn truth(&self) -> Vec<TruthLine> {
+        std::fs::read_to_string(self.prefix().join("ground-truth.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad ground-truth line {l:?}: {e}")))
+            .collect()
+    }
+
+    fn master(&self) -> String {
+        std::fs::read_to_string(self.prefix().join("logs/nginx.pid")).unwrap()
+    }
+
+    /// `xtask down`, keeping the prefix (and its logs) until the stack drops; it is idempotent.
+    fn down(&self) {
+        let out = self.stand.xtask().arg("down").output();
         if let Ok(out) = out
             && !out.status.success()
         {
@@ -58,9 +80,15 @@ impl Drop for Stack {
     }
 }
 
-/// One HTTP/1.0 GET: status and body, or an error for transport failures.
-fn get(path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&GATEWAY.parse().unwrap(), timeout)?;
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// One HTTP/1.0 GET to `gateway`: status and body, or an error for transport failures.
+fn get(gateway: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&gateway.parse().unwrap(), timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: reloadscope\r\n\r\n")?;
@@ -78,15 +106,6 @@ fn get(path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
 fn plugin_header(body: &str, header: &str) -> Option<String> {
     let v: Value = serde_json::from_str(body).ok()?;
     v["headers"][header].as_str().map(str::to_string)
-}
-
-/// The stand-in's log; every line must read as a [`TruthLine`] (the schema its readers share).
-fn truth() -> Vec<TruthLine> {
-    std::fs::read_to_string(prefix().join("ground-truth.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad ground-truth line {l:?}: {e}")))
-        .collect()
 }
 
 fn events(all: &[TruthLine], ev: TruthEv) -> Vec<&TruthLine> {
@@ -129,13 +148,14 @@ fn python_and_js_come_back_with_the_header_their_real_server_set() {
     let go_reported =
         stack.up_output.contains("Go plugin skipped: ") || stack.up_output.contains("Go plugin: built");
     assert!(go_reported, "up must say what became of the Go plugin");
-    let all = truth();
+    let all = stack.truth();
     for (path, plugin, header) in
         [("/python", "pythonplugin", "x-pythonplugin"), ("/js", "jsplugin", "x-jsplugin")]
     {
         let servers = spawned_pids(&all, plugin, 1);
         for _ in 0..4 {
-            let (status, body) = get(path, Duration::from_secs(10)).expect("the gateway answers");
+            let (status, body) =
+                get(&stack.stand.listen, path, Duration::from_secs(10)).expect("the gateway answers");
             assert_eq!(status, 200, "{path}: {body}");
             let value =
                 plugin_header(&body, header).unwrap_or_else(|| panic!("{path}: no {header} in {body}"));
@@ -145,7 +165,7 @@ fn python_and_js_come_back_with_the_header_their_real_server_set() {
             println!("{path}: {header}={pid} (a real {plugin} server of generation 1)");
         }
     }
-    let (status, body) = get("/go", Duration::from_secs(10)).unwrap();
+    let (status, body) = get(&stack.stand.listen, "/go", Duration::from_secs(10)).unwrap();
     if stack.up_output.contains("Go plugin skipped: ") {
         assert_eq!(status, 503, "/go: {body}");
         assert!(body.contains("Go plugin skipped"), "/go: {body}");
@@ -159,10 +179,12 @@ fn python_and_js_come_back_with_the_header_their_real_server_set() {
     }
 
     // Idempotent: a second `up` with the same options keeps the same master.
-    let master = std::fs::read_to_string(prefix().join("logs/nginx.pid")).unwrap();
-    let again = xtask(&["up"]);
+    let master = stack.master();
+    let mut up = vec!["up"];
+    up.extend(stack.stand.addr_args());
+    let again = stack.xtask(&up);
     assert!(again.contains("already up"), "{again}");
-    assert_eq!(master, std::fs::read_to_string(prefix().join("logs/nginx.pid")).unwrap());
+    assert_eq!(master, stack.master());
 }
 
 /// One request of the burst: when it started, and what came back.
@@ -192,6 +214,15 @@ impl Burst {
         self.before.iter().filter(|o| o.lost()).count()
     }
 
+    /// Positive control: the requests that ended well before the HUP all kept their header, and
+    /// there were enough of them to tell a working gateway.
+    fn assert_served_before_reload(&self) {
+        let early: Vec<&Outcome> = self.before.iter().filter(|o| o.started + 0.5 < self.reload_at).collect();
+        assert!(early.len() >= 20, "only {} requests before the reload", early.len());
+        let lost = early.iter().filter(|o| o.lost()).count();
+        assert_eq!(lost, 0, "{lost} of {} requests lost before the reload", early.len());
+    }
+
     fn lost_after(&self) -> Vec<(Option<u16>, bool)> {
         self.after.iter().filter(|o| o.lost()).map(|o| (o.status, o.header)).collect()
     }
@@ -212,12 +243,13 @@ impl Burst {
 
 /// Six clients alternate /python and /js (one connection per request) for 2 s, across
 /// `xtask reload`, and for `after` more; `timeout` bounds each request.
-fn burst_across_reload(after: Duration, timeout: Duration) -> Burst {
+fn burst_across_reload(stack: &Stack, after: Duration, timeout: Duration) -> Burst {
     let stop = Arc::new(AtomicBool::new(false));
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..6)
         .map(|i| {
             let (stop, outcomes) = (stop.clone(), outcomes.clone());
+            let gateway = stack.stand.listen.clone();
             std::thread::spawn(move || {
                 let routes = [("/python", "x-pythonplugin"), ("/js", "x-jsplugin")];
                 let mut n = i;
@@ -225,7 +257,7 @@ fn burst_across_reload(after: Duration, timeout: Duration) -> Burst {
                     let (path, header) = routes[n % 2];
                     n += 1;
                     let started = now();
-                    let outcome = match get(path, timeout) {
+                    let outcome = match get(&gateway, path, timeout) {
                         Ok((status, body)) => Outcome {
                             started,
                             status: Some(status),
@@ -240,14 +272,14 @@ fn burst_across_reload(after: Duration, timeout: Duration) -> Burst {
         .collect();
     std::thread::sleep(Duration::from_secs(2));
     let reload_at = now();
-    xtask(&["reload"]);
+    stack.xtask(&["reload"]);
     std::thread::sleep(after);
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
     }
     // Up = each plugin's first generation-2 server has bound its socket (later ones are respawns).
-    let all = truth();
+    let all = stack.truth();
     let ready_at = ["pythonplugin", "jsplugin"]
         .iter()
         .map(|plugin| {
@@ -268,9 +300,10 @@ fn burst_across_reload(after: Duration, timeout: Duration) -> Burst {
 #[test]
 #[ignore = "root: starts the stand-in gateway"]
 fn fixed_behaviour_loses_no_header_once_the_new_generation_is_up() {
-    let _stack = Stack::up(&["--behaviour", "fixed", "--js-pdk", "0.6.0"]);
-    let burst = burst_across_reload(Duration::from_secs(4), Duration::from_secs(15));
+    let stack = Stack::up(&["--behaviour", "fixed", "--js-pdk", "0.6.0"]);
+    let burst = burst_across_reload(&stack, Duration::from_secs(4), Duration::from_secs(15));
     burst.report("fixed");
+    burst.assert_served_before_reload();
     assert!(burst.after.len() >= 50, "too few requests after the reload to say anything");
     let lost = burst.lost_after();
     assert!(lost.is_empty(), "lost after the new generation was up (status, header): {lost:?}");
@@ -278,11 +311,13 @@ fn fixed_behaviour_loses_no_header_once_the_new_generation_is_up() {
     // 10 s after the last output of its servers).
     let deadline = Instant::now() + Duration::from_secs(25);
     while Instant::now() < deadline
-        && !events(&truth(), TruthEv::WorkerExit).iter().any(|e| e.r#gen == Some(1) && e.worker == Some(0))
+        && !events(&stack.truth(), TruthEv::WorkerExit)
+            .iter()
+            .any(|e| e.r#gen == Some(1) && e.worker == Some(0))
     {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let all = truth();
+    let all = stack.truth();
     let kills: Vec<_> = events(&all, TruthEv::Kill).into_iter().filter(|e| e.r#gen == Some(1)).collect();
     assert!(!kills.is_empty() && kills.iter().all(|e| e.is_kill_with("SIGTERM")), "{kills:?}");
 }
@@ -293,11 +328,13 @@ fn kong_27_ground_truth_shows_generations_the_sigkill_and_cache_events() {
     let stack = Stack::up(&["--behaviour", "kong-2.7", "--js-pdk", "0.5.0"]);
     // The same burst as for `fixed`; requests may hang on a leaked claim here: short timeouts.
     // What it loses varies from run to run, so it is reported, not asserted.
-    let burst = burst_across_reload(Duration::from_secs(3), Duration::from_secs(3));
+    let burst = burst_across_reload(&stack, Duration::from_secs(3), Duration::from_secs(3));
     burst.report("kong-2.7");
-    drop(stack);
+    burst.assert_served_before_reload();
+    // Down first: the old worker 0 may still be in its pump window, and down makes it exit.
+    stack.down();
+    let all = stack.truth();
 
-    let all = truth();
     let gens: BTreeSet<u32> = events(&all, TruthEv::MasterInit).iter().filter_map(|e| e.r#gen).collect();
     assert_eq!(gens, BTreeSet::from([1, 2]), "two configuration generations");
     for generation in [1, 2] {
@@ -367,15 +404,21 @@ fn up_refuses_a_port_in_use() {
     // Another program holds the port (nginx with reuseport would otherwise share it silently).
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = held.local_addr().unwrap().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask")).args(["up", "--listen", &addr]).output().unwrap();
-    let _guard = Stack { up_output: String::new() };
+    let guard = Stack { stand: Stand::new(), up_output: String::new() };
+    let out = guard
+        .stand
+        .xtask()
+        .args(["up", "--listen", &addr, "--reflection", &guard.stand.reflection])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "up must fail on a port in use");
     assert!(stderr.contains(&format!("{addr} (the gateway) is already in use")), "{stderr}");
     assert_eq!(stderr.lines().filter(|l| l.starts_with("cargo xtask:")).count(), 1, "{stderr}");
     // Nothing of ours runs: no master (a pid file may remain from an earlier stack).
-    let master =
-        std::fs::read_to_string(prefix().join("logs/nginx.pid")).ok().and_then(|t| t.trim().parse().ok());
+    let master = std::fs::read_to_string(guard.prefix().join("logs/nginx.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
     assert!(master.is_none_or(|p| !alive(p)), "a master {master:?} runs");
 }
 
@@ -384,18 +427,20 @@ fn up_refuses_a_port_in_use() {
 fn down_leaves_no_nginx_reflection_or_plugin_server_process() {
     // With a CPU limit, so the cgroup's life is checked too.
     let stack = Stack::up(&["--cpu-limit", "0.5"]);
-    let cgroup = ["/sys/fs/cgroup/reloadscope-standin", "/sys/fs/cgroup/cpu/reloadscope-standin"]
-        .map(PathBuf::from)
-        .into_iter()
-        .find(|d| d.exists())
-        .expect("the CPU-limit cgroup exists");
-    let master = std::fs::read_to_string(prefix().join("logs/nginx.pid")).unwrap();
+    // `up` says which cgroup it made ("... in /sys/fs/cgroup/<name>"): one per prefix.
+    let cgroup = stack
+        .up_output
+        .lines()
+        .find_map(|l| l.strip_prefix("stack: CPU limit ")?.split_once(" in ").map(|(_, d)| PathBuf::from(d)))
+        .expect("up names the CPU-limit cgroup");
+    assert!(cgroup.starts_with("/sys/fs/cgroup") && cgroup.exists(), "{}", cgroup.display());
+    let master = stack.master();
     let members = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
     assert!(members.lines().any(|l| l == master.trim()), "nginx master {master} in {}", cgroup.display());
-    xtask(&["reload"]);
+    stack.xtask(&["reload"]);
     // Orphan a generation the way a crash would: SIGKILL worker 0, so exit_worker never runs;
     // its servers lose their parent and the master starts a new worker 0 with new servers.
-    let before = truth();
+    let before = stack.truth();
     let worker0 = *worker0_pids(&before, 2).iter().next().unwrap();
     let orphans: BTreeSet<i64> =
         ["pythonplugin", "jsplugin"].iter().flat_map(|p| spawned_pids(&before, p, 2)).collect();
@@ -403,7 +448,7 @@ fn down_leaves_no_nginx_reflection_or_plugin_server_process() {
     let deadline = Instant::now() + Duration::from_secs(30);
     // Three sets of servers by then: generation 1, generation 2, and the new worker 0's.
     let servers = events(&before, TruthEv::Spawn).iter().filter(|e| e.r#gen == Some(1)).count();
-    while events(&truth(), TruthEv::ServerReady).len() < 3 * servers && Instant::now() < deadline {
+    while events(&stack.truth(), TruthEv::ServerReady).len() < 3 * servers && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     for &pid in &orphans {
@@ -411,7 +456,7 @@ fn down_leaves_no_nginx_reflection_or_plugin_server_process() {
         println!("orphaned server {pid}: alive {} stat {stat:?}", alive(pid));
     }
 
-    let all = truth();
+    let all = stack.truth();
     let mut ours: BTreeSet<i64> = BTreeSet::new();
     for e in &all {
         ours.insert(i64::from(e.pid));
@@ -419,11 +464,13 @@ fn down_leaves_no_nginx_reflection_or_plugin_server_process() {
     }
     for file in ["logs/nginx.pid", "reflection.pid"] {
         ours.extend(
-            std::fs::read_to_string(prefix().join(file)).ok().and_then(|s| s.trim().parse::<i64>().ok()),
+            std::fs::read_to_string(stack.prefix().join(file))
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok()),
         );
     }
     // Only pids that are ours now (the pre-daemon nginx pid may have been recycled).
-    let prefix = prefix().display().to_string();
+    let prefix = stack.prefix().display().to_string();
     let alive_before: BTreeSet<i64> = ours
         .into_iter()
         .filter(|&p| alive(p))
@@ -435,6 +482,7 @@ fn down_leaves_no_nginx_reflection_or_plugin_server_process() {
         .collect();
     // Python's server exits by itself once orphaned (its ppid-1 watchdog); node's has none.
     let js_orphans = spawned_pids(&before, "jsplugin", 2);
+    assert!(!js_orphans.is_empty(), "generation 2 spawned a JS server");
     assert!(js_orphans.iter().all(|&p| alive(p)), "the orphaned JS server runs before down");
     assert!(js_orphans.is_subset(&alive_before));
     drop(stack);

@@ -9,13 +9,28 @@ use anyhow::{Context, Result, bail};
 const NAME: &str = "reloadscope-standin";
 const PERIOD_US: u64 = 100_000;
 
+/// The cgroup's name: one per prefix, so stand-ins under other prefixes keep their own.
+fn name() -> String {
+    let prefix = super::prefix();
+    if prefix == std::path::Path::new(super::DEFAULT_PREFIX) {
+        return NAME.to_string();
+    }
+    // FNV-1a of the path: short, stable across runs, and safe as a directory name.
+    let hash = prefix
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("{NAME}-{:08x}", hash as u32)
+}
+
 /// The cgroup directory on this machine (v2 when unified, else the v1 cpu hierarchy).
 fn dir() -> Option<PathBuf> {
     let root = PathBuf::from("/sys/fs/cgroup");
     if root.join("cgroup.controllers").exists() {
-        Some(root.join(NAME))
+        Some(root.join(name()))
     } else if root.join("cpu/cpu.cfs_period_us").exists() {
-        Some(root.join("cpu").join(NAME))
+        Some(root.join("cpu").join(name()))
     } else {
         None
     }

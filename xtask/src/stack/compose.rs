@@ -10,7 +10,7 @@ use super::{Behaviour, UpOptions, http};
 use crate::util::{run, succeeds};
 
 /// Kong's proxy as published by docker-compose.yml.
-const KONG: &str = "127.0.0.1:8000";
+const KONG: &str = super::DEFAULT_LISTEN;
 
 /// `docker compose` when the plugin exists, else `docker-compose`; fails early (and says so)
 /// when no Docker engine answers, rather than deep inside compose.
@@ -39,6 +39,12 @@ fn compose() -> Result<Command> {
 pub fn up(opts: &UpOptions) -> Result<()> {
     if opts.gateway.behaviour == Behaviour::Fixed {
         bail!("--behaviour fixed exists only in the stand-in: the compose target is Kong 2.7.1 itself");
+    }
+    if opts.gateway.inject.is_some() {
+        bail!("--inject is a test aid of the stand-in: the compose target is Kong 2.7.1 itself");
+    }
+    if !opts.addr.are_default() {
+        bail!("--listen and --reflection are for the stand-in: compose publishes Kong on {KONG}");
     }
     let cpus = opts.gateway.cpu_limit.unwrap_or(0.15);
     run(compose()?

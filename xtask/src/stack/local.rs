@@ -56,7 +56,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     }
     // nginx listens with reuseport: another listener with it on the same port would silently
     // share the traffic, so a port in use is refused (a plain bind fails against either kind).
-    for (what, addr) in [("the gateway", &opts.listen), ("reflection", &opts.reflection)] {
+    for (what, addr) in [("the gateway", &opts.addr.listen), ("reflection", &opts.addr.reflection)] {
         if std::net::TcpListener::bind(addr.as_str()).is_err() {
             bail!("{addr} ({what}) is already in use by another program; stop it or choose another address");
         }
@@ -85,6 +85,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
         "prefix": prefix.display().to_string(),
         "truth_log": truth_log().display().to_string(),
         "behaviour": opts.gateway.behaviour.name(),
+        "inject": opts.gateway.inject.map(super::Inject::name),
         "workers": opts.gateway.workers,
         // lua-resty-core's default pipe read timeout: worker 0's pump window (kong/README.md).
         "pump_window_s": super::phase::WINDOW.as_secs(),
@@ -99,8 +100,8 @@ pub fn up(opts: &UpOptions) -> Result<()> {
             ("PREFIX", prefix.display().to_string()),
             ("WORKERS", opts.gateway.workers.to_string()),
             ("LUA_DIR", standin_dir().join("lua").display().to_string()),
-            ("REFLECTION", opts.reflection.clone()),
-            ("LISTEN", opts.listen.clone()),
+            ("REFLECTION", opts.addr.reflection.clone()),
+            ("LISTEN", opts.addr.listen.clone()),
             (
                 "WORKER_HEADER",
                 if opts.gateway.worker_header == Switch::On {
@@ -162,7 +163,7 @@ fn start_reflection(opts: &UpOptions, prefix: &Path) -> Result<()> {
     let bin = workspace_root().join("target/release/reflection");
     let log = File::create(prefix.join("logs/reflection.log"))?;
     let child = Command::new(&bin)
-        .args(["--listen", &opts.reflection])
+        .args(["--listen", &opts.addr.reflection])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -172,9 +173,9 @@ fn start_reflection(opts: &UpOptions, prefix: &Path) -> Result<()> {
         .with_context(|| format!("cannot start {}", bin.display()))?;
     std::fs::write(reflection_pid_file(), child.id().to_string())?;
     wait_for("reflection /health", Duration::from_secs(10), || {
-        http::get(&opts.reflection, "/health", Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
+        http::get(&opts.addr.reflection, "/health", Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
     })?;
-    println!("stack: reflection on http://{} (pid {})", opts.reflection, child.id());
+    println!("stack: reflection on http://{} (pid {})", opts.addr.reflection, child.id());
     Ok(())
 }
 
@@ -216,11 +217,12 @@ pub fn is_up() -> bool {
 /// generation has bound its socket.
 pub fn wait_healthy(opts: &UpOptions) -> Result<()> {
     wait_for("the stand-in's /__standin/health", Duration::from_secs(20), || {
-        http::get(&opts.listen, "/__standin/health", Duration::from_secs(2)).is_ok_and(|r| r.status == 200)
+        http::get(&opts.addr.listen, "/__standin/health", Duration::from_secs(2))
+            .is_ok_and(|r| r.status == 200)
     })?;
     let number = generation().context("the stand-in wrote no generation")?;
     let pids = wait_generation_ready(number)?;
-    println!("stack: stand-in on http://{}, generation {number}, plugin servers {pids}", opts.listen);
+    println!("stack: stand-in on http://{}, generation {number}, plugin servers {pids}", opts.addr.listen);
     println!("stack: ground truth in {}", truth_log().display());
     Ok(())
 }

@@ -59,7 +59,7 @@ function M.init(config_path)
     cfg = assert(cjson.decode(assert(read_file(config_path))), "bad " .. config_path)
     gen = next_generation(cfg.prefix .. "/generation")
     truth.configure(cfg.truth_log, gen)
-    instances.configure(cfg.behaviour)
+    instances.configure(cfg.behaviour, cfg.inject, gen)
     events.configure(cfg.behaviour)
     pb_rpc.configure(cfg.behaviour)
     truth.emit("master_init", { behaviour = cfg.behaviour, workers = cfg.workers,

@@ -13,11 +13,14 @@ local truth = require "standin.truth"
 local M = {}
 
 local behaviour = "kong-2.7"
+-- A test aid (`cargo xtask up --inject refused-start`), and this configuration's generation.
+local inject, generation = nil, 1
+local injected = false
 -- key -> { id, seq, Config }: module state, so one table per worker.
 local running = {}
 
-function M.configure(b)
-    behaviour = b
+function M.configure(b, inj, gen)
+    behaviour, inject, generation = b, inj, gen
 end
 
 --- One trip around the event loop with a zero epoll timeout. OpenResty's ngx.sleep(0) does that
@@ -33,6 +36,14 @@ local function yield_through_loop()
 end
 
 local function start_instance(rpc, name, conf)
+    -- Test aid: after a reload, each worker's first JS StartInstance connects where nothing
+    -- listens, as in the gap between a server's crash and its respawn. That forces the race's
+    -- leaked-claim branch; the kernel sees a real failed connect.
+    if inject == "refused-start" and generation > 1 and name == "jsplugin" and not injected then
+        injected = true
+        rpc = setmetatable({ path = rpc.path .. ".refused", msg_id = rpc.msg_id }, getmetatable(rpc))
+        truth.emit("injected", { plugin = name, fault = inject, worker = ngx.worker.id(), path = rpc.path })
+    end
     local status, err = rpc:call("plugin.StartInstance", { Name = name, Config = cjson.encode(conf) })
     if status == nil then
         if behaviour == "kong-2.7" then
