@@ -105,11 +105,9 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext) {
     let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
-        return;
-    }
+    // The thread's entry is the filter: only targets' entries set it (one lookup, not two).
     let Some(state) = EPOLL_THREADS.get_ptr_mut(tid) else {
-        return; // entered before tracing began
+        return; // not a target, or entered before tracing began
     };
     // SAFETY: a live map value (valid for the whole run) keyed by this thread's tid: only this
     // thread's programs touch it, one at a time, so the `&mut` is unique.
@@ -136,6 +134,11 @@ fn on_exit(ctx: &TracePointContext) {
         reason |= call_reason::FIRST;
     } else if bucket.last_epfd != enter.epfd {
         reason |= call_reason::EPFD_CHANGED;
+    }
+    // A call that entered before tracing stopped ends here: once the targets are gone, a bucket
+    // stays for user space to read rather than going out after its last drain.
+    if bucket.is_due(now, cfg.bucket_ns) && !is_target(tgid) {
+        return;
     }
     bucket.add_call(&enter, now, ret);
     if bucket.is_due(now, cfg.bucket_ns) {

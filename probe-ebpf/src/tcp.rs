@@ -28,14 +28,17 @@ use crate::{CONFIG, EVENTS, KOFFSETS, count_drop, current_ids, header, is_target
 #[map]
 static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
-/// A read on a traced connection in progress: where its bytes will be.
+/// A read on a traced connection in progress: where its bytes will be. One entry per thread,
+/// overwritten in place and disarmed at exit: a map insert and delete per read would cost more
+/// than the rest of the read's programs.
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct PendingRead {
     key: ConnKey,
     buf: u64,
     kind: u32,
-    _pad: u32,
+    /// 1 from the read's entry to its exit.
+    armed: u32,
 }
 
 /// Reads in progress by tid, consumed at exit.
@@ -43,16 +46,33 @@ struct PendingRead {
 static HTTP_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_entries(4096, 0);
 
 /// The request a thread read, and in which of its event-loop turns ([`crate::epoll::turn`]).
+/// One entry per thread, overwritten in place and disarmed once used, like [`PendingRead`].
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct PluginTurn {
     key: ConnKey,
     turn: u64,
+    /// 1 until the turn's first unix send or receive.
+    armed: u32,
+    _pad: u32,
 }
 
 /// By tid: a request read whose handler has not yet written a unix socket in its turn.
 #[map]
 static PLUGIN_TURNS: LruHashMap<u32, PluginTurn> = LruHashMap::with_max_entries(4096, 0);
+
+/// Sets this thread's entry of a per-thread map in place, inserting it only the first time.
+#[inline(always)]
+fn set_per_thread<V: Copy>(map: &LruHashMap<u32, V>, tid: u32, value: V) {
+    match map.get_ptr_mut(tid) {
+        // SAFETY: a live map value keyed by this thread's tid: only this thread's programs
+        // touch it, one at a time; a plain store.
+        Some(slot) => unsafe { *slot = value },
+        None => {
+            let _ = map.insert(tid, value, 0);
+        }
+    }
+}
 
 /// `BPF_RB_NO_WAKEUP`: HTTP records come with every request; waking the recorder for each costs
 /// microseconds per request, so they wait for its next poll (at most 100 ms).
@@ -97,8 +117,14 @@ pub fn on_accept(ctx: &TracePointContext, fd: i64, sk: u64, family: u16, tgid: u
         return;
     }
     let inode = sock_inode(sk);
-    let state =
-        ConnState { inode, phase: conn_phase::AWAIT_REQUEST, requests: 0, chunks: 0, _pad: 0, plugin_inode: 0 };
+    let state = ConnState {
+        inode,
+        phase: conn_phase::AWAIT_REQUEST,
+        requests: 0,
+        chunks: 0,
+        _pad: 0,
+        plugin_inode: 0,
+    };
     let _ = CONNS.insert(ConnKey { tgid, fd: fd as u32 }, state, 0);
     let Some(mut entry) = EVENTS.reserve::<TcpConn>(0) else {
         count_drop(kind::TCP_CONN);
@@ -191,7 +217,7 @@ fn read_enter(ctx: &TracePointContext, kind: u32) {
     if phase != conn_phase::AWAIT_REQUEST && chunks >= REQUEST_CHUNKS {
         return;
     }
-    let _ = HTTP_READS.insert(tid, PendingRead { key, buf: arg(ctx, 1), kind, _pad: 0 }, 0);
+    set_per_thread(&HTTP_READS, tid, PendingRead { key, buf: arg(ctx, 1), kind, armed: 1 });
 }
 
 #[tracepoint]
@@ -216,10 +242,15 @@ pub fn http_recvmsg_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn http_read_exit(ctx: TracePointContext) -> u32 {
     let (tgid, tid) = current_ids();
-    let Some(p) = HTTP_READS.get_ptr(tid) else { return 0 };
-    // SAFETY: a live map value keyed by this thread's tid; copied out before the remove below.
-    let p = unsafe { *p };
-    let _ = HTTP_READS.remove(tid);
+    let Some(slot) = HTTP_READS.get_ptr_mut(tid) else { return 0 };
+    // SAFETY: a live map value keyed by this thread's tid: only this thread's programs touch
+    // it, one at a time; copied out, then disarmed with a plain store.
+    let p = unsafe { *slot };
+    if p.armed == 0 {
+        return 0; // this thread's read of something else
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).armed = 0 };
     let off = CONFIG.load().off_ret as usize;
     // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
     // rather than faults on a bad offset; any bytes are a valid i64.
@@ -244,7 +275,8 @@ pub fn http_read_exit(ctx: TracePointContext) -> u32 {
         ((*state).inode, new)
     };
     if new {
-        let _ = PLUGIN_TURNS.insert(tid, PluginTurn { key: p.key, turn: crate::epoll::turn(tid) }, 0);
+        let turn = PluginTurn { key: p.key, turn: crate::epoll::turn(tid), armed: 1, _pad: 0 };
+        set_per_thread(&PLUGIN_TURNS, tid, turn);
     }
     send_chunk(dir::REQUEST, p.key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), 0, tgid, tid);
     0
@@ -296,10 +328,15 @@ pub fn http_sendmsg_enter(ctx: TracePointContext) -> u32 {
 /// lookup when no request is waiting.
 #[inline(always)]
 pub fn on_unix_io(tid: u32, op: u32, unix_inode: u64) {
-    let Some(t) = PLUGIN_TURNS.get_ptr(tid) else { return };
-    // SAFETY: a live map value keyed by this thread's tid; copied out before the remove below.
-    let t = unsafe { *t };
-    let _ = PLUGIN_TURNS.remove(tid);
+    let Some(slot) = PLUGIN_TURNS.get_ptr_mut(tid) else { return };
+    // SAFETY: a live map value keyed by this thread's tid: only this thread's programs touch
+    // it, one at a time; copied out, then disarmed with a plain store.
+    let t = unsafe { *slot };
+    if t.armed == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).armed = 0 };
     if op != probe_common::unix::op::SEND || t.turn != crate::epoll::turn(tid) {
         return; // the handler waited first: this write is another request's
     }

@@ -56,6 +56,11 @@ enum Cmd {
         /// The request header whose value identifies a request (matched without case).
         #[arg(long, default_value = "x-request-id", value_parser = header_name)]
         request_id_header: String,
+        /// Measure the probe's own cost: the kernel's run count and time of each eBPF program
+        /// over the window (two clock reads per run while on), and the recorder's CPU time, into
+        /// meta.json and as a table.
+        #[arg(long)]
+        prog_stats: bool,
     },
     /// Analyse a run directory: link failed requests to their causes and write report.md,
     /// report.json and timeline.json into it (no root needed).
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
             no_http,
             no_lua,
             request_id_header,
+            prog_stats,
         } => {
             if let Some(name) = &container {
                 match shared::container::find_master(name) {
@@ -156,9 +162,14 @@ fn main() -> ExitCode {
                 http: !no_http,
                 lua: !no_lua,
                 request_id_header,
+                prog_stats,
             };
             record(&args).map(|r| {
                 print!("{}", r.table);
+                if let Some(cost) = &r.meta.prog_stats {
+                    let table = shared::progstats::table(&cost.rows(), cost.kernel_percent(), cost.recorder_percent());
+                    eprint!("reloadscope: the probe's cost over the window:\n{table}");
+                }
                 eprintln!("reloadscope: {}", footer(&r.meta, &args.out));
                 if r.meta.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS }
             })

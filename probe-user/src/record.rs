@@ -40,6 +40,8 @@ pub struct RecordArgs {
     pub lua: bool,
     /// The request header whose value identifies a request.
     pub request_id_header: String,
+    /// Measure the probe's own cost over the window (`meta.json` `prog_stats`).
+    pub prog_stats: bool,
 }
 
 /// The result of a recording.
@@ -219,6 +221,8 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
     for &pid in &args.pids {
         roots.push((pid, proctree::comm(pid).ok_or_else(|| anyhow!("no process with pid {pid}"))?));
     }
+    // On before the programs load, so every run is counted; off when this is dropped.
+    let _stats_on = args.prog_stats.then(crate::probe::enable_run_time_stats).transpose()?;
     let mut probe = load_probe(&tracefs, args)?;
     install_stop_handlers();
     let mut c = Collector {
@@ -243,7 +247,9 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         args.duration,
         args.out.display()
     );
+    let cost_start = args.prog_stats.then(|| cost_reading(&probe));
     let ended_ns = c.collect(&mut probe, Instant::now() + args.duration)?;
+    let prog_stats = cost_start.map(|start| cost_reading(&probe).since(&start));
 
     let drops: BTreeMap<String, u64> = probe
         .drops()?
@@ -277,6 +283,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         decode_errors: c.decode_errors,
         interrupted: STOP.load(Ordering::SeqCst),
         degraded: probe.degraded.clone(),
+        prog_stats,
         ..Meta::default()
     };
     drop(probe);
@@ -304,6 +311,28 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         },
     )?;
     Ok(Recorded { meta, table })
+}
+
+/// The probe's cumulative cost now: its programs' counts, the recorder's CPU time, and the
+/// monotonic clock in `window_ns`, so two readings subtract into a window.
+fn cost_reading(probe: &Probe) -> shared::progstats::ProgStats {
+    shared::progstats::ProgStats {
+        window_ns: clock::monotonic_ns(),
+        recorder_cpu_ns: own_cpu_ns(),
+        programs: probe.program_stats(),
+    }
+}
+
+/// CPU time (user + system) this process has used, in ns.
+fn own_cpu_ns() -> u64 {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF with a valid pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    ns(usage.ru_utime) + ns(usage.ru_stime)
 }
 
 /// Loads and attaches the programs, saying what this kernel lacks.

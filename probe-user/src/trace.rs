@@ -121,6 +121,9 @@ pub struct Meta {
     /// LuaJIT libraries, their offsets, and which processes' Lua frames were dropped and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lua: Option<crate::luajit::symbols::LuaMeta>,
+    /// With `--prog-stats`: what each eBPF program and the recorder cost over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prog_stats: Option<shared::progstats::ProgStats>,
 }
 
 impl Meta {

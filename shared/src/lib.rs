@@ -6,6 +6,7 @@
 //! - [`truth`]: the stand-in's ground-truth log (`standin-ground-truth.jsonl`);
 //! - [`container`]: `--container NAME|ID`, the nginx master inside a container;
 //! - [`endpoint`]: `--endpoint PATH[=HEADER]`, an operator's own route;
+//! - [`progstats`]: the probe's per-program cost in `meta.json`, and its table;
 //! - [`clock`], [`procstat`], [`duration`], [`size`]: the clocks, `/proc/PID/stat`, and
 //!   durations and sizes typed by a user.
 //!
@@ -18,6 +19,7 @@ pub mod duration;
 pub mod endpoint;
 mod jsonl;
 pub mod procstat;
+pub mod progstats;
 pub mod reload;
 pub mod requests;
 pub mod size;

@@ -33,15 +33,9 @@ enum Cmd {
     },
     /// Bring the stack up, attach the probe, run the load, reload, analyse, tear down.
     Run(run::RunOptions),
-    /// Measure the probe's overhead on a unix-socket ping-pong (traced vs untraced, one run).
-    Bench {
-        /// Bytes per message.
-        #[arg(long, default_value_t = 64)]
-        bytes: usize,
-        /// CPU sampling frequency of the probe during the traced phase.
-        #[arg(long, default_value_t = 99)]
-        sample_hz: u64,
-    },
+    /// Measure the probe's cost: a unix-socket ping-pong (traced vs untraced, one run), or with
+    /// --gateway the stand-in under wrk beside bpftrace, perf and strace.
+    Bench(bench::BenchOptions),
     /// Bring the system under test up (stand-in gateway or Kong by compose) and wait for health.
     Up(stack::UpOptions),
     /// Reload the gateway and wait until the new plugin-server generation serves.
@@ -72,9 +66,9 @@ fn main() {
             .and_then(|()| setup::ensure())
             .and_then(|()| util::build_release())
             .and_then(|()| run::run(&opts)),
-        Cmd::Bench { bytes, sample_hz } => setup::ensure()
-            .and_then(|()| util::build_release())
-            .and_then(|()| bench::overhead(bytes, sample_hz)),
+        Cmd::Bench(opts) => {
+            setup::ensure().and_then(|()| util::build_release()).and_then(|()| bench::run(&opts))
+        }
         Cmd::Up(opts) => stack::up(&opts),
         Cmd::Reload => stack::reload(),
         Cmd::Down => stack::down(),

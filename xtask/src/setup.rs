@@ -34,6 +34,8 @@ const APT_PACKAGES: &[&str] = &[
     "debuginfod",
     "gcc",
     "binutils",
+    // `cargo xtask bench --gateway` drives the stand-in with wrk.
+    "wrk",
 ];
 
 /// The bpf-linker release that matches the nightly's LLVM 22.

@@ -278,6 +278,17 @@ pub fn master_pid() -> Result<u32> {
     pid.map(|p| p as u32).context("the gateway's nginx master is not running")
 }
 
+/// The nginx workers of `master` (its children that serve, not those shutting down).
+pub fn workers(master: u32) -> Vec<u32> {
+    procs::children(master as i32)
+        .into_iter()
+        .filter(|&p| {
+            procs::cmdline(p).starts_with("nginx: worker process") && !procs::cmdline(p).contains("shutting")
+        })
+        .map(|p| p as u32)
+        .collect()
+}
+
 /// Whether the gateway serves /go: the stand-in says in its ground truth when it skipped Go.
 pub fn go_available() -> std::result::Result<(), String> {
     if state_target(&read_state()) == Target::Compose {

@@ -240,6 +240,22 @@ impl Probe {
         Ok(map.iter().filter_map(|kv| kv.ok().map(|(_, f)| f)).filter(|f| f.start_ns != 0).collect())
     }
 
+    /// How often each loaded program has run and for how long (cumulative; counted only while
+    /// run-time statistics are on, see [`enable_run_time_stats`]).
+    pub fn program_stats(&self) -> Vec<shared::progstats::ProgStat> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some(shared::progstats::ProgStat {
+                    name: name.to_string(),
+                    runs: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
+    }
+
     /// Every stack in the stack map: id -> instruction pointers, leaf first.
     pub fn stacks(&self) -> Result<BTreeMap<u32, Vec<u64>>> {
         let map = StackTraceMap::try_from(self.ebpf.map(names::STACKS).context("map STACKS")?)?;
@@ -249,6 +265,12 @@ impl Probe {
             .filter_map(|id| Some((id, map.get(&id, 0).ok()?.frames().iter().map(|f| f.ip).collect())))
             .collect())
     }
+}
+
+/// Turns the kernel's per-program run counts and times on (`BPF_ENABLE_STATS`) for as long as
+/// the returned descriptor is open; they cost two clock reads per program run.
+pub fn enable_run_time_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS (run time) failed")
 }
 
 /// Attaches program `prog` to each tracepoint `category:name` in `names`.

@@ -35,6 +35,11 @@ pub fn with_cmdline_containing(needle: &str) -> BTreeSet<i32> {
     all_pids().into_iter().filter(|&p| p != me && cmdline(p).contains(needle)).collect()
 }
 
+/// The live children of `pid`.
+pub fn children(pid: i32) -> BTreeSet<i32> {
+    all_pids().into_iter().filter(|&p| state_and_ppid(p).is_some_and(|(_, pp)| pp == pid)).collect()
+}
+
 /// The given pids plus all their live descendants.
 pub fn with_descendants(roots: &BTreeSet<i32>) -> BTreeSet<i32> {
     let parents: Vec<(i32, i32)> =

@@ -1,7 +1,5 @@
-//! `cargo xtask bench`: the probe's overhead on a unix-socket ping-pong, with and without the
-//! probe in the same run (untraced, traced, untraced again), and its drop count.
-//!
-//! A reproducible measurement, not a timed test: it prints the figures and writes them to
+//! The probe's overhead on a unix-socket ping-pong, with and without the probe in the same run
+//! (untraced, traced, untraced again), its drop count, and the kernel's cost per program. Writes
 //! `target/bench/overhead.json`.
 
 use std::io::{BufRead, BufReader};
@@ -48,7 +46,8 @@ pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     let trace = out.join("pingpong-trace");
     let status = Command::new(target.join("reloadscope"))
-        .args(["record", "--pid", &pid, "--duration", "3s", "--sample-hz", &sample_hz.to_string(), "--out"])
+        .args(["record", "--prog-stats", "--pid", &pid, "--duration", "3s"])
+        .args(["--sample-hz", &sample_hz.to_string(), "--out"])
         .arg(&trace)
         .stdout(Stdio::null())
         .status()?;
@@ -75,9 +74,12 @@ pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     println!("  traced          {traced:>10.0}   ({events} events, {drops} dropped)");
     println!("  untraced after  {after:>10.0}");
     println!("  throughput lost under the probe: {lost:.1}%");
+    let cost = super::prog_stats(&trace)?;
+    println!("\nthe probe's cost per program over the traced window (kernel run-time statistics):\n");
+    print!("{}", shared::progstats::table(&cost.rows(), cost.kernel_percent(), cost.recorder_percent()));
     let json = serde_json::json!({
         "bytes": bytes, "sample_hz": sample_hz, "before": before, "traced": traced, "after": after,
-        "lost_percent": lost, "events": events, "drops": drops,
+        "lost_percent": lost, "events": events, "drops": drops, "prog_stats": cost,
     });
     std::fs::write(out.join("overhead.json"), serde_json::to_string_pretty(&json)?)?;
     Ok(())

@@ -1,0 +1,140 @@
+//! The kernel's own cost accounting of the probe (`BPF_ENABLE_STATS`): how often each eBPF
+//! program ran over a recording's window and for how long, plus the recorder's own CPU time.
+//! `reloadscope record --prog-stats` writes it into `meta.json`; the benchmarks read it.
+
+use serde::{Deserialize, Serialize};
+
+/// One program's runs over the window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgStat {
+    /// The program's name (its function name in probe-ebpf).
+    pub name: String,
+    /// Times it ran.
+    pub runs: u64,
+    /// Time it ran for in all, as the kernel measured it.
+    pub run_time_ns: u64,
+}
+
+/// What the probe cost over one recording's window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgStats {
+    /// The window the counts cover.
+    pub window_ns: u64,
+    /// CPU time (user + system) the recorder itself used in that window.
+    pub recorder_cpu_ns: u64,
+    /// Every program that ran at least once.
+    pub programs: Vec<ProgStat>,
+}
+
+/// One row of the per-program table: rates over the window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgRow {
+    pub name: String,
+    pub runs_per_s: f64,
+    pub ns_per_run: f64,
+    /// Share of one CPU, in percent.
+    pub cpu_percent: f64,
+}
+
+impl ProgStat {
+    /// The rates of this program over a window of `window_ns`.
+    pub fn row(&self, window_ns: u64) -> ProgRow {
+        let secs = window_ns.max(1) as f64 / 1e9;
+        ProgRow {
+            name: self.name.clone(),
+            runs_per_s: self.runs as f64 / secs,
+            ns_per_run: if self.runs == 0 { 0.0 } else { self.run_time_ns as f64 / self.runs as f64 },
+            cpu_percent: 100.0 * self.run_time_ns as f64 / window_ns.max(1) as f64,
+        }
+    }
+}
+
+impl ProgStats {
+    /// The difference `self - earlier` of two cumulative readings (programs by name).
+    pub fn since(&self, earlier: &ProgStats) -> ProgStats {
+        let programs = self
+            .programs
+            .iter()
+            .map(|p| {
+                let before = earlier.programs.iter().find(|e| e.name == p.name);
+                ProgStat {
+                    name: p.name.clone(),
+                    runs: p.runs - before.map_or(0, |b| b.runs.min(p.runs)),
+                    run_time_ns: p.run_time_ns - before.map_or(0, |b| b.run_time_ns.min(p.run_time_ns)),
+                }
+            })
+            .filter(|p| p.runs > 0)
+            .collect();
+        ProgStats {
+            window_ns: self.window_ns.saturating_sub(earlier.window_ns),
+            recorder_cpu_ns: self.recorder_cpu_ns.saturating_sub(earlier.recorder_cpu_ns),
+            programs,
+        }
+    }
+
+    /// The rows, busiest program (by CPU) first.
+    pub fn rows(&self) -> Vec<ProgRow> {
+        let mut rows: Vec<ProgRow> = self.programs.iter().map(|p| p.row(self.window_ns)).collect();
+        rows.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent).then_with(|| a.name.cmp(&b.name)));
+        rows
+    }
+
+    /// The kernel side's share of one CPU, in percent.
+    pub fn kernel_percent(&self) -> f64 {
+        self.rows().iter().map(|r| r.cpu_percent).sum()
+    }
+
+    /// The recorder's share of one CPU, in percent.
+    pub fn recorder_percent(&self) -> f64 {
+        100.0 * self.recorder_cpu_ns as f64 / self.window_ns.max(1) as f64
+    }
+}
+
+/// A Markdown table of `rows`, with the kernel's total and the recorder's share under it.
+pub fn table(rows: &[ProgRow], kernel_percent: f64, recorder_percent: f64) -> String {
+    let mut s = String::from("| program | runs/s | ns per run | share of one CPU |\n|---|---:|---:|---:|\n");
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.2}% |\n",
+            r.name, r.runs_per_s, r.ns_per_run, r.cpu_percent
+        ));
+    }
+    s.push_str(&format!(
+        "| all programs (kernel) | | | {kernel_percent:.2}% |\n| recorder (user space) | | | {recorder_percent:.2}% |\n"
+    ));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(name: &str, runs: u64, ns: u64) -> ProgStat {
+        ProgStat { name: name.into(), runs, run_time_ns: ns }
+    }
+
+    #[test]
+    fn a_window_is_the_difference_of_two_readings() {
+        let start = ProgStats {
+            window_ns: 0,
+            recorder_cpu_ns: 1_000,
+            programs: vec![stat("unix_send", 100, 50_000), stat("idle", 7, 700)],
+        };
+        let end = ProgStats {
+            window_ns: 2_000_000_000,
+            recorder_cpu_ns: 20_001_000,
+            programs: vec![stat("unix_send", 2_100, 1_050_000), stat("idle", 7, 700), stat("new", 1, 10)],
+        };
+        let w = end.since(&start);
+        assert_eq!(w.programs, vec![stat("unix_send", 2_000, 1_000_000), stat("new", 1, 10)]);
+        let rows = w.rows();
+        assert_eq!(rows[0].name, "unix_send");
+        assert_eq!(rows[0].runs_per_s, 1_000.0);
+        assert_eq!(rows[0].ns_per_run, 500.0);
+        assert!((rows[0].cpu_percent - 0.05).abs() < 1e-9);
+        assert!((w.recorder_percent() - 1.0).abs() < 1e-9);
+        let t = table(&rows, w.kernel_percent(), w.recorder_percent());
+        assert!(t.contains("| unix_send | 1000 | 500 | 0.05% |"), "{t}");
+        assert!(t.contains("| recorder (user space) | | | 1.00% |"), "{t}");
+    }
+}
