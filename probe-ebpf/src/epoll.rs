@@ -135,12 +135,13 @@ fn on_exit(ctx: &TracePointContext) {
     } else if bucket.last_epfd != enter.epfd {
         reason |= call_reason::EPFD_CHANGED;
     }
-    // A call that entered before tracing stopped ends here: once the targets are gone, a bucket
-    // stays for user space to read rather than going out after its last drain.
-    if bucket.is_due(now, cfg.bucket_ns) && !is_target(tgid) {
+    bucket.add_call(&enter, now, ret);
+    // The rare sends check that the process is still a target: once tracing stopped (or its
+    // leader exited), a bucket stays for user space to read rather than going out after its
+    // last drain, and no call record speaks for a process already gone.
+    if (bucket.is_due(now, cfg.bucket_ns) || reason != 0) && !is_target(tgid) {
         return;
     }
-    bucket.add_call(&enter, now, ret);
     if bucket.is_due(now, cfg.bucket_ns) {
         bucket.hdr.ts_ns = now;
         send(kind::EPOLL_BUCKET, bucket);

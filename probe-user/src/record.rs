@@ -313,11 +313,10 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
     Ok(Recorded { meta, table })
 }
 
-/// The probe's cumulative cost now: its programs' counts, the recorder's CPU time, and the
-/// monotonic clock in `window_ns`, so two readings subtract into a window.
-fn cost_reading(probe: &Probe) -> shared::progstats::ProgStats {
-    shared::progstats::ProgStats {
-        window_ns: clock::monotonic_ns(),
+/// The probe's cumulative cost now: its programs' counts and the recorder's CPU time.
+fn cost_reading(probe: &Probe) -> shared::progstats::Reading {
+    shared::progstats::Reading {
+        at_ns: clock::monotonic_ns(),
         recorder_cpu_ns: own_cpu_ns(),
         programs: probe.program_stats(),
     }

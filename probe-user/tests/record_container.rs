@@ -60,6 +60,27 @@ fn child_of(parent: u32) -> u32 {
     }
 }
 
+/// The nginx worker of `master`, waiting up to 10 s for it: until the master has exec'ed nginx,
+/// its children are the shell's (`mount`, `cp`), not workers.
+fn worker_of(master: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&p| shared::procstat::read(p).is_some_and(|s| s.ppid == master && s.is_alive()))
+            .find(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"nginx: worker process"))
+            });
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no nginx worker under {master}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `NSpid` of a live process: its pid in each pid namespace, the host's first.
 fn nspid(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -132,7 +153,7 @@ fn a_gateway_in_its_own_namespaces_is_named_after_it_is_gone() {
         .arg(host.path().join("nginx.conf"))
         .spawn()
         .unwrap();
-    let (master, worker) = (nginx.id(), child_of(nginx.id()));
+    let (master, worker) = (nginx.id(), worker_of(nginx.id()));
     record_and_analyze(master, host.path(), || stop(nginx));
     let (_, host_share) = named_share(&host.path().join("trace"), worker);
 
@@ -149,7 +170,7 @@ fn a_gateway_in_its_own_namespaces_is_named_after_it_is_gone() {
     let unshare =
         Command::new("unshare").args(["--pid", "--mount", "--fork", "sh", "-c", &script]).spawn().unwrap();
     let master = child_of(unshare.id());
-    let worker = child_of(master);
+    let worker = worker_of(master);
     let inner = nspid(worker);
     assert_eq!((inner.len(), inner[0]), (2, worker), "the worker is in a nested pid namespace: {inner:?}");
     assert!(!bin_dir.join("nginx").exists(), "the binary must not be visible from the host");
@@ -239,7 +260,7 @@ fn container_finds_the_nginx_master_by_cgroup_or_engine_and_says_why_not() {
         .arg(dir.path().join("nginx.conf"))
         .spawn()
         .unwrap();
-    let (master, worker) = (nginx.id(), child_of(nginx.id()));
+    let (master, worker) = (nginx.id(), worker_of(nginx.id()));
     let name = format!("reloadscope-test-{}", std::process::id());
     let group = Group::new(&name);
     group.add(worker);

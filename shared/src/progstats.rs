@@ -49,9 +49,21 @@ impl ProgStat {
     }
 }
 
-impl ProgStats {
-    /// The difference `self - earlier` of two cumulative readings (programs by name).
-    pub fn since(&self, earlier: &ProgStats) -> ProgStats {
+/// A cumulative reading of the same counters at one instant; two make a window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// Monotonic clock at the reading.
+    pub at_ns: u64,
+    /// The recorder's CPU time so far.
+    pub recorder_cpu_ns: u64,
+    /// Every loaded program's totals so far.
+    pub programs: Vec<ProgStat>,
+}
+
+impl Reading {
+    /// What happened between `earlier` and this reading (programs matched by name; those that
+    /// did not run are left out).
+    pub fn since(&self, earlier: &Reading) -> ProgStats {
         let programs = self
             .programs
             .iter()
@@ -66,12 +78,14 @@ impl ProgStats {
             .filter(|p| p.runs > 0)
             .collect();
         ProgStats {
-            window_ns: self.window_ns.saturating_sub(earlier.window_ns),
+            window_ns: self.at_ns.saturating_sub(earlier.at_ns),
             recorder_cpu_ns: self.recorder_cpu_ns.saturating_sub(earlier.recorder_cpu_ns),
             programs,
         }
     }
+}
 
+impl ProgStats {
     /// The rows, busiest program (by CPU) first.
     pub fn rows(&self) -> Vec<ProgRow> {
         let mut rows: Vec<ProgRow> = self.programs.iter().map(|p| p.row(self.window_ns)).collect();
@@ -115,13 +129,13 @@ mod tests {
 
     #[test]
     fn a_window_is_the_difference_of_two_readings() {
-        let start = ProgStats {
-            window_ns: 0,
+        let start = Reading {
+            at_ns: 5,
             recorder_cpu_ns: 1_000,
             programs: vec![stat("unix_send", 100, 50_000), stat("idle", 7, 700)],
         };
-        let end = ProgStats {
-            window_ns: 2_000_000_000,
+        let end = Reading {
+            at_ns: 2_000_000_005,
             recorder_cpu_ns: 20_001_000,
             programs: vec![stat("unix_send", 2_100, 1_050_000), stat("idle", 7, 700), stat("new", 1, 10)],
         };

@@ -283,7 +283,8 @@ pub fn workers(master: u32) -> Vec<u32> {
     procs::children(master as i32)
         .into_iter()
         .filter(|&p| {
-            procs::cmdline(p).starts_with("nginx: worker process") && !procs::cmdline(p).contains("shutting")
+            let cmd = procs::cmdline(p);
+            cmd.starts_with("nginx: worker process") && !cmd.contains("shutting")
         })
         .map(|p| p as u32)
         .collect()

@@ -412,7 +412,7 @@ fn kong_27_claims(run: &Run) {
     let spinning = numbers(&report["spins"], "pid");
     assert!(
         waited_long.is_subset(&spinning) && spinning.is_subset(&waited),
-        "{waited_long:?} {spinning:?} {waited:?}"
+        "spinning workers {spinning:?} against the stand-in's claim waits: a second in {waited_long:?}, at all in {waited:?}"
     );
 
     // Which requests the reload must fail is a race: a new worker that got its JS instance from
@@ -523,8 +523,8 @@ fn the_checks_fail_on_broken_input(run: &Run, scratch: &Path) {
     let _ = std::fs::remove_file(empty.join("trace/samples.bin.gz"));
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/reloadscope");
     let out = Command::new(&bin).arg("analyze").arg(&empty).output().unwrap();
-    println!("analyze on an empty trace: {}", out.status);
-    must_fail("an empty trace", || {
+    assert!(out.status.success(), "analyze on an empty trace: {}", String::from_utf8_lossy(&out.stderr));
+    must_fail("an empty trace", "plugin servers are in report.json", || {
         let r = Run::load(&empty);
         common_claims(&r);
         kong_27_claims(&r);
@@ -544,41 +544,41 @@ fn the_checks_fail_on_broken_input(run: &Run, scratch: &Path) {
         l["link"] = "unexplained".into();
         l["cause_pid"] = Value::Null;
     }
-    must_fail("an analysis that links nothing", || kong_27_claims(&unlinked));
+    must_fail("an analysis that links nothing", "at least half exact", || kong_27_claims(&unlinked));
     // 3. A spin the analysis missed: the stand-in's log says a request spun.
     let mut no_spin = Run::load(&run.dir);
     no_spin.report["spins"] = Value::Array(Vec::new());
-    must_fail("a missed spin", || kong_27_claims(&no_spin));
+    must_fail("a missed spin", "against the stand-in's claim waits", || kong_27_claims(&no_spin));
     // 4. A ground-truth log that disagrees with the trace: another signal for the old servers.
     let mut other_kill = Run::load(&run.dir);
     for e in other_kill.truth.iter_mut().filter(|e| e.ev == TruthEv::Kill) {
         e.signal = Some(TruthSignal::Name("SIGTERM".into()));
     }
-    must_fail("a ground-truth log whose kills disagree", || common_claims(&other_kill));
+    must_fail("a ground-truth log whose kills disagree", "from old worker 0", || common_claims(&other_kill));
     // 5. ...or a server the stand-in spawned that the trace never saw bind.
     let mut extra_server = Run::load(&run.dir);
     let mut ghost = extra_server.truth.iter().find(|e| e.ev == TruthEv::ServerReady).unwrap().clone();
     ghost.server_pid = Some(u32::MAX - 1);
     ghost.socket = Some("/nowhere/ghost.socket".into());
     extra_server.truth.push(ghost);
-    must_fail("a ground-truth server the trace never saw", || common_claims(&extra_server));
+    must_fail("a ground-truth server the trace never saw", "is not in the report", || {
+        common_claims(&extra_server)
+    });
 }
 
-/// Runs `check`, which must panic; prints the reason it gave.
-fn must_fail(what: &str, check: impl FnOnce()) {
-    // The expected panic is printed below, shortened, instead of by the default hook.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+/// Runs `check`, which must panic with a message containing `reason` (not any panic: a check
+/// that broke for another reason proves nothing); prints the message.
+fn must_fail(what: &str, reason: &str, check: impl FnOnce()) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
-    std::panic::set_hook(hook);
     let err = result.expect_err(&format!("the checks accepted {what}"));
     let msg = err
         .downcast_ref::<String>()
         .cloned()
         .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_default();
+    assert!(msg.contains(reason), "{what} was rejected for another reason than \"{reason}\": {msg}");
     let first: String = msg.lines().next().unwrap_or("").chars().take(160).collect();
-    println!("rejected {what}: {first}");
+    println!("rejected {what}, as expected: {first}");
 }
 
 /// The run's bundle, copied alone into a fresh directory (no run directory, no binaries read),

@@ -29,8 +29,8 @@ fn succeed(mut cmd: Command, what: &str) -> String {
     stdout
 }
 
-/// A stand-in of the test's own, up; `down` runs when it drops, whatever happened in between,
-/// and only then is its prefix removed.
+/// A stand-in of the test's own, up; `down` runs when it drops (the [`Stand`]'s drop), whatever
+/// happened in between, and only then is its prefix removed.
 struct Stack {
     stand: Stand,
     up_output: String,
@@ -71,18 +71,7 @@ impl Stack {
 
     /// `xtask down`, keeping the prefix (and its logs) until the stack drops; it is idempotent.
     fn down(&self) {
-        let out = self.stand.xtask().arg("down").output();
-        if let Ok(out) = out
-            && !out.status.success()
-        {
-            eprintln!("cleanup: xtask down failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.down();
+        self.stand.down();
     }
 }
 

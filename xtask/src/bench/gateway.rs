@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::os::unix::process::CommandExt;
+
 use anyhow::{Context, Result, bail};
 use shared::progstats::{self, ProgRow, ProgStats};
 
@@ -40,6 +42,9 @@ extern "C" fn on_signal(_: libc::c_int) {
 enum Tool {
     /// reloadscope with every probe and 99 Hz samples.
     Reloadscope,
+    /// The same with the kernel's run-time statistics on (two clock reads per program run),
+    /// for the per-program table; its throughput is shown apart, as it pays for the counting.
+    ReloadscopeCounted,
     /// reloadscope without samples.
     ReloadscopeNoSamples,
     /// bpftrace with two counting probes (epoll_wait entries and socket sends of nginx).
@@ -51,13 +56,20 @@ enum Tool {
 }
 
 impl Tool {
-    const ALL: [Tool; 5] =
-        [Tool::Reloadscope, Tool::ReloadscopeNoSamples, Tool::Bpftrace, Tool::Perf, Tool::Strace];
+    const ALL: [Tool; 6] = [
+        Tool::Reloadscope,
+        Tool::ReloadscopeNoSamples,
+        Tool::ReloadscopeCounted,
+        Tool::Bpftrace,
+        Tool::Perf,
+        Tool::Strace,
+    ];
 
     fn label(self, hz: u64) -> String {
         match self {
             Tool::Reloadscope => format!("reloadscope, all probes + {hz} Hz samples"),
             Tool::ReloadscopeNoSamples => "reloadscope, no samples".into(),
+            Tool::ReloadscopeCounted => format!("reloadscope, {hz} Hz samples, counting its own cost"),
             Tool::Bpftrace => "bpftrace, 2 counting probes".into(),
             Tool::Perf => format!("perf record, {hz} Hz, dwarf"),
             Tool::Strace => "strace -f on the workers".into(),
@@ -67,7 +79,7 @@ impl Tool {
     /// The program it needs on PATH (reloadscope is ours, built).
     fn program(self) -> Option<&'static str> {
         match self {
-            Tool::Reloadscope | Tool::ReloadscopeNoSamples => None,
+            Tool::Reloadscope | Tool::ReloadscopeNoSamples | Tool::ReloadscopeCounted => None,
             Tool::Bpftrace => Some("bpftrace"),
             Tool::Perf => Some("perf"),
             Tool::Strace => Some("strace"),
@@ -116,8 +128,9 @@ impl Drop for Attached {
     }
 }
 
-/// Starts `cmd` with `stream` piped, and returns once a line of it satisfies `ready` (the rest
-/// is drained in the background so the tool never blocks on it).
+/// Starts `cmd` in its own process group (so a Ctrl-C reaches only the bench, which stops it)
+/// with stdout or stderr piped, and returns once a line satisfies `ready`; the rest is drained in
+/// the background so the tool never blocks on it.
 fn start_until(
     cmd: &mut Command,
     stderr: bool,
@@ -127,25 +140,36 @@ fn start_until(
     let mut child = cmd
         .stdout(out)
         .stderr(err)
+        .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
     let stream: Box<dyn std::io::Read + Send> =
         if stderr { Box::new(child.stderr.take().unwrap()) } else { Box::new(child.stdout.take().unwrap()) };
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::channel::<std::result::Result<(), String>>();
     std::thread::spawn(move || {
         let mut told = false;
+        let mut last = Vec::new();
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             if !told && ready(&line) {
-                told = tx.send(()).is_ok();
+                told = tx.send(Ok(())).is_ok();
+            } else if !told {
+                last.push(line);
             }
         }
+        if !told {
+            let tail = last.len().saturating_sub(3);
+            let _ = tx.send(Err(last[tail..].join(" / ")));
+        }
     });
-    if rx.recv_timeout(ATTACH_LIMIT).is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("{:?} did not say it was attached within {} s", cmd.get_program(), ATTACH_LIMIT.as_secs());
-    }
-    Ok(child)
+    let what = format!("{:?}", cmd.get_program());
+    let failed = match rx.recv_timeout(ATTACH_LIMIT) {
+        Ok(Ok(())) => return Ok(child),
+        Ok(Err(said)) => format!("{what} ended before it was attached: {said}"),
+        Err(_) => format!("{what} did not say it was attached within {} s", ATTACH_LIMIT.as_secs()),
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    bail!(failed)
 }
 
 /// What every measurement needs.
@@ -164,26 +188,23 @@ impl Bench<'_> {
         let hz = self.opts.sample_hz.to_string();
         let pids = || self.workers.iter().map(u32::to_string).collect::<Vec<_>>();
         match tool {
-            Tool::Reloadscope | Tool::ReloadscopeNoSamples => {
-                let samples = if tool == Tool::Reloadscope { hz.as_str() } else { "0" };
-                let trace = self
-                    .out
-                    .join(format!("round{round}-{}", if samples == "0" { "nosamples" } else { "samples" }));
+            Tool::Reloadscope | Tool::ReloadscopeNoSamples | Tool::ReloadscopeCounted => {
+                let (samples, name) = match tool {
+                    Tool::ReloadscopeNoSamples => ("0", "nosamples"),
+                    Tool::ReloadscopeCounted => (hz.as_str(), "counted"),
+                    _ => (hz.as_str(), "samples"),
+                };
+                let trace = self.out.join(format!("round{round}-{name}"));
                 let _ = std::fs::remove_dir_all(&trace);
-                let child = start_until(
-                    Command::new(self.bin.join("reloadscope"))
-                        .args(["record", "--prog-stats", "--pid", &self.master.to_string()])
-                        .args([
-                            "--sample-hz",
-                            samples,
-                            "--duration",
-                            &format!("{}s", self.opts.seconds + 120),
-                        ])
-                        .arg("--out")
-                        .arg(&trace),
-                    true,
-                    |l| l.contains("reloadscope: tracing"),
-                )?;
+                let mut cmd = Command::new(self.bin.join("reloadscope"));
+                cmd.args(["record", "--pid", &self.master.to_string()])
+                    .args(["--sample-hz", samples, "--duration", &format!("{}s", self.opts.seconds + 120)])
+                    .arg("--out")
+                    .arg(&trace);
+                if tool == Tool::ReloadscopeCounted {
+                    cmd.arg("--prog-stats");
+                }
+                let child = start_until(&mut cmd, true, |l| l.contains("reloadscope: tracing"))?;
                 Ok(Attached { child, stop: libc::SIGUSR1, trace: Some(trace) })
             }
             Tool::Bpftrace => {
@@ -203,6 +224,7 @@ impl Bench<'_> {
                     .arg(self.out.join("perf.data"))
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
+                    .process_group(0)
                     .spawn()
                     .context("cannot start perf")?;
                 // perf says nothing when it has attached: give it a second.
@@ -231,6 +253,7 @@ impl Bench<'_> {
         let out = Command::new("wrk")
             .args(["-t", &WRK_THREADS.to_string(), "-c", &WRK_CONNECTIONS.to_string()])
             .args(["-d", &format!("{}s", self.opts.seconds), &self.url])
+            .process_group(0)
             .output()
             .context("cannot run wrk (cargo xtask setup installs it)")?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -335,7 +358,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             k.ratios.push(ratio);
             if let Some(trace) = trace {
                 dropped += super::drops(&trace);
-                if k.tool == Tool::Reloadscope {
+                if k.tool == Tool::ReloadscopeCounted {
                     costs.push(super::prog_stats(&trace)?);
                 }
             }

@@ -65,7 +65,7 @@ pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     let after = rate(&points, end, last);
     let untraced = (before + after) / 2.0;
     let lost = 100.0 * (1.0 - traced / untraced);
-    let drops: u64 = meta["drops"].as_object().map_or(0, |d| d.values().filter_map(|v| v.as_u64()).sum());
+    let drops = super::drops(&trace);
     let events = meta["events"].as_u64().unwrap_or(0);
     println!(
         "unix ping-pong, {bytes}-byte messages, probe sampling at {sample_hz} Hz, round trips per second:"

@@ -1,6 +1,7 @@
 //! A stand-in of the test's own: a fresh prefix directory and two free ports, so a test never
 //! shares sockets, pid files, ports or a cgroup with another test, a user's stack or an earlier
-//! run that was killed.
+//! run that was killed. Dropping it runs `xtask down` before its prefix is removed, so a test
+//! that fails leaves nothing running.
 
 #![allow(dead_code)]
 
@@ -22,8 +23,8 @@ fn free_port() -> u16 {
 
 impl Stand {
     pub fn new() -> Self {
-        let (gateway, reflection) = (free_port(), free_port());
-        assert_ne!(gateway, reflection);
+        let gateway = free_port();
+        let reflection = std::iter::repeat_with(free_port).find(|&p| p != gateway).unwrap();
         Stand {
             dir: tempfile::tempdir().unwrap(),
             listen: format!("127.0.0.1:{gateway}"),
@@ -43,8 +44,28 @@ impl Stand {
         cmd
     }
 
+    /// `xtask down` on this stand-in (idempotent).
+    pub fn down(&self) {
+        match self.xtask().arg("down").output() {
+            Ok(out) if !out.status.success() => {
+                eprintln!("cleanup: xtask down failed: {}", String::from_utf8_lossy(&out.stderr))
+            }
+            Err(e) => eprintln!("cleanup: xtask down: {e}"),
+            Ok(_) => {}
+        }
+    }
+
     /// The options that put `up` or `run` on this stand-in's ports.
     pub fn addr_args(&self) -> [&str; 4] {
         ["--listen", &self.listen, "--reflection", &self.reflection]
+    }
+}
+
+impl Drop for Stand {
+    fn drop(&mut self) {
+        // Only when a stack was brought up here: its state file is in the prefix.
+        if self.prefix().join("stack.json").exists() || self.prefix().join("logs/nginx.pid").exists() {
+            self.down();
+        }
     }
 }

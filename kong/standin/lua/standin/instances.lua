@@ -41,7 +41,10 @@ local function start_instance(rpc, name, conf)
     -- leaked-claim branch; the kernel sees a real failed connect.
     if inject == "refused-start" and generation > 1 and name == "jsplugin" and not injected then
         injected = true
-        rpc = setmetatable({ path = rpc.path .. ".refused", msg_id = rpc.msg_id }, getmetatable(rpc))
+        local copy = {}
+        for k, v in pairs(rpc) do copy[k] = v end
+        copy.path = rpc.path .. ".refused"
+        rpc = setmetatable(copy, getmetatable(rpc))
         truth.emit("injected", { plugin = name, fault = inject, worker = ngx.worker.id(), path = rpc.path })
     end
     local status, err = rpc:call("plugin.StartInstance", { Name = name, Config = cjson.encode(conf) })
