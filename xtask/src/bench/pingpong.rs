@@ -1,5 +1,6 @@
 //! The probe's overhead on a unix-socket ping-pong, with and without the probe in the same run
-//! (untraced, traced, untraced again), its drop count, and the kernel's cost per program. Writes
+//! (untraced, traced, untraced again), its drop count, and then, in a window of its own (the
+//! counting costs two clock reads per program run), the kernel's cost per program. Writes
 //! `target/bench/overhead.json`.
 
 use std::io::{BufRead, BufReader};
@@ -27,7 +28,7 @@ pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     let out = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out)?;
     let mut pingpong = Command::new(target.join("unix_pingpong"))
-        .args(["9", &bytes.to_string()])
+        .args(["20", &bytes.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .context("run target/release/unix_pingpong (cargo xtask build first)")?;
@@ -45,15 +46,10 @@ pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     });
     std::thread::sleep(Duration::from_secs(3));
     let trace = out.join("pingpong-trace");
-    let status = Command::new(target.join("reloadscope"))
-        .args(["record", "--prog-stats", "--pid", &pid, "--duration", "3s"])
-        .args(["--sample-hz", &sample_hz.to_string(), "--out"])
-        .arg(&trace)
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("reloadscope record failed ({status})");
-    }
+    record(&target, &pid, sample_hz, &trace, false)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let counted = out.join("pingpong-counted");
+    record(&target, &pid, sample_hz, &counted, true)?;
     let points = reader.join().expect("reader thread");
     let _ = pingpong.wait();
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(trace.join("meta.json"))?)?;
@@ -62,7 +58,7 @@ pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     let last = points.last().map_or(0, |p| p.0);
     let before = rate(&points, first, start);
     let traced = rate(&points, start, end);
-    let after = rate(&points, end, last);
+    let after = rate(&points, end, last.min(end + 3_000_000_000));
     let untraced = (before + after) / 2.0;
     let lost = 100.0 * (1.0 - traced / untraced);
     let drops = super::drops(&trace);
@@ -74,13 +70,33 @@ pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     println!("  traced          {traced:>10.0}   ({events} events, {drops} dropped)");
     println!("  untraced after  {after:>10.0}");
     println!("  throughput lost under the probe: {lost:.1}%");
-    let cost = super::prog_stats(&trace)?;
-    println!("\nthe probe's cost per program over the traced window (kernel run-time statistics):\n");
+    let cost = super::prog_stats(&counted)?;
+    println!("\nthe probe's cost per program in a second traced window (kernel run-time statistics):\n");
     print!("{}", shared::progstats::table(&cost.rows(), cost.kernel_percent(), cost.recorder_percent()));
     let json = serde_json::json!({
         "bytes": bytes, "sample_hz": sample_hz, "before": before, "traced": traced, "after": after,
         "lost_percent": lost, "events": events, "drops": drops, "prog_stats": cost,
     });
     std::fs::write(out.join("overhead.json"), serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}
+
+/// Traces the ping-pong for 3 s into `trace`, counting the programs' cost when `counted`.
+fn record(
+    target: &std::path::Path,
+    pid: &str,
+    sample_hz: u64,
+    trace: &std::path::Path,
+    counted: bool,
+) -> Result<()> {
+    let mut cmd = Command::new(target.join("reloadscope"));
+    cmd.args(["record", "--pid", pid, "--duration", "3s", "--sample-hz", &sample_hz.to_string()]);
+    if counted {
+        cmd.arg("--prog-stats");
+    }
+    let status = cmd.arg("--out").arg(trace).stdout(Stdio::null()).status()?;
+    if !status.success() {
+        bail!("reloadscope record failed ({status})");
+    }
     Ok(())
 }
