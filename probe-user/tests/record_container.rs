@@ -44,41 +44,34 @@ http {
 }
 "#;
 
-/// The live child of `parent`, waiting up to 10 s for it.
-fn child_of(parent: u32) -> u32 {
+/// The first live child of `parent` that `pick` accepts, waiting up to 10 s for one.
+fn child_where(parent: u32, what: &str, pick: impl Fn(u32) -> bool) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let found = std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .find(|&p| shared::procstat::read(p).is_some_and(|s| s.ppid == parent && s.is_alive()));
+            .filter(|&p| shared::procstat::read(p).is_some_and(|s| s.ppid == parent && s.is_alive()))
+            .find(|&p| pick(p));
         if let Some(pid) = found {
             return pid;
         }
-        assert!(Instant::now() < deadline, "no child of {parent}");
+        assert!(Instant::now() < deadline, "no {what} under {parent}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// The nginx worker of `master`, waiting up to 10 s for it: until the master has exec'ed nginx,
-/// its children are the shell's (`mount`, `cp`), not workers.
+/// The live child of `parent`.
+fn child_of(parent: u32) -> u32 {
+    child_where(parent, "child", |_| true)
+}
+
+/// The nginx worker of `master`: until the master has exec'ed nginx, its children are the
+/// shell's (`mount`, `cp`), not workers.
 fn worker_of(master: u32) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&p| shared::procstat::read(p).is_some_and(|s| s.ppid == master && s.is_alive()))
-            .find(|p| {
-                std::fs::read(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| c.starts_with(b"nginx: worker process"))
-            });
-        if let Some(pid) = found {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "no nginx worker under {master}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    child_where(master, "nginx worker", |p| {
+        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"nginx: worker process"))
+    })
 }
 
 /// `NSpid` of a live process: its pid in each pid namespace, the host's first.
