@@ -75,8 +75,9 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     /// Stand-in only: where in old worker 0's 10 s plugin-server pump window the reload lands,
     /// i.e. the time since the servers last wrote, modulo 10 s (kong/README.md). 7s lets the
-    /// new servers bind before the old worker 0 exits, as in the reproduction; near 10s it
-    /// exits first.
+    /// new servers bind before the old worker 0 exits, as in the reproduction; when the windows
+    /// end between the quit and the new workers' first requests (about 8.8s here, see
+    /// --worker-init) it exits first.
     #[arg(long, default_value = "7s", value_parser = parse_phase)]
     pub reload_phase: Duration,
     /// Your own route to load instead of the plugin routes (repeatable): `PATH[=HEADER]`, the
@@ -773,6 +774,12 @@ mod tests {
         assert!(err(&["--reload-at", "0s"]).contains("more than 0"));
         assert!(err(&["--reload-at", "1s", "--reload-phase", "10s"]).contains("not inside the 10 s window"));
         assert_eq!(parse(&["--reload-at", "1s"]).unwrap().reload_phase, Duration::from_secs(7));
+        assert!(err(&["--reload-at", "1s", "--worker-init", "6s"]).contains("longer than 5s"));
+        let o = parse(&["--reload-at", "1s"]).unwrap();
+        assert_eq!(o.gateway.worker_init, Duration::from_millis(300));
+        assert!(o.gateway.worker_init_is_default());
+        let o = parse(&["--reload-at", "1s", "--worker-init", "0s"]).unwrap();
+        assert!(!o.gateway.worker_init_is_default());
         assert!(err(&[]).contains("--reload-at"));
         assert!(err(&["--reload-at", "10s,5s"]).contains("in order"));
         assert!(err(&["--reload-at", "10s,10500ms"]).contains("at least 1s apart"));

@@ -374,6 +374,10 @@ fn a_kong_27_run_explains_its_failures_through_their_own_workers() {
     let run = short_run(dir.path(), &[]);
     bundle_reanalyses_to_the_same_findings(&run);
     kong_27_claims(&run);
+    // At the default phase the old pumps' windows outlast the new workers' first requests,
+    // whose StartInstance lines restart them: the new servers bind first, as in the
+    // reproduction.
+    assert_eq!(orders(&run), BTreeSet::from(["new_bound_first"]), "{}", run.report["lifecycle"]["handovers"]);
     // Whether a worker spins is a race (a StartInstance must meet a dead server); the claims
     // above hold either way, and `a_refused_start_spins…` forces the spin in its own run.
     if !run.report["spins"].as_array().unwrap().is_empty() {
@@ -396,6 +400,70 @@ fn a_refused_start_spins_the_worker_in_wait_for_claim_and_the_checks_catch_broke
     spin_claims(&run);
     flamegraph_claims(&run);
     the_checks_fail_on_broken_input(&run, dir.path());
+}
+
+#[test]
+#[ignore = "root: runs the stand-in, the probe and the load"]
+fn a_reload_at_the_end_of_a_pump_window_lets_the_old_servers_die_before_the_new_ones_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    // The old pumps' windows end 2.5 s after the HUP: after the quit (the master's re-init
+    // takes about a second) and before the new workers, held 2.5 s in init_worker, start an
+    // instance on an old server. Nothing restarts a window, so old worker 0 exits at once.
+    let run = short_run(dir.path(), &["--reload-phase", "7500ms", "--worker-init", "2500ms"]);
+    kong_27_claims(&run);
+    old_died_first_claims(&run);
+}
+
+/// The hand-over orders the report gives, one per socket path.
+fn orders(run: &Run) -> BTreeSet<&str> {
+    run.report["lifecycle"]["handovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["order"].as_str())
+        .collect()
+}
+
+/// When old worker 0 exits before the new servers bind: the stand-in's pumps ended first, the
+/// report says so for every path, and its refused connects fall in the gap it names.
+fn old_died_first_claims(run: &Run) {
+    let report = &run.report;
+    let handovers = report["lifecycle"]["handovers"].as_array().unwrap();
+    assert_eq!(orders(run), BTreeSet::from(["old_died_first"]), "{handovers:?}");
+    // The stand-in's own log: each old pump ended before the first new server of its plugin
+    // bound.
+    let first = |ev: TruthEv, generation: u32, plugin: &str| {
+        run.truth
+            .iter()
+            .filter(|e| e.ev == ev && e.r#gen == Some(generation) && e.plugin.as_deref() == Some(plugin))
+            .map(|e| e.mono_ns)
+            .min()
+    };
+    for plugin in ["pythonplugin", "jsplugin"] {
+        let ended = first(TruthEv::PumpEnd, 1, plugin).expect("old worker 0's pump ended while exiting");
+        let bound = first(TruthEv::ServerReady, 2, plugin).expect("the new server bound");
+        assert!(
+            ended < bound,
+            "{plugin}: the pump ended {} ms after the new server bound",
+            (ended - bound) / 1_000_000
+        );
+    }
+    let md = std::fs::read_to_string(run.dir.join("report.md")).unwrap();
+    assert!(md.contains("connects to the path failed in between"), "report.md names the order");
+    // Refused connects explain failures, and only inside the gap of their own path.
+    let links = report["attribution"]["links"].as_array().unwrap();
+    let refused: Vec<&Value> = links.iter().filter(|l| l["kind"] == "failed_connect").collect();
+    assert!(!refused.is_empty(), "no failure explained by a refused connect: {}", report["attribution"]);
+    for l in refused {
+        let path = l["cause_socket"].as_str().unwrap();
+        let h = handovers.iter().find(|h| h["path"] == path).expect("a hand-over of the path");
+        let (died, bound) = (h["old_exit_s"].as_f64().unwrap(), h["new_bound_s"].as_f64().unwrap());
+        let at = l["cause_s"].as_f64().unwrap();
+        assert!(
+            (died..=bound).contains(&at),
+            "a refused connect at {at:.3} s outside {died:.3}..{bound:.3} s: {l}"
+        );
+    }
 }
 
 /// What a kong-2.7 run must show, against the stand-in's log and the load test's.
@@ -449,7 +517,11 @@ fn kong_27_claims(run: &Run) {
         assert!(att["failed"].as_u64().unwrap() > 0, "a kong-2.7 reload fails requests: {att}");
     }
     if att["failed"].as_u64().unwrap() > 0 {
-        assert!(att["exact_share"].as_f64().unwrap() >= 0.5, "at least half exact: {att}");
+        // A request sent on a keep-alive connection that an old worker closed at the quit was
+        // read by no worker, so only its time can link it; of the failures a worker read, at
+        // least half are linked exactly (CI run 3 of 10: 8 of 15 failures were the former).
+        let (exact, read) = (att["exact"].as_u64().unwrap(), att["with_worker"].as_u64().unwrap());
+        assert!(exact * 2 >= read, "at least half exact of those a worker read: {att}");
         assert!(att["unexplained_share"].as_f64().unwrap() <= 0.1, "at most a tenth unexplained: {att}");
     }
 }

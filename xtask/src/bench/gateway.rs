@@ -311,6 +311,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             cpu_limit: None,
             worker_header: Switch::Off,
             inject: None,
+            worker_init: Duration::ZERO,
         },
         addr: addr.clone(),
     })?;

@@ -43,6 +43,9 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     if opts.gateway.inject.is_some() {
         bail!("--inject is a test aid of the stand-in: the compose target is Kong 2.7.1 itself");
     }
+    if !opts.gateway.worker_init_is_default() {
+        bail!("--worker-init models Kong in the stand-in: the compose target is Kong 2.7.1 itself");
+    }
     if !opts.addr.are_default() {
         bail!("--listen and --reflection are for the stand-in: compose publishes Kong on {KONG}");
     }

@@ -103,6 +103,16 @@ function M.usleep(usec)
     C.usleep(usec)
 end
 
+--- Blocks the whole worker for `ms` milliseconds (usleep takes under a second at a time).
+function M.block_ms(ms)
+    local left = ms * 1000
+    while left > 0 do
+        local step = math.min(left, 100000)
+        C.usleep(step)
+        left = left - step
+    end
+end
+
 function M.kill(pid, sig)
     return C.kill(pid, sig) == 0
 end

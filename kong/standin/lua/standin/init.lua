@@ -75,7 +75,12 @@ function M.init(config_path)
 end
 
 function M.init_worker()
-    truth.emit("worker_start", { worker = ngx.worker.id(), count = ngx.worker.count() })
+    truth.emit("worker_start", { worker = ngx.worker.id(), count = ngx.worker.count(),
+                                 init_ms = cfg.worker_init_ms })
+    -- Kong 2.7.1's init_worker loads its config and builds its router before the worker serves,
+    -- and worker 0 starts its plugin servers only after it (kong/README.md). Modelled as a
+    -- blocking wait: Kong's own waits in init_worker block too (its patched ngx.sleep).
+    os_.block_ms(cfg.worker_init_ms or 0)
     if ngx.worker.id() == 0 then
         servers.start(cfg.servers, cfg.pump_window_s)
     else
