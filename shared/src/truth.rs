@@ -37,7 +37,8 @@ pub enum TruthEv {
     CacheReset,
     /// An RPC to a plugin server failed.
     RpcError,
-    /// Old worker 0's pump of a server ended an empty window while exiting (`server_pid`).
+    /// Old worker 0's pump of a server ended an empty window while exiting (`plugin`,
+    /// `server_pid`).
     PumpEnd,
     /// Any other line.
     #[serde(other)]

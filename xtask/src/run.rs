@@ -76,8 +76,8 @@ pub struct RunOptions {
     /// Stand-in only: where in old worker 0's 10 s plugin-server pump window the reload lands,
     /// i.e. the time since the servers last wrote, modulo 10 s (kong/README.md). 7s lets the
     /// new servers bind before the old worker 0 exits, as in the reproduction; when the windows
-    /// end between the quit and the new workers' first requests (about 8.8s here, see
-    /// --worker-init) it exits first.
+    /// end between the quit and the new workers' first requests (see --worker-init; a band of
+    /// about 0.2 s that moves with the master's re-init, 8.3–9.2 s here) it exits first.
     #[arg(long, default_value = "7s", value_parser = parse_phase)]
     pub reload_phase: Duration,
     /// Your own route to load instead of the plugin routes (repeatable): `PATH[=HEADER]`, the
@@ -778,8 +778,15 @@ mod tests {
         let o = parse(&["--reload-at", "1s"]).unwrap();
         assert_eq!(o.gateway.worker_init, Duration::from_millis(300));
         assert!(o.gateway.worker_init_is_default());
-        let o = parse(&["--reload-at", "1s", "--worker-init", "0s"]).unwrap();
-        assert!(!o.gateway.worker_init_is_default());
+        for zero in ["0s", "0ms", "0.0s"] {
+            let o = parse(&["--reload-at", "1s", "--worker-init", zero]).unwrap();
+            assert_eq!(o.gateway.worker_init, Duration::ZERO, "{zero}");
+            assert!(!o.gateway.worker_init_is_default());
+        }
+        assert!(
+            err(&["--reload-at", "1s", "--worker-init", "0.5ms"]).contains("whole number of milliseconds")
+        );
+        assert!(err(&["--reload-at", "1s", "--worker-init", "300"]).contains("300"));
         assert!(err(&[]).contains("--reload-at"));
         assert!(err(&["--reload-at", "10s,5s"]).contains("in order"));
         assert!(err(&["--reload-at", "10s,10500ms"]).contains("at least 1s apart"));

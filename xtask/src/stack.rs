@@ -85,17 +85,25 @@ pub struct GatewayOptions {
 
 /// `--worker-init`'s default: the reproduction's bound on Kong 2.7.1's init_worker.
 pub const DEFAULT_WORKER_INIT: &str = "300ms";
-/// The longest `--worker-init` taken: longer would stall the stand-in past the load's timeouts.
+/// The same, as a duration.
+const DEFAULT_WORKER_INIT_TIME: Duration = Duration::from_millis(300);
+/// The longest `--worker-init` taken: tests widen the slot after the quit with it, but 5 s
+/// already holds the new workers for a sixth of a default run.
 const MAX_WORKER_INIT: Duration = Duration::from_secs(5);
 
 fn parse_worker_init(s: &str) -> std::result::Result<Duration, String> {
     // No wait at all is a valid model here, unlike for the durations `parse` is made for.
-    if matches!(s, "0" | "0s" | "0ms") {
+    let number = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if number != s && number.parse::<f64>() == Ok(0.0) {
         return Ok(Duration::ZERO);
     }
     let d = shared::duration::parse(s)?;
     if d > MAX_WORKER_INIT {
         return Err(format!("'{s}' is longer than {}", shared::duration::format(MAX_WORKER_INIT)));
+    }
+    // The stand-in takes whole milliseconds.
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!("'{s}' is not a whole number of milliseconds"));
     }
     Ok(d)
 }
@@ -103,7 +111,7 @@ fn parse_worker_init(s: &str) -> std::result::Result<Duration, String> {
 impl GatewayOptions {
     /// Whether `--worker-init` was left at its default (the only value compose can honour).
     pub fn worker_init_is_default(&self) -> bool {
-        parse_worker_init(DEFAULT_WORKER_INIT).is_ok_and(|d| d == self.worker_init)
+        self.worker_init == DEFAULT_WORKER_INIT_TIME
     }
 }
 
@@ -201,7 +209,7 @@ impl UpOptions {
             "js_pdk": self.gateway.js_pdk.version(),
             "cpu_limit": self.gateway.cpu_limit,
             "inject": self.gateway.inject.map(Inject::name),
-            "worker_init_ms": self.gateway.worker_init.as_millis() as u64,
+            "worker_init_ms": u64::try_from(self.gateway.worker_init.as_millis()).unwrap_or(u64::MAX),
             "listen": self.addr.listen,
             "reflection": self.addr.reflection,
         })

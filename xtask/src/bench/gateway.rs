@@ -311,6 +311,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             cpu_limit: None,
             worker_header: Switch::Off,
             inject: None,
+            // No reload here, so no new workers whose start to model.
             worker_init: Duration::ZERO,
         },
         addr: addr.clone(),
