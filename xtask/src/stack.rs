@@ -113,6 +113,11 @@ impl GatewayOptions {
     pub fn worker_init_is_default(&self) -> bool {
         self.worker_init == DEFAULT_WORKER_INIT_TIME
     }
+
+    /// `--worker-init` as the stand-in takes it (`parse_worker_init` keeps it whole and small).
+    pub fn worker_init_ms(&self) -> u64 {
+        u64::try_from(self.worker_init.as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// A fault the stand-in can inject, to force one branch of a race in tests.
@@ -209,7 +214,7 @@ impl UpOptions {
             "js_pdk": self.gateway.js_pdk.version(),
             "cpu_limit": self.gateway.cpu_limit,
             "inject": self.gateway.inject.map(Inject::name),
-            "worker_init_ms": u64::try_from(self.gateway.worker_init.as_millis()).unwrap_or(u64::MAX),
+            "worker_init_ms": self.gateway.worker_init_ms(),
             "listen": self.addr.listen,
             "reflection": self.addr.reflection,
         })

@@ -87,7 +87,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
         "behaviour": opts.gateway.behaviour.name(),
         "inject": opts.gateway.inject.map(super::Inject::name),
         "workers": opts.gateway.workers,
-        "worker_init_ms": u64::try_from(opts.gateway.worker_init.as_millis()).unwrap_or(u64::MAX),
+        "worker_init_ms": opts.gateway.worker_init_ms(),
         // lua-resty-core's default pipe read timeout: worker 0's pump window (kong/README.md).
         "pump_window_s": super::phase::WINDOW.as_secs(),
         "servers": servers,
