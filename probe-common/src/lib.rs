@@ -113,29 +113,34 @@ pub mod target_flag {
     pub const FROM_FORK: u32 = 2;
 }
 
+/// Where `syscalls:sys_enter_*` records keep their arguments: 8-byte slots after the common
+/// header and the syscall number. The probe reads them, and an exit's `ret`, with direct loads
+/// from the record, which the verifier takes only at constant offsets; user space checks the
+/// running kernel's `format` files against these before it loads anything.
+pub const SYSCALL_ARGS_OFF: u32 = 16;
+/// Where `syscalls:sys_exit_*` records keep `ret`.
+pub const SYSCALL_RET_OFF: u32 = 16;
+/// The epoll_wait family's argument slots (epoll_wait, epoll_pwait, epoll_pwait2 agree).
+pub mod epoll_arg {
+    pub const EPFD: u32 = 0;
+    pub const MAXEVENTS: u32 = 2;
+    /// An int of ms, or for epoll_pwait2 a timespec pointer.
+    pub const TIMEOUT: u32 = 3;
+}
+
 /// Runtime configuration handed to the eBPF programs as a global at load time.
 ///
-/// Tracepoint field offsets come from tracefs `format` files of the running kernel: nothing
-/// about kernel layouts is compiled in.
+/// Tracepoint field offsets come from tracefs `format` files of the running kernel, but for the
+/// syscall slots ([`SYSCALL_ARGS_OFF`]), which are checked against them instead.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeConfig {
     /// Length of an epoll aggregation bucket in ns.
     pub bucket_ns: u64,
-    /// Offset of `epfd` in `syscalls:sys_enter_epoll_*`.
-    pub off_epfd: u32,
-    /// Offset of `maxevents` in `syscalls:sys_enter_epoll_*`.
-    pub off_maxevents: u32,
-    /// Offset of `timeout` in `syscalls:sys_enter_epoll_*` (an int, or a timespec pointer for pwait2).
-    pub off_timeout: u32,
-    /// Offset of `ret` in `syscalls:sys_exit_*`.
-    pub off_ret: u32,
     /// Offset of `child_pid` in `sched:sched_process_fork`.
     pub off_fork_child: u32,
     /// 1: follow forks of target processes into new targets.
     pub follow_forks: u32,
-    /// Offset of the first argument in `syscalls:sys_enter_*` (arguments are 8-byte slots).
-    pub off_syscall_args: u32,
     /// Offset of the `filename` data_loc in `sched:sched_process_exec`.
     pub off_exec_filename: u32,
     /// Offsets of `sig`, `pid`, `code` and `result` in `signal:signal_generate`.
@@ -265,7 +270,7 @@ mod pod {
 // Layout checks: a change of these sizes is a change of the wire format.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
 const _: () = assert!(core::mem::size_of::<TcpConn>() == 112);
 const _: () = assert!(core::mem::size_of::<HttpChunk>() == 1080);

@@ -14,10 +14,10 @@ use aya_ebpf::{
 use probe_common::{
     EpollBucket, EpollCall, EpollEnter, EpollThread, Syscall,
     epoll::{TIMEOUT_INFINITE, call_reason, timeout_ms_to_ns, timespec_to_ns},
-    kind,
+    epoll_arg, kind,
 };
 
-use crate::{CONFIG, current_ids, header, is_target, send};
+use crate::{CONFIG, current_ids, header, is_target, send, syscall_arg, syscall_ret};
 
 /// Per-thread epoll state, by tid. LRU, so threads that vanish unseen cannot fill it.
 #[map]
@@ -54,15 +54,9 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
     if !is_target(tgid) {
         return;
     }
-    let cfg = CONFIG.load();
-    // Syscall arguments sit in 8-byte slots.
-    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
-    // rather than faults on a bad offset; any bytes are a valid u64.
-    let epfd = unsafe { ctx.read_at::<u64>(cfg.off_epfd as usize) }.unwrap_or(u64::MAX) as i32;
-    // SAFETY: as above.
-    let maxevents = unsafe { ctx.read_at::<u64>(cfg.off_maxevents as usize) }.unwrap_or(0) as i32;
-    // SAFETY: as above.
-    let raw_timeout = unsafe { ctx.read_at::<u64>(cfg.off_timeout as usize) }.unwrap_or(0);
+    let epfd = syscall_arg(ctx, epoll_arg::EPFD) as i32;
+    let maxevents = syscall_arg(ctx, epoll_arg::MAXEVENTS) as i32;
+    let raw_timeout = syscall_arg(ctx, epoll_arg::TIMEOUT);
     let timeout_ns = match syscall {
         Syscall::EpollPwait2 if raw_timeout == 0 => TIMEOUT_INFINITE,
         // SAFETY: a user pointer, copied with bpf_probe_read_user, which fails rather than faults.
@@ -118,10 +112,8 @@ fn on_exit(ctx: &TracePointContext) {
     }
     state.pending.ts_ns = 0;
     state.turns += 1;
+    let ret = syscall_ret(ctx);
     let cfg = CONFIG.load();
-    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
-    // rather than faults on a bad offset; any bytes are a valid i64.
-    let ret = unsafe { ctx.read_at::<i64>(cfg.off_ret as usize) }.unwrap_or(0);
     // SAFETY: an argument-less helper.
     let now = unsafe { bpf_ktime_get_ns() };
 

@@ -16,13 +16,15 @@ mod tcp;
 mod unix;
 
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use probe_common::{EventHeader, KernelOffsets, ProbeConfig, Target, drop_slot};
+use probe_common::{
+    EventHeader, KernelOffsets, ProbeConfig, SYSCALL_ARGS_OFF, SYSCALL_RET_OFF, Target, drop_slot,
+};
 
 /// Records for user space: 8 MiB holds seconds of the reproduction's unix traffic.
 #[map]
@@ -44,13 +46,8 @@ static TARGETS: HashMap<u32, Target> = HashMap::with_max_entries(16384, 0);
 #[unsafe(no_mangle)]
 static CONFIG: Global<ProbeConfig> = Global::new(ProbeConfig {
     bucket_ns: 100_000_000,
-    off_epfd: 16,
-    off_maxevents: 32,
-    off_timeout: 40,
-    off_ret: 16,
     off_fork_child: 20,
     follow_forks: 1,
-    off_syscall_args: 16,
     off_exec_filename: 8,
     off_signal: [8, 36, 16, 44],
     sample_stack_bytes: 8192,
@@ -68,13 +65,25 @@ fn current_ids() -> (u32, u32) {
     ((id >> 32) as u32, id as u32)
 }
 
-/// The n-th argument of a `syscalls:sys_enter_*` record (8-byte slots).
+/// The n-th argument of a `syscalls:sys_enter_*` record (8-byte slots). `n` must be a constant
+/// where this is inlined: the verifier takes record loads only at constant offsets.
 #[inline(always)]
 fn syscall_arg(ctx: &TracePointContext, n: u32) -> u64 {
-    let off = CONFIG.load().off_syscall_args + 8 * n;
-    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
-    // rather than faults on a bad offset; any bytes are a valid u64.
-    unsafe { ctx.read_at::<u64>(off as usize) }.unwrap_or(0)
+    record_u64(ctx, SYSCALL_ARGS_OFF + 8 * n)
+}
+
+/// `ret` of a `syscalls:sys_exit_*` record.
+#[inline(always)]
+fn syscall_ret(ctx: &TracePointContext) -> i64 {
+    record_u64(ctx, SYSCALL_RET_OFF) as i64
+}
+
+/// A direct load from the tracepoint record: no helper call, unlike `read_at`.
+#[inline(always)]
+fn record_u64(ctx: &TracePointContext, off: u32) -> u64 {
+    // SAFETY: the record is the program's context, readable at constant, 8-byte aligned offsets
+    // inside it; user space checked the syscall records' layout (offsets.rs) before loading.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(off as usize) as *const u64) }
 }
 
 /// True when `tgid` is being traced.

@@ -22,7 +22,9 @@ use probe_common::{
 };
 
 use crate::kread::{AF_INET, AF_INET6, read, sock_inode};
-use crate::{CONFIG, EVENTS, KOFFSETS, count_drop, current_ids, header, is_target, syscall_arg as arg};
+use crate::{
+    CONFIG, EVENTS, KOFFSETS, count_drop, current_ids, header, is_target, syscall_arg as arg, syscall_ret,
+};
 
 /// Connections targets accepted, by (tgid, fd).
 #[map]
@@ -78,8 +80,7 @@ fn set_per_thread<V: Copy>(map: &LruHashMap<u32, V>, tid: u32, value: V) {
 /// microseconds per request, so they wait for its next poll (at most 100 ms).
 const NO_WAKEUP: u64 = 1;
 
-/// `struct iovec` and the offset of `msg_iov` in `struct user_msghdr`: user-space ABI, fixed.
-const IOVEC_LEN_OFF: u64 = 8;
+/// The offset of `msg_iov` in `struct user_msghdr`: user-space ABI, fixed.
 const MSGHDR_IOV_OFF: u64 = 16;
 
 /// A user pointer's target, or 0.
@@ -89,15 +90,19 @@ fn user_u64(addr: u64) -> u64 {
     unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
 }
 
+/// A user `struct iovec` (base, length), in one read; zeros when unreadable.
+#[inline(always)]
+fn user_iovec(addr: u64) -> (u64, u64) {
+    // SAFETY: bpf_probe_read_user copies fault-safely; any bytes are valid u64s.
+    unsafe { bpf_probe_read_user(addr as *const [u64; 2]) }.map_or((0, 0), |[base, len]| (base, len))
+}
+
 /// Where the bytes of a read or write start, and at most how many there are.
 #[inline(always)]
 fn first_buffer(kind: u32, arg: u64, count: u64) -> (u64, u64) {
     match kind {
-        buf_kind::IOVEC => (user_u64(arg), user_u64(arg + IOVEC_LEN_OFF)),
-        buf_kind::MSGHDR => {
-            let iov = user_u64(arg + MSGHDR_IOV_OFF);
-            (user_u64(iov), user_u64(iov + IOVEC_LEN_OFF))
-        }
+        buf_kind::IOVEC => user_iovec(arg),
+        buf_kind::MSGHDR => user_iovec(user_u64(arg + MSGHDR_IOV_OFF)),
         _ => (arg, count),
     }
 }
@@ -251,10 +256,7 @@ pub fn http_read_exit(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: as above.
     unsafe { (*slot).armed = 0 };
-    let off = CONFIG.load().off_ret as usize;
-    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
-    // rather than faults on a bad offset; any bytes are a valid i64.
-    let ret = unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0);
+    let ret = syscall_ret(&ctx);
     if ret <= 0 {
         return 0;
     }

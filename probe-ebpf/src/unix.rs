@@ -16,7 +16,9 @@ use probe_common::{
 
 use crate::KOFFSETS;
 use crate::kread::{AF_UNIX, identity, read, read_path, sock_of_fd, unix_sock_of_fd};
-use crate::{CONFIG, EVENTS, count_drop, current_ids, header, is_target, send, syscall_arg as arg};
+use crate::{
+    CONFIG, EVENTS, count_drop, current_ids, header, is_target, send, syscall_arg as arg, syscall_ret,
+};
 
 /// A connect or bind in progress: the address asked for.
 #[derive(Clone, Copy)]
@@ -84,10 +86,7 @@ pub fn unix_addr_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: a live map value (valid for the whole run) keyed by this thread's tid: only this
     // thread's programs write it, one at a time.
     let p = unsafe { &*p };
-    let off = CONFIG.load().off_ret as usize;
-    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
-    // rather than faults on a bad offset; any bytes are a valid i64.
-    let ret = unsafe { ctx.read_at::<i64>(off) }.unwrap_or(0);
+    let ret = syscall_ret(&ctx);
     let Some(mut entry) = EVENTS.reserve::<UnixSock>(0) else {
         count_drop(kind::UNIX_SOCK);
         let _ = UNIX_PENDING.remove(tid);
@@ -159,10 +158,7 @@ pub fn unix_accept_exit(ctx: TracePointContext) -> u32 {
     if !is_target(tgid) {
         return 0;
     }
-    let off = CONFIG.load().off_ret as usize;
-    // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
-    // rather than faults on a bad offset; any bytes are a valid i64.
-    let ret = unsafe { ctx.read_at::<i64>(off) }.unwrap_or(-1);
+    let ret = syscall_ret(&ctx);
     match sock_of_fd(ret) {
         Some((sk, AF_UNIX)) => send_sock(&ctx, op::ACCEPT, ret, ret, sk, tgid, tid),
         Some((sk, family)) => crate::tcp::on_accept(&ctx, ret, sk, family, tgid, tid),
@@ -205,11 +201,14 @@ pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
 /// record, which matters at a message per call.
 #[inline(always)]
 fn io(ctx: &RawTracePointContext, op: u32) {
-    let (tgid, tid) = current_ids();
     let sk: u64 = ctx.arg(0);
+    // Most sends and receives are a gateway's TCP (clients, upstreams): one read of the socket's
+    // family ends them, before any lookup, id or clock helper.
+    if read::<u16>(sk, KOFFSETS.load().sock_family) != Some(AF_UNIX) {
+        return;
+    }
+    let (tgid, tid) = current_ids();
     let ret = ctx.arg::<u64>(1) as i32 as i64;
-    // SAFETY: an argument-less helper.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     // Hot path: an existing flow costs one lookup, which is also the target filter (flows exist
     // only for targets); the socket pointer is its identity while the flow is open.
     let key = FlowKey { sk, tid: tid as u64 };
@@ -217,6 +216,7 @@ fn io(ctx: &RawTracePointContext, op: u32) {
         // SAFETY: a live map value keyed by this thread's tid: only this thread's programs touch
         // it, one at a time, so the `&mut` is unique.
         let flow = unsafe { &mut *flow };
+        let now = now_ns();
         if flow.add(op, ret, now) {
             crate::tcp::on_unix_io(tid, op, flow.id.inode);
             if flow.is_due(now, CONFIG.load().bucket_ns) {
@@ -227,9 +227,10 @@ fn io(ctx: &RawTracePointContext, op: u32) {
             return;
         }
     }
-    if !is_target(tgid) || read::<u16>(sk, KOFFSETS.load().sock_family) != Some(AF_UNIX) {
+    if !is_target(tgid) {
         return;
     }
+    let now = now_ns();
     let (id, _) = identity(sk);
     if id.inode != 0 && UNIX_SEEN.get_ptr(id.inode).is_none() {
         let _ = UNIX_SEEN.insert(id.inode, 1, 0);
@@ -244,6 +245,13 @@ fn io(ctx: &RawTracePointContext, op: u32) {
         let record = UnixIo { hdr: header(kind::UNIX_IO, tgid, tid), op, _pad: 0, ret, id };
         send(kind::UNIX_IO, &record);
     }
+}
+
+/// CLOCK_MONOTONIC now.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: an argument-less helper.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
 
 #[raw_tracepoint(tracepoint = "sock_send_length")]

@@ -199,8 +199,9 @@ pub struct Written {
 }
 
 /// Run-directory files that always go in when they exist.
-const ALWAYS: [&str; 7] = [
+const ALWAYS: [&str; 8] = [
     "report.md",
+    shared::verdict::FILE,
     "summary.md",
     "reload.json",
     "trace/meta.json",

@@ -1,8 +1,12 @@
 //! The probe's runtime configuration: every tracepoint field offset from the running kernel's
-//! tracefs `format` files, and every kernel struct offset from its BTF.
+//! tracefs `format` files, and every kernel struct offset from its BTF. The syscall records'
+//! slots are the exception: the programs read them at fixed offsets, without a helper call, so
+//! here they are checked against the formats instead of read from them.
 
 use anyhow::{Result, bail};
-use probe_common::{KernelOffsets, MISSING, ProbeConfig, sample::USER_STACK_LEN};
+use probe_common::{
+    KernelOffsets, MISSING, ProbeConfig, SYSCALL_ARGS_OFF, SYSCALL_RET_OFF, epoll_arg, sample::USER_STACK_LEN,
+};
 
 use crate::tracefs::Format;
 
@@ -28,15 +32,13 @@ pub fn probe_config(f: &Formats, bucket_ns: u64, follow_forks: bool) -> Result<P
     let Some(first) = f.epoll_enter.first() else {
         bail!("this kernel has none of the epoll_wait/epoll_pwait/epoll_pwait2 syscall tracepoints");
     };
+    fixed(&f.syscall_exit.name, "ret", sized(&f.syscall_exit, "ret", 8)?, SYSCALL_RET_OFF)?;
+    let first_socket = f.socket_enter.first().map_or("", |s| s.name.as_str());
+    fixed(first_socket, "the first argument", syscall_args(&f.socket_enter)?, SYSCALL_ARGS_OFF)?;
     let mut cfg = ProbeConfig {
         bucket_ns,
-        off_epfd: first.field("epfd")?.offset,
-        off_maxevents: first.field("maxevents")?.offset,
-        off_timeout: first.field("timeout")?.offset,
-        off_ret: sized(&f.syscall_exit, "ret", 8)?,
         off_fork_child: sized(&f.fork, "child_pid", 4)?,
         follow_forks: follow_forks as u32,
-        off_syscall_args: syscall_args(&f.socket_enter)?,
         off_exec_filename: sized(&f.exec, "filename", 4)?,
         off_signal: [
             sized(&f.signal, "sig", 4)?,
@@ -48,13 +50,14 @@ pub fn probe_config(f: &Formats, bucket_ns: u64, follow_forks: bool) -> Result<P
         http: 1,
     };
     for fmt in &f.epoll_enter {
-        for (name, off) in
-            [("epfd", cfg.off_epfd), ("maxevents", cfg.off_maxevents), ("timeout", cfg.off_timeout)]
+        for (name, slot) in
+            [("epfd", epoll_arg::EPFD), ("maxevents", epoll_arg::MAXEVENTS), ("timeout", epoll_arg::TIMEOUT)]
         {
             let field = fmt.field(name)?;
+            let off = SYSCALL_ARGS_OFF + 8 * slot;
             if field.offset != off || field.size < 4 {
                 bail!(
-                    "{}: field {name} at {}+{} differs from {}'s layout",
+                    "{}: field {name} at {}+{} is not argument {slot} at {off}, as in {}'s layout",
                     fmt.name,
                     field.offset,
                     field.size,
@@ -140,6 +143,17 @@ pub fn kernel_offsets(lookup: impl Fn(&str, &str) -> Result<u32>) -> (KernelOffs
     (k, missing)
 }
 
+/// Fails unless a field the programs read at a fixed offset is where they read it.
+fn fixed(tracepoint: &str, what: &str, found: u32, expected: u32) -> Result<()> {
+    if found != expected {
+        bail!(
+            "{tracepoint}: {what} is at offset {found}, where the probe reads it at {expected}: this \
+             kernel's syscall tracepoints have a layout reloadscope does not know"
+        );
+    }
+    Ok(())
+}
+
 fn sized(fmt: &Format, name: &str, size: u32) -> Result<u32> {
     let field = fmt.field(name)?;
     if field.size != size {
@@ -182,8 +196,18 @@ mod tests {
     #[test]
     fn takes_offsets_from_the_formats() {
         let cfg = probe_config(&formats(16), 100_000_000, true).unwrap();
-        assert_eq!((cfg.off_epfd, cfg.off_maxevents, cfg.off_timeout), (16, 32, 40));
-        assert_eq!((cfg.off_ret, cfg.off_fork_child, cfg.follow_forks), (16, 20, 1));
+        assert_eq!((cfg.off_fork_child, cfg.follow_forks), (20, 1));
+    }
+
+    #[test]
+    fn syscall_slots_elsewhere_than_the_programs_read_them_are_refused() {
+        let mut f = formats(16);
+        f.syscall_exit = fmt("sys_exit_epoll_wait", &[("ret", 24, 8)]);
+        let err = probe_config(&f, 1, false).unwrap_err().to_string();
+        assert!(
+            err.contains("sys_exit_epoll_wait: ret is at offset 24") && err.contains("does not know"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -202,7 +226,6 @@ mod tests {
     #[test]
     fn reads_socket_signal_and_exec_offsets() {
         let cfg = probe_config(&formats(16), 1, false).unwrap();
-        assert_eq!(cfg.off_syscall_args, 16);
         assert_eq!(cfg.off_exec_filename, 8);
         assert_eq!(cfg.off_signal, [8, 36, 16, 44]);
     }

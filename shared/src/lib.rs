@@ -7,6 +7,7 @@
 //! - [`container`]: `--container NAME|ID`, the nginx master inside a container;
 //! - [`endpoint`]: `--endpoint PATH[=HEADER]`, an operator's own route;
 //! - [`progstats`]: the probe's per-program cost in `meta.json`, and its table;
+//! - [`verdict`]: `verdict.json`, a run's outcome in a few numbers (what the matrix compares);
 //! - [`clock`], [`procstat`], [`duration`], [`size`]: the clocks, `/proc/PID/stat`, and
 //!   durations and sizes typed by a user.
 //!
@@ -24,5 +25,6 @@ pub mod reload;
 pub mod requests;
 pub mod size;
 pub mod truth;
+pub mod verdict;
 
 pub use jsonl::{for_each_json_line, read_json_lines};

@@ -157,12 +157,15 @@ pub struct LogSummary {
     /// Every failed request, in the log's order, without the echoed id (nothing reads it back,
     /// and a long run keeps hundreds of thousands of failures).
     pub failed: Vec<RequestLine>,
+    /// CLOCK_MONOTONIC of the last request's start: where the load ended.
+    pub last_start_mono_ns: u64,
 }
 
 impl LogSummary {
     /// Counts one request, and keeps it when it failed.
     pub fn add(&mut self, r: RequestLine) {
         self.requests += 1;
+        self.last_start_mono_ns = self.last_start_mono_ns.max(r.start_mono_ns);
         let e = self.endpoints.entry(r.endpoint.clone()).or_default();
         e.requests += 1;
         if r.failed() {

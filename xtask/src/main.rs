@@ -3,6 +3,7 @@
 //! Each subcommand installs what it needs on first use (see [`setup`]) and says what it does.
 
 mod bench;
+mod matrix;
 mod run;
 mod setup;
 mod stack;
@@ -33,6 +34,9 @@ enum Cmd {
     },
     /// Bring the stack up, attach the probe, run the load, reload, analyse, tear down.
     Run(run::RunOptions),
+    /// Compare gateway behaviours, PDK releases and CPU limits: one short run per cell and
+    /// repeat, summed up in matrix.md and matrix.json.
+    Matrix(matrix::MatrixOptions),
     /// Measure the probe's cost: a unix-socket ping-pong (traced vs untraced, one run), or with
     /// --gateway the stand-in under wrk beside bpftrace, perf and strace.
     Bench(bench::BenchOptions),
@@ -62,10 +66,11 @@ fn main() {
         Cmd::Setup => setup::ensure(),
         Cmd::Build => setup::ensure().and_then(|()| util::build_release()),
         Cmd::Test { args } => setup::ensure().and_then(|()| util::test(&args)),
-        Cmd::Run(opts) => run::preflight(&opts)
-            .and_then(|()| setup::ensure())
-            .and_then(|()| util::build_release())
-            .and_then(|()| run::run(&opts)),
+        Cmd::Run(opts) => run::preflight(&opts).and_then(|()| util::prepare()).and_then(|()| run::run(&opts)),
+        Cmd::Matrix(opts) if opts.rewrite.is_some() => matrix::run(&opts),
+        Cmd::Matrix(opts) => {
+            matrix::preflight(&opts).and_then(|()| util::prepare()).and_then(|()| matrix::run(&opts))
+        }
         Cmd::Bench(opts) => {
             setup::ensure().and_then(|()| util::build_release()).and_then(|()| bench::run(&opts))
         }

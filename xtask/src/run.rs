@@ -109,7 +109,7 @@ fn parse_host(s: &str) -> std::result::Result<String, String> {
 /// The bundle `reloadscope bundle` writes into the run directory.
 const BUNDLE: &str = "reloadscope-bundle.tar.gz";
 
-fn parse_phase(s: &str) -> std::result::Result<Duration, String> {
+pub fn parse_phase(s: &str) -> std::result::Result<Duration, String> {
     let d = shared::duration::parse(s)?;
     if d >= phase::WINDOW {
         return Err(format!("'{s}' is not inside the 10 s window"));

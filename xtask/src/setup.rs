@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::stack::plugins;
+use crate::stack::{PyPdk, plugins};
 use crate::util::{output, require_root, run, succeeds};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the stand-in gateway's nginx + Lua.
@@ -53,6 +53,7 @@ struct Step {
 
 fn steps() -> Vec<Step> {
     let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let missing_python: Vec<PyPdk> = PyPdk::ALL.into_iter().filter(|&p| !plugins::python_ready(p)).collect();
     vec![
         Step {
             what: format!("apt packages: {}", missing.join(" ")),
@@ -77,9 +78,12 @@ fn steps() -> Vec<Step> {
             install: Box::new(|| apt_install(&["nodejs", "npm"])),
         },
         Step {
-            what: "kong-pdk 0.36 from PyPI in plugins/python/.venv (the Python plugin server)".into(),
-            present: plugins::python_ready(),
-            install: Box::new(install_python_pdk),
+            what: format!(
+                "kong-pdk {} from PyPI, one virtualenv each in plugins/python/ (the Python plugin server)",
+                missing_python.iter().map(|p| p.version()).collect::<Vec<_>>().join(" and ")
+            ),
+            present: missing_python.is_empty(),
+            install: Box::new(move || missing_python.iter().try_for_each(|&p| install_python_pdk(p))),
         },
         Step {
             what: "kong-pdk 0.5.0 and 0.6.0 from npm in plugins/js/node_modules (the JS plugin server)"
@@ -148,10 +152,12 @@ fn install_bpf_linker() -> Result<()> {
         .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22"))
 }
 
-fn install_python_pdk() -> Result<()> {
-    let venv = plugins::python_venv();
+/// One virtualenv per release. kong-pdk pins neither gevent nor msgpack, so both come at PyPI's
+/// newest for this Python (the reproduction had gevent 21.12.0 on Python 3.9).
+fn install_python_pdk(pdk: PyPdk) -> Result<()> {
+    let venv = plugins::python_venv(pdk);
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     run(Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(plugins::python_dir().join("requirements.txt")))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("kong-pdk=={}", pdk.version())))
 }

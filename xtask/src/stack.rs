@@ -54,6 +54,30 @@ pub enum JsPdk {
     V060,
 }
 
+/// The kong-pdk release (PyPI) that serves the Python plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PyPdk {
+    /// The release the reproduction installed (PyPI's "0.30").
+    #[value(name = "0.30")]
+    V030,
+    /// PyPI's newest; the same wire protocol (kong/README.md).
+    #[value(name = "0.36")]
+    V036,
+}
+
+impl PyPdk {
+    /// Every release the stand-in installs.
+    pub const ALL: [PyPdk; 2] = [PyPdk::V030, PyPdk::V036];
+
+    /// The PyPI version string.
+    pub fn version(self) -> &'static str {
+        match self {
+            PyPdk::V030 => "0.30",
+            PyPdk::V036 => "0.36",
+        }
+    }
+}
+
 /// How the gateway runs its plugin servers; shared by `cargo xtask up` and `cargo xtask run`.
 #[derive(Args, Clone, Debug)]
 pub struct GatewayOptions {
@@ -61,11 +85,14 @@ pub struct GatewayOptions {
     #[arg(long, value_enum, default_value_t = Behaviour::Kong27)]
     pub behaviour: Behaviour,
     /// nginx worker processes (several, so per-worker effects show).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = DEFAULT_WORKERS, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: u32,
     /// kong-pdk version for the JS plugin server.
     #[arg(long, value_enum, default_value_t = JsPdk::V050)]
     pub js_pdk: JsPdk,
+    /// kong-pdk version for the Python plugin server.
+    #[arg(long, value_enum, default_value_t = PyPdk::V036)]
+    pub python_pdk: PyPdk,
     /// CPU limit of the gateway in CPUs (cgroup quota; compose defaults to 0.15 as in #8531).
     #[arg(long)]
     pub cpu_limit: Option<f64>,
@@ -82,6 +109,9 @@ pub struct GatewayOptions {
     #[arg(long, default_value = DEFAULT_WORKER_INIT, value_parser = parse_worker_init)]
     pub worker_init: Duration,
 }
+
+/// `--workers`' default: several, so per-worker effects show.
+pub const DEFAULT_WORKERS: u32 = 4;
 
 /// `--worker-init`'s default: the reproduction's bound on Kong 2.7.1's init_worker.
 pub const DEFAULT_WORKER_INIT: &str = "300ms";
@@ -212,6 +242,7 @@ impl UpOptions {
             "behaviour": self.gateway.behaviour.name(),
             "workers": self.gateway.workers,
             "js_pdk": self.gateway.js_pdk.version(),
+            "python_pdk": self.gateway.python_pdk.version(),
             "cpu_limit": self.gateway.cpu_limit,
             "inject": self.gateway.inject.map(Inject::name),
             "worker_init_ms": self.gateway.worker_init_ms(),
@@ -396,14 +427,20 @@ fn describe(opts: &UpOptions) -> String {
     let cpu = opts.gateway.cpu_limit.map_or_else(|| "no CPU limit".to_string(), |c| format!("{c} CPU"));
     match opts.target {
         Target::Local => format!(
-            "stand-in on http://{}, behaviour {}, workers {}, js kong-pdk {}, {cpu}, prefix {}",
+            "stand-in on http://{}, behaviour {}, workers {}, js kong-pdk {}, python kong-pdk {}, {cpu}, \
+             prefix {}",
             opts.addr.listen,
             opts.gateway.behaviour.name(),
             opts.gateway.workers,
             opts.gateway.js_pdk.version(),
+            opts.gateway.python_pdk.version(),
             prefix().display()
         ),
-        Target::Compose => format!("Kong 2.7.1 by docker compose on http://{DEFAULT_LISTEN}, {cpu}"),
+        Target::Compose => format!(
+            "Kong 2.7.1 by docker compose on http://{DEFAULT_LISTEN}, js kong-pdk {}, python kong-pdk {}, {cpu}",
+            opts.gateway.js_pdk.version(),
+            opts.gateway.python_pdk.version()
+        ),
     }
 }
 
@@ -421,14 +458,27 @@ mod tests {
 
     #[test]
     fn options_parse_with_the_documented_names() {
-        let cli = Cli::parse_from(["up", "--behaviour", "fixed", "--js-pdk", "0.6.0", "--workers", "2"]);
+        let cli = Cli::parse_from([
+            "up",
+            "--behaviour",
+            "fixed",
+            "--js-pdk",
+            "0.6.0",
+            "--python-pdk",
+            "0.30",
+            "--workers",
+            "2",
+        ]);
         assert_eq!(cli.up.gateway.behaviour, Behaviour::Fixed);
         assert_eq!(cli.up.gateway.js_pdk, JsPdk::V060);
+        assert_eq!(cli.up.gateway.python_pdk, PyPdk::V030);
         assert_eq!(cli.up.gateway.workers, 2);
         let cli = Cli::parse_from(["up", "--target", "compose", "--cpu-limit", "0.5"]);
         assert_eq!(cli.up.target, Target::Compose);
         assert_eq!(cli.up.gateway.behaviour, Behaviour::Kong27);
         assert_eq!(cli.up.gateway.cpu_limit, Some(0.5));
+        assert_eq!(cli.up.gateway.python_pdk, PyPdk::V036);
+        assert!(Cli::try_parse_from(["up", "--python-pdk", "0.40"]).is_err());
         assert!(Cli::try_parse_from(["up", "--behaviour", "kong-2.8"]).is_err());
         assert!(Cli::try_parse_from(["up", "--workers", "0"]).is_err());
     }

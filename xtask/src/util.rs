@@ -62,6 +62,19 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// Set by `cargo xtask matrix` for the runs it starts: it already set up and built, once.
+pub const PREBUILT_ENV: &str = "RELOADSCOPE_XTASK_PREBUILT";
+
+/// First-use setup and the release build, unless the caller already did both
+/// ([`PREBUILT_ENV`]).
+pub fn prepare() -> Result<()> {
+    if std::env::var_os(PREBUILT_ENV).is_some() {
+        return Ok(());
+    }
+    crate::setup::ensure()?;
+    build_release()
+}
+
 /// Builds the reloadscope binary (with its eBPF object) and the helpers, in release mode.
 pub fn build_release() -> Result<()> {
     run(cargo().args(["build", "--release", "--workspace", "--bins"]))

@@ -30,9 +30,12 @@ fn compose_file_passes_docker_compose_config() {
         text.contains("dockerfile: kong/Dockerfile") && text.contains("dockerfile: reflection/Dockerfile")
     );
     assert!(text.contains("127.0.0.1:8000:8000"), "{text}");
-    let out = compose_config(&[("KONG_CPUS", "0.5"), ("JS_PDK_VERSION", "0.6.0")]);
+    assert!(text.contains("PY_PDK_VERSION: '0.36'") || text.contains("PY_PDK_VERSION: \"0.36\""), "{text}");
+    let out =
+        compose_config(&[("KONG_CPUS", "0.5"), ("JS_PDK_VERSION", "0.6.0"), ("PY_PDK_VERSION", "0.30")]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("cpus: 0.5") && text.contains("JS_PDK_VERSION: 0.6.0"), "{text}");
+    assert!(text.contains("PY_PDK_VERSION: '0.30'") || text.contains("PY_PDK_VERSION: \"0.30\""), "{text}");
     let out = compose_config(&[("KONG_CPUS", "lots")]);
     assert!(!out.status.success(), "a non-number CPU limit must be rejected");
 }

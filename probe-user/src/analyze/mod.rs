@@ -18,6 +18,7 @@ pub mod stale;
 pub mod standin;
 pub mod text;
 pub mod timeline;
+pub mod verdict;
 
 #[cfg(test)]
 mod golden_tests;
@@ -227,6 +228,9 @@ pub struct Analysis {
     /// Host pid → pid inside its own pid namespace, for processes in a container.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub container_pids: BTreeMap<u32, u32>,
+    /// The findings counted, written apart as `verdict.json` (its format is `shared`'s).
+    #[serde(skip)]
+    pub verdict: shared::verdict::Verdict,
 }
 
 impl Analysis {
@@ -282,7 +286,7 @@ pub fn analyze(run: &Run) -> Analysis {
     stale.connect_failures.shrink_to_fit();
     let ground_truth_check =
         standin::ground_truth_check(&run.ground_truth, &lifecycle, &spins, run.meta.ended_ns);
-    Analysis {
+    let mut a = Analysis {
         schema_version: REPORT_SCHEMA_VERSION,
         zero_ns: zero,
         timeline,
@@ -299,7 +303,10 @@ pub fn analyze(run: &Run) -> Analysis {
             .iter()
             .filter_map(|p| Some((p.pid, p.ns.as_ref()?.inner_pid()?)))
             .collect(),
-    }
+        verdict: Default::default(),
+    };
+    a.verdict = verdict::of(run, &a);
+    a
 }
 
 /// What the flamegraphs of a run are drawn from: its samples, worker generations, reload and

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use shared::progstats::{self, ProgRow, ProgStats};
 
 use super::{BenchOptions, median};
-use crate::stack::{self, Addresses, Behaviour, GatewayOptions, JsPdk, Switch, Target, UpOptions};
+use crate::stack::{self, Addresses, Behaviour, GatewayOptions, JsPdk, PyPdk, Switch, Target, UpOptions};
 use crate::util::{require_root, workspace_root};
 
 /// wrk's shape, as in the measurement the issue quotes: one thread, 8 connections.
@@ -308,6 +308,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             behaviour: Behaviour::Fixed,
             workers: 4,
             js_pdk: JsPdk::V060,
+            python_pdk: PyPdk::V036,
             cpu_limit: None,
             worker_header: Switch::Off,
             inject: None,

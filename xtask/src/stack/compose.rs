@@ -54,7 +54,8 @@ pub fn up(opts: &UpOptions) -> Result<()> {
         .args(["up", "-d", "--build"])
         .env("KONG_CPUS", cpus.to_string())
         .env("KONG_WORKERS", opts.gateway.workers.to_string())
-        .env("JS_PDK_VERSION", opts.gateway.js_pdk.version()))?;
+        .env("JS_PDK_VERSION", opts.gateway.js_pdk.version())
+        .env("PY_PDK_VERSION", opts.gateway.python_pdk.version()))?;
     wait_healthy(opts)
 }
 

@@ -63,7 +63,7 @@ pub fn up(opts: &UpOptions) -> Result<()> {
     }
     let nginx = plugins::which("nginx").unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"));
     let prefix = prefix();
-    let mut servers = plugins::server_defs(&prefix, opts.gateway.js_pdk)?;
+    let mut servers = plugins::server_defs(&prefix, opts.gateway.js_pdk, opts.gateway.python_pdk)?;
     run(cargo().args(["build", "--release", "-p", "reflection"]))?;
     let skipped = match plugins::go_plugin() {
         Ok(bin) => {

@@ -6,17 +6,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::JsPdk;
+use super::{JsPdk, PyPdk};
 use crate::util::workspace_root;
 
-/// The Python plugin's directory (pythonplugin.py, requirements.txt, .venv).
+/// The Python plugin's directory (pythonplugin.py, one virtualenv per kong-pdk release).
 pub fn python_dir() -> PathBuf {
     workspace_root().join("plugins/python")
 }
 
-/// The virtualenv that holds kong-pdk (setup creates it).
-pub fn python_venv() -> PathBuf {
-    python_dir().join(".venv")
+/// The virtualenv that holds one kong-pdk release (setup creates it).
+pub fn python_venv(pdk: PyPdk) -> PathBuf {
+    python_dir().join(format!(".venv-{}", pdk.version()))
 }
 
 /// The JS plugin's directory (package.json with both kong-pdk releases, plugins/).
@@ -28,9 +28,9 @@ fn js_server(pdk: JsPdk) -> PathBuf {
     js_dir().join(format!("node_modules/kong-pdk-{}/bin/kong-js-pluginserver", pdk.version()))
 }
 
-/// True when the venv has kong-pdk's server entry point.
-pub fn python_ready() -> bool {
-    python_venv().join("bin/kong-python-pluginserver").exists()
+/// True when the venv of `pdk` has kong-pdk's server entry point.
+pub fn python_ready(pdk: PyPdk) -> bool {
+    python_venv(pdk).join("bin/kong-python-pluginserver").exists()
 }
 
 /// True when both kong-pdk releases are installed for the JS plugin.
@@ -89,15 +89,15 @@ pub fn go_def(prefix: &Path, bin: &Path) -> Value {
 }
 
 /// The server definitions for standin.json: name, socket, argv, env, log, query command.
-pub fn server_defs(prefix: &Path, js_pdk: JsPdk) -> Result<Vec<Value>> {
-    if !python_ready() || !js_ready() {
+pub fn server_defs(prefix: &Path, js_pdk: JsPdk, py_pdk: PyPdk) -> Result<Vec<Value>> {
+    if !python_ready(py_pdk) || !js_ready() {
         bail!(
             "the plugin servers are not installed ({} / {}): run `cargo xtask setup`",
-            python_venv().display(),
+            python_venv(py_pdk).display(),
             js_dir().join("node_modules").display()
         );
     }
-    let python = python_venv().join("bin/python3");
+    let python = python_venv(py_pdk).join("bin/python3");
     let script = python_dir().join("pythonplugin.py");
     let node = which("node").context("node is not on PATH: run `cargo xtask setup`")?;
     let js = js_server(js_pdk);

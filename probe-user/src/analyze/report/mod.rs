@@ -1,5 +1,6 @@
 //! The report files written into the run directory: `report.md` (one GitHub issue comment),
-//! `report.json` (the same as data) and `timeline.json` (Chrome/Perfetto trace events). This
+//! `report.json` (the same as data), `verdict.json` (its counts, for comparing runs) and
+//! `timeline.json` (Chrome/Perfetto trace events). This
 //! module writes the files; its `markdown` and `perfetto` submodules render them.
 
 pub(super) mod markdown;
@@ -47,6 +48,8 @@ pub fn write(run: &Run, a: &Analysis) -> Result<Written> {
     // Straight to the files: a long run's report.json is hundreds of MB.
     let json_path = run.dir.join("report.json");
     write_json(&json_path, |w| serde_json::to_writer_pretty(w, a))?;
+    shared::verdict::write(&run.dir, &a.verdict)
+        .with_context(|| format!("cannot write {}", run.dir.join(shared::verdict::FILE).display()))?;
     let timeline = run.dir.join("timeline.json");
     write_json(&timeline, |w| write_trace_events(run, a, w).map_err(serde_json::Error::io))?;
     Ok(Written { markdown, json: json_path, timeline, markdown_bytes: md.len() })
