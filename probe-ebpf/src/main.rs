@@ -82,7 +82,9 @@ fn syscall_ret(ctx: &TracePointContext) -> i64 {
 #[inline(always)]
 fn record_u64(ctx: &TracePointContext, off: u32) -> u64 {
     // SAFETY: the record is the program's context, readable at constant, 8-byte aligned offsets
-    // inside it; user space checked the syscall records' layout (offsets.rs) before loading.
+    // inside it (the kernel refuses to attach a program that reads past a record); user space
+    // checked the slots against the syscall records it reads the formats of (offsets.rs), whose
+    // layout every syscall record shares.
     unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(off as usize) as *const u64) }
 }
 

@@ -209,8 +209,9 @@ fn io(ctx: &RawTracePointContext, op: u32) {
     }
     let (tgid, tid) = current_ids();
     let ret = ctx.arg::<u64>(1) as i32 as i64;
-    // Hot path: an existing flow costs one lookup, which is also the target filter (flows exist
-    // only for targets); the socket pointer is its identity while the flow is open.
+    // Hot path: an existing flow costs the family read and one lookup, which is also the target
+    // filter (flows exist only for targets); the socket pointer is its identity while the flow
+    // is open.
     let key = FlowKey { sk, tid: tid as u64 };
     if let Some(flow) = UNIX_FLOWS.get_ptr_mut(key) {
         // SAFETY: a live map value keyed by this thread's tid: only this thread's programs touch

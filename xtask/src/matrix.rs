@@ -139,9 +139,9 @@ pub fn preflight(opts: &MatrixOptions) -> Result<()> {
     require_root("each run loads eBPF programs and runs the stand-in")?;
     // Runs write into their directories: another matrix's files would mix with this one's.
     if let Some(out) = &opts.out
-        && out.join(MATRIX_JSON).exists()
+        && std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some())
     {
-        bail!("{} already holds a matrix; choose another --out", out.display());
+        bail!("{} is not empty; choose another --out", out.display());
     }
     Ok(())
 }
@@ -171,9 +171,11 @@ pub fn rewrite(dir: &Path) -> Result<()> {
             .into_iter()
             .map(|r| RunResult {
                 repeat: r.repeat,
-                outcome: match r.error {
-                    Some(e) => Err(e),
-                    None => shared::verdict::read(&dir.join(&r.dir)),
+                // A verdict written since (`reloadscope analyze` of a run whose analysis failed)
+                // replaces the saved error.
+                outcome: match (r.error, dir.join(&r.dir).join(shared::verdict::FILE).exists()) {
+                    (Some(e), false) => Err(e),
+                    _ => shared::verdict::read(&dir.join(&r.dir)),
                 },
                 dir: r.dir,
                 seconds: r.seconds,
@@ -364,7 +366,15 @@ fn run_cell(
     let mut read = 0usize;
     let mut forwarded = false;
     let status = loop {
-        let exited = child.try_wait().map_err(|e| format!("cannot wait for `cargo xtask run`: {e}"))?;
+        let exited = match child.try_wait() {
+            Ok(exited) => exited,
+            Err(e) => {
+                // Never leave a run going while the next one starts.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("cannot wait for `cargo xtask run`: {e}"));
+            }
+        };
         // The run's phases as they change, from the lines written since the last look.
         let text = std::fs::read(&log_path).unwrap_or_default();
         let complete =

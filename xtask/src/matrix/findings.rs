@@ -162,7 +162,11 @@ fn sign_sentence(samples: &[Sample<'_>], axes: &[Axis], sign: Sign) -> String {
                 .iter()
                 .filter(|s| several.iter().all(|b| b.on_values.contains(&s.cell.value(b.axis))))
                 .collect();
-            let phrases: Vec<String> = several.iter().map(|b| either(&b.on)).collect();
+            // A group of values in parentheses, so `and` does not read across it.
+            let phrases: Vec<String> = several
+                .iter()
+                .map(|b| if b.on.len() > 1 { format!("({})", either(&b.on)) } else { either(&b.on) })
+                .collect();
             return format!(
                 "{name} appears only with {} together ({}), and in no other run ({}).",
                 and(&phrases),
@@ -238,6 +242,11 @@ fn rate_sentence(samples: &[Sample<'_>], axes: &[Axis], endpoint: &str) -> Optio
             };
             Some(format!("`{endpoint}`: the median failure rate is {}; {rest}.", parts.join(" against ")))
         }
+        _ if axes.is_empty() => Some(format!(
+            "`{endpoint}`: median failure rate {}, highest {}; no axis varies here to compare.",
+            fmt_percent(overall),
+            fmt_percent(top)
+        )),
         _ => Some(format!(
             "`{endpoint}`: no axis moves its failure rate by {MIN_RATE_GAP} points or more (median {}, highest {}).",
             fmt_percent(overall),
