@@ -363,7 +363,8 @@ fn run_cell(
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot start `cargo xtask run`: {e}"))?;
     let mut phase = String::new();
-    let mut read = 0usize;
+    let mut read = 0u64;
+    let mut pending = Vec::new();
     let mut forwarded = false;
     let status = loop {
         let exited = match child.try_wait() {
@@ -375,11 +376,10 @@ fn run_cell(
                 return Err(format!("cannot wait for `cargo xtask run`: {e}"));
             }
         };
-        // The run's phases as they change, from the lines written since the last look.
-        let text = std::fs::read(&log_path).unwrap_or_default();
-        let complete =
-            text[read.min(text.len())..].iter().rposition(|&b| b == b'\n').map_or(read, |i| read + i + 1);
-        for line in String::from_utf8_lossy(&text[read.min(complete)..complete]).lines() {
+        // The run's phases as they change, from the whole lines written since the last look.
+        pending.extend(appended(&log_path, &mut read));
+        let whole = pending.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in String::from_utf8_lossy(&pending[..whole]).lines() {
             if let Some(tag) = phase_tag(line)
                 && tag != phase
             {
@@ -387,7 +387,7 @@ fn run_cell(
                 phase = tag.to_string();
             }
         }
-        read = complete;
+        pending.drain(..whole);
         if let Some(status) = exited {
             break status;
         }
@@ -409,6 +409,19 @@ fn run_cell(
         return Err(said.unwrap_or_else(|| format!("`cargo xtask run` exited with {status}")));
     }
     shared::verdict::read(dir)
+}
+
+/// The bytes appended to `path` since offset `read`, which moves past them.
+fn appended(path: &Path, read: &mut u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut out = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path)
+        && f.seek(SeekFrom::Start(*read)).is_ok()
+        && let Ok(n) = f.read_to_end(&mut out)
+    {
+        *read += n as u64;
+    }
+    out
 }
 
 /// The phase of a `run: [phase] …` line (`load`, `reload 1`, `after reload`, …).
