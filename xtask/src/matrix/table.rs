@@ -67,20 +67,23 @@ pub fn median(v: &mut [f64]) -> Option<f64> {
     }
 }
 
-/// `3.1%`, or `3.1% (0.2–6.0%)` when the runs disagree; `—` without runs.
-fn spread(mut values: Vec<f64>, show: impl Fn(f64) -> String) -> String {
-    let Some(mid) = median(&mut values) else { return "—".into() };
-    let (lo, hi) = (values[0], values[values.len() - 1]);
-    if show(lo) == show(hi) { show(mid) } else { format!("{} ({}–{})", show(mid), show(lo), show(hi)) }
+/// `3.1%`, or `3.1% (0.2%–6.0%)` when the runs disagree; `—` without runs.
+fn spread(r: Option<Range>, show: impl Fn(f64) -> String) -> String {
+    let Some(r) = r else { return "—".into() };
+    if show(r.min) == show(r.max) {
+        show(r.median)
+    } else {
+        format!("{} ({}–{})", show(r.median), show(r.min), show(r.max))
+    }
 }
 
-/// `2`, or `0–2` when the runs disagree; `—` without runs.
-fn count_range(values: impl Iterator<Item = u64>) -> String {
-    let v: Vec<u64> = values.collect();
-    match (v.iter().min(), v.iter().max()) {
-        (Some(lo), Some(hi)) if lo == hi => fmt_count(*lo),
-        (Some(lo), Some(hi)) => format!("{}–{}", fmt_count(*lo), fmt_count(*hi)),
-        _ => "—".into(),
+/// A count per run: `2`, or `0–2` when the runs disagree; `—` without runs.
+fn count_range(r: Option<Range>) -> String {
+    let count = |x: f64| fmt_count(x as u64);
+    match r {
+        Some(r) if r.min == r.max => count(r.min),
+        Some(r) => format!("{}–{}", count(r.min), count(r.max)),
+        None => "—".into(),
     }
 }
 
@@ -114,43 +117,33 @@ pub fn fmt_percent(p: f64) -> String {
 /// The smallest share [`fmt_percent`] writes with digits.
 const SMALLEST_PERCENT: f64 = 0.01;
 
-/// `2/3 (1–4)`: in how many runs `present` held, and the range of `size` among those.
-fn presence(
-    verdicts: &[&Verdict],
-    present: impl Fn(&Verdict) -> bool,
-    size: impl Fn(&Verdict) -> u64,
-) -> String {
-    let with: Vec<&&Verdict> = verdicts.iter().filter(|v| present(v)).collect();
-    let head = format!("{}/{}", with.len(), verdicts.len());
-    if with.is_empty() { head } else { format!("{head} ({})", count_range(with.iter().map(|v| size(v)))) }
+/// `2/3 (1–4)`: in how many of the runs a sign showed, and its size's range among those.
+fn presence(shown: &Option<Range>, shown_runs: usize, completed: usize) -> String {
+    let head = format!("{shown_runs}/{completed}");
+    if shown_runs == 0 { head } else { format!("{head} ({})", count_range(*shown)) }
 }
 
-/// Pooled exact share over the runs: `98.7% of 1,181`; `—` when nothing failed.
-fn exact(verdicts: &[&Verdict]) -> String {
-    let failed: u64 = verdicts.iter().map(|v| v.reload_failed).sum();
-    let exact: u64 = verdicts.iter().map(|v| v.exact).sum();
-    if failed == 0 {
-        return "—".into();
+/// Pooled exact share: `98.7% of 1,181`; `—` when nothing failed.
+fn exact(n: &RowNumbers) -> String {
+    match n.exact_percent {
+        Some(p) => format!("{} of {}", fmt_percent(p), fmt_count(n.reload_failed)),
+        None => "—".into(),
     }
-    format!("{} of {}", fmt_percent(100.0 * exact as f64 / failed as f64), fmt_count(failed))
 }
 
 /// `1.2 s`, `never`, or `1.2 s; never 1/3` (`never`: the load ended still failing).
-fn clean_after(verdicts: &[&Verdict]) -> String {
-    let clean: Vec<f64> = verdicts.iter().filter_map(|v| after(v.clean)).collect();
-    let never = verdicts.iter().filter(|v| v.clean == Clean::StillFailing).count();
-    let unknown = verdicts.len() - clean.len() - never;
+fn clean_after(n: &RowNumbers) -> String {
     let mut parts = Vec::new();
-    if !clean.is_empty() {
-        parts.push(spread(clean, |s| format!("{s:.1} s")));
+    if n.clean_after_s.is_some() {
+        parts.push(spread(n.clean_after_s, |s| format!("{s:.1} s")));
     }
-    match never {
+    match n.still_failing_runs {
         0 => {}
-        n if n == verdicts.len() => parts.push("never".into()),
-        n => parts.push(format!("never {n}/{}", verdicts.len())),
+        k if k == n.completed => parts.push("never".into()),
+        k => parts.push(format!("never {k}/{}", n.completed)),
     }
-    if unknown > 0 {
-        parts.push(format!("unknown {unknown}/{}", verdicts.len()));
+    if n.unknown_clean_runs > 0 {
+        parts.push(format!("unknown {}/{}", n.unknown_clean_runs, n.completed));
     }
     if parts.is_empty() { "—".into() } else { parts.join("; ") }
 }
@@ -217,22 +210,20 @@ pub fn markdown(setup: &Setup, cells: &[CellResult], findings: &[String]) -> Str
         .collect();
     let _ = writeln!(s, "|{}|", align.join("|"));
     for c in cells {
-        let v: Vec<&Verdict> = c.verdicts().collect();
+        let n = numbers(c);
         let mut row: Vec<String> = Axis::ALL.iter().map(|&a| c.cell.value(a)).collect();
         for e in &eps {
-            let rates: Vec<f64> =
-                v.iter().filter_map(|v| v.endpoints.get(e)).map(|n| n.failed_percent()).collect();
-            row.push(spread(rates, fmt_percent));
+            row.push(spread(n.failed_percent.get(e).copied(), fmt_percent));
         }
-        row.push(exact(&v));
-        row.push(presence(&v, |v| !v.spinning_workers.is_empty(), |v| v.spinning_workers.len() as u64));
-        row.push(presence(&v, |v| !v.crash_loops.is_empty(), |v| u64::from(v.loop_crashes())));
-        row.push(count_range(v.iter().map(|v| u64::from(v.sigkills))));
-        row.push(count_range(v.iter().map(|v| u64::from(v.orphans))));
-        row.push(count_range(v.iter().map(|v| u64::from(v.stale_flows))));
-        row.push(count_range(v.iter().map(|v| v.failed_connects)));
-        row.push(spread(v.iter().filter_map(|v| v.forked_s).collect(), |s| format!("{s:.1} s")));
-        row.push(clean_after(&v));
+        row.push(exact(&n));
+        row.push(presence(&n.spinning_workers, n.spinning_runs, n.completed));
+        row.push(presence(&n.loop_crashes, n.crash_loop_runs, n.completed));
+        row.push(count_range(n.sigkills));
+        row.push(count_range(n.orphans));
+        row.push(count_range(n.stale_flows));
+        row.push(count_range(n.failed_connects));
+        row.push(spread(n.forked_s, |s| format!("{s:.1} s")));
+        row.push(clean_after(&n));
         row.push(reports(c));
         let _ = writeln!(s, "| {} |", row.join(" | "));
     }
@@ -307,11 +298,15 @@ pub struct RowNumbers {
     pub completed: usize,
     /// Per endpoint: the median failed percent, and its range.
     pub failed_percent: std::collections::BTreeMap<String, Range>,
-    /// Pooled exact share, when anything failed.
+    /// Failures a reload can cause, over the runs; and of them the exact share, when any.
+    pub reload_failed: u64,
     pub exact_percent: Option<f64>,
-    /// Runs with a spinning worker, and with a crash loop.
+    /// Runs with a spinning worker, and how many workers spun in those.
     pub spinning_runs: usize,
+    pub spinning_workers: Option<Range>,
+    /// Runs with a crash loop, and how many crashes their loops had.
     pub crash_loop_runs: usize,
+    pub loop_crashes: Option<Range>,
     pub sigkills: Option<Range>,
     pub orphans: Option<Range>,
     pub stale_flows: Option<Range>,
@@ -320,6 +315,8 @@ pub struct RowNumbers {
     /// Seconds until clean, over the runs that became clean; and the runs still failing.
     pub clean_after_s: Option<Range>,
     pub still_failing_runs: usize,
+    /// Runs that cannot tell (no request after the reload).
+    pub unknown_clean_runs: usize,
 }
 
 /// A median and the range around it.
@@ -363,19 +360,28 @@ fn numbers(c: &CellResult) -> RowNumbers {
     }
     let failed: u64 = v.iter().map(|x| x.reload_failed).sum();
     let exact: u64 = v.iter().map(|x| x.exact).sum();
+    let spun: Vec<&&Verdict> = v.iter().filter(|x| !x.spinning_workers.is_empty()).collect();
+    let looped: Vec<&&Verdict> = v.iter().filter(|x| !x.crash_loops.is_empty()).collect();
+    let clean_after_s = Range::of(v.iter().filter_map(|x| after(x.clean)).collect());
+    let still_failing_runs = v.iter().filter(|x| x.clean == Clean::StillFailing).count();
+    let became_clean = v.iter().filter(|x| after(x.clean).is_some()).count();
     RowNumbers {
         completed: v.len(),
         failed_percent,
+        reload_failed: failed,
         exact_percent: (failed > 0).then(|| 100.0 * exact as f64 / failed as f64),
-        spinning_runs: v.iter().filter(|x| !x.spinning_workers.is_empty()).count(),
-        crash_loop_runs: v.iter().filter(|x| !x.crash_loops.is_empty()).count(),
+        spinning_runs: spun.len(),
+        spinning_workers: Range::of(spun.iter().map(|x| x.spinning_workers.len() as f64).collect()),
+        crash_loop_runs: looped.len(),
+        loop_crashes: Range::of(looped.iter().map(|x| f64::from(x.loop_crashes())).collect()),
         sigkills: range(&|x| f64::from(x.sigkills)),
         orphans: range(&|x| f64::from(x.orphans)),
         stale_flows: range(&|x| f64::from(x.stale_flows)),
         failed_connects: range(&|x| x.failed_connects as f64),
         forked_s: Range::of(v.iter().filter_map(|x| x.forked_s).collect()),
-        clean_after_s: Range::of(v.iter().filter_map(|x| after(x.clean)).collect()),
-        still_failing_runs: v.iter().filter(|x| x.clean == Clean::StillFailing).count(),
+        clean_after_s,
+        still_failing_runs,
+        unknown_clean_runs: v.len() - became_clean - still_failing_runs,
     }
 }
 
