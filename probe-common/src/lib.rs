@@ -10,12 +10,14 @@ pub mod lua;
 pub mod proc;
 pub mod sample;
 pub mod tcp;
+pub mod thread;
 pub mod unix;
 
 pub use epoll::{EpollBucket, EpollCall, EpollEnter, EpollThread, Syscall};
 pub use proc::{ProcExec, ProcExit, ProcFork, Signal};
 pub use sample::CpuSample;
 pub use tcp::{ConnKey, ConnState, HttpChunk, TcpConn};
+pub use thread::ThreadState;
 pub use unix::{FlowKey, SockIdentity, UnixFlow, UnixIo, UnixSock};
 
 /// Length of a task's `comm` as the kernel stores it.
@@ -63,8 +65,10 @@ pub mod names {
     pub const DROPS: &str = "DROPS";
     /// Target processes: tgid -> [`crate::Target`].
     pub const TARGETS: &str = "TARGETS";
-    /// epoll state per thread: tid -> [`crate::EpollThread`].
-    pub const EPOLL_THREADS: &str = "EPOLL_THREADS";
+    /// Per-thread state in task-local storage: a [`crate::ThreadState`] per task.
+    pub const THREADS: &str = "THREADS";
+    /// One u32: bumped by user space after every change of `TARGETS` (see [`crate::thread`]).
+    pub const TARGETS_GEN: &str = "TARGETS_GEN";
     /// Global: the probe's runtime configuration, a [`crate::ProbeConfig`].
     pub const CONFIG: &str = "CONFIG";
     /// Global: kernel struct offsets from BTF, a [`crate::KernelOffsets`].
@@ -149,6 +153,8 @@ pub struct ProbeConfig {
     pub sample_stack_bytes: u32,
     /// 1: trace the TCP connections targets accept and the HTTP requests on them.
     pub http: u32,
+    /// 1: every program returns at once, for measuring what the attach points alone cost.
+    pub floor: u32,
 }
 
 /// Offset value meaning "this field does not exist on this kernel": the probe leaves it zero.
@@ -262,6 +268,7 @@ mod pod {
     unsafe impl aya::Pod for crate::EpollBucket {}
     unsafe impl aya::Pod for crate::EpollEnter {}
     unsafe impl aya::Pod for crate::EpollThread {}
+    unsafe impl aya::Pod for crate::ThreadState {}
     unsafe impl aya::Pod for crate::FlowKey {}
     unsafe impl aya::Pod for crate::UnixFlow {}
     unsafe impl aya::Pod for crate::lua::LuaConfig {}

@@ -1,42 +1,46 @@
 //! epoll_wait / epoll_pwait / epoll_pwait2: entry and exit paired per thread and aggregated per
 //! thread in buckets; only first calls, errors and epfd changes go out one by one.
 //!
-//! One map value per thread holds both the call in progress and the open bucket, so each
-//! syscall entry and exit costs a single hash lookup.
+//! The thread's [`ThreadState`] (task storage) holds both the call in progress and the open
+//! bucket, so each syscall entry and exit costs one storage lookup, which is also the filter.
 
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, tracepoint},
-    maps::LruHashMap,
+    macros::tracepoint,
     programs::TracePointContext,
 };
 use probe_common::{
-    EpollBucket, EpollCall, EpollEnter, EpollThread, Syscall,
+    EpollBucket, EpollCall, EpollEnter, Syscall, ThreadState,
     epoll::{TIMEOUT_INFINITE, call_reason, timeout_ms_to_ns, timespec_to_ns},
     epoll_arg, kind,
 };
 
-use crate::{CONFIG, current_ids, header, is_target, send, syscall_arg, syscall_ret};
-
-/// Per-thread epoll state, by tid. LRU, so threads that vanish unseen cannot fill it.
-#[map]
-static EPOLL_THREADS: LruHashMap<u32, EpollThread> = LruHashMap::with_max_entries(16384, 0);
+use crate::{current_ids, header, is_target, send, send_quiet, syscall_arg, syscall_ret, thread};
 
 #[tracepoint]
 pub fn epoll_wait_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     on_enter(&ctx, Syscall::EpollWait);
     0
 }
 
 #[tracepoint]
 pub fn epoll_pwait_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     on_enter(&ctx, Syscall::EpollPwait);
     0
 }
 
 #[tracepoint]
 pub fn epoll_pwait2_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     on_enter(&ctx, Syscall::EpollPwait2);
     0
 }
@@ -44,16 +48,16 @@ pub fn epoll_pwait2_enter(ctx: TracePointContext) -> u32 {
 /// Attached to the exit tracepoint of all three syscalls.
 #[tracepoint]
 pub fn epoll_exit(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     on_exit(&ctx);
     0
 }
 
 #[inline(always)]
 fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
-    let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
-        return;
-    }
+    let Some(state) = thread::current_target() else { return };
     let epfd = syscall_arg(ctx, epoll_arg::EPFD) as i32;
     let maxevents = syscall_arg(ctx, epoll_arg::MAXEVENTS) as i32;
     let raw_timeout = syscall_arg(ctx, epoll_arg::TIMEOUT);
@@ -75,45 +79,39 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
         syscall: syscall as u32,
         first: 0,
     };
-    match EPOLL_THREADS.get_ptr_mut(tid) {
-        // SAFETY: a live map value (valid for the whole run) keyed by this thread's tid: only
-        // this thread's programs touch it, one at a time.
-        Some(state) => unsafe { (*state).pending = pending },
-        None => {
-            pending.first = 1;
-            let state = EpollThread {
-                bucket: EpollBucket {
-                    hdr: header(kind::EPOLL_BUCKET, tgid, tid),
-                    comm: ctx.command().unwrap_or_default(),
-                    last_epfd: epfd,
-                    ..EpollBucket::default()
-                },
-                pending,
-                turns: 0,
-            };
-            let _ = EPOLL_THREADS.insert(tid, state, 0);
-        }
+    let epoll = &mut state.epoll;
+    if epoll.bucket.hdr.kind == 0 {
+        // The thread's first call: open its first bucket.
+        let (tgid, tid) = current_ids();
+        pending.first = 1;
+        epoll.bucket = EpollBucket {
+            hdr: header(kind::EPOLL_BUCKET, tgid, tid),
+            comm: ctx.command().unwrap_or_default(),
+            last_epfd: epfd,
+            ..EpollBucket::default()
+        };
     }
+    epoll.pending = pending;
 }
 
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext) {
-    let (tgid, tid) = current_ids();
-    // The thread's entry is the filter: only targets' entries set it (one lookup, not two).
-    let Some(state) = EPOLL_THREADS.get_ptr_mut(tid) else {
-        return; // not a target, or entered before tracing began
-    };
-    // SAFETY: a live map value (valid for the whole run) keyed by this thread's tid: only this
-    // thread's programs touch it, one at a time, so the `&mut` is unique.
-    let state = unsafe { &mut *state };
-    let enter = state.pending;
-    if enter.ts_ns == 0 {
+    // The call in progress is the filter: only targets' entries set it.
+    if !thread::may_be_target() {
         return;
     }
+    let Some(state) = thread::current() else {
+        return; // not a thread any hot program saw
+    };
+    let state = &mut state.epoll;
+    let enter = state.pending;
+    if enter.ts_ns == 0 {
+        return; // not a target, or entered before tracing began
+    }
     state.pending.ts_ns = 0;
+    let (tgid, tid) = current_ids();
     state.turns += 1;
     let ret = syscall_ret(ctx);
-    let cfg = CONFIG.load();
     // SAFETY: an argument-less helper.
     let now = unsafe { bpf_ktime_get_ns() };
 
@@ -131,12 +129,12 @@ fn on_exit(ctx: &TracePointContext) {
     // The rare sends check that the process is still a target: once tracing stopped (or its
     // leader exited), a bucket stays for user space to read rather than going out after its
     // last drain, and no call record speaks for a process already gone.
-    if (bucket.is_due(now, cfg.bucket_ns) || reason != 0) && !is_target(tgid) {
+    if (bucket.is_due(now, config!(bucket_ns)) || reason != 0) && !is_target(tgid) {
         return;
     }
-    if bucket.is_due(now, cfg.bucket_ns) {
+    if bucket.is_due(now, config!(bucket_ns)) {
         bucket.hdr.ts_ns = now;
-        send(kind::EPOLL_BUCKET, bucket);
+        send_quiet(kind::EPOLL_BUCKET, bucket);
         bucket.reset();
     }
     if reason != 0 {
@@ -157,23 +155,20 @@ fn on_exit(ctx: &TracePointContext) {
 
 /// The thread's event-loop turn: epoll calls it has returned from (0 before the first).
 #[inline(always)]
-pub fn turn(tid: u32) -> u64 {
-    // SAFETY: a live map value keyed by this thread's tid; a u64 read.
-    EPOLL_THREADS.get_ptr(tid).map_or(0, |s| unsafe { (*s).turns })
+pub fn turn(state: &ThreadState) -> u64 {
+    state.epoll.turns
 }
 
-/// Sends and forgets the open bucket of a thread that is exiting.
+/// Sends the open bucket of the current thread, which is exiting (its storage goes with it).
 #[inline(always)]
-pub fn flush_thread(tid: u32) {
-    if let Some(state) = EPOLL_THREADS.get_ptr_mut(tid) {
-        // SAFETY: a live map value keyed by this (exiting) thread's tid: only this thread's
-        // programs touch it, one at a time, so the `&mut` is unique.
-        let bucket = unsafe { &mut (*state).bucket };
+pub fn flush_thread() {
+    if let Some(state) = thread::current() {
+        let bucket = &mut state.epoll.bucket;
         if bucket.calls != 0 {
             // SAFETY: an argument-less helper.
             bucket.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
             send(kind::EPOLL_BUCKET, bucket);
+            bucket.reset();
         }
-        let _ = EPOLL_THREADS.remove(tid);
     }
 }

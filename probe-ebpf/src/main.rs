@@ -7,12 +7,15 @@
 #![no_std]
 #![no_main]
 
+#[macro_use]
+mod globals;
 mod epoll;
 mod kread;
 mod lua;
 mod proc;
 mod sample;
 mod tcp;
+mod thread;
 mod unix;
 
 use aya_ebpf::{
@@ -52,7 +55,16 @@ static CONFIG: Global<ProbeConfig> = Global::new(ProbeConfig {
     off_signal: [8, 36, 16, 44],
     sample_stack_bytes: 8192,
     http: 1,
+    floor: 0,
 });
+
+/// True when user space loaded the programs as the floor: each returns at once (the verifier
+/// drops the rest, as CONFIG is read-only), so the kernel's count of their runs and time is
+/// what the attach points cost with no work at all.
+#[inline(always)]
+fn floor() -> bool {
+    config!(floor) != 0
+}
 
 /// Kernel struct offsets from BTF, set by user space at load time.
 #[unsafe(no_mangle)]
@@ -108,10 +120,23 @@ fn header(kind: u32, tgid: u32, tid: u32) -> EventHeader {
     }
 }
 
-/// Sends a record, counting it as dropped when the ring buffer is full.
+/// `BPF_RB_NO_WAKEUP`: the record waits for the recorder's next poll (at most 100 ms) instead of
+/// waking it. Records that come with every request or every bucket use it: a wakeup costs the
+/// kernel an interrupt and the recorder a context switch, microseconds each on a VM.
+pub const NO_WAKEUP: u64 = 1;
+
+/// Sends a rare record and wakes the recorder, counting it as dropped when the ring buffer is full.
 #[inline(always)]
 fn send<T>(kind: u32, record: &T) {
     if EVENTS.output::<T>(record, 0).is_err() {
+        count_drop(kind);
+    }
+}
+
+/// Sends a periodic or per-request record without waking the recorder ([`NO_WAKEUP`]).
+#[inline(always)]
+fn send_quiet<T>(kind: u32, record: &T) {
+    if EVENTS.output::<T>(record, NO_WAKEUP).is_err() {
         count_drop(kind);
     }
 }

@@ -16,6 +16,9 @@ use crate::{CONFIG, EVENTS, TARGETS, count_drop, current_ids, epoll, header, is_
 /// `sched:sched_process_fork` runs in the parent.
 #[tracepoint]
 pub fn proc_fork(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return 0;
@@ -46,6 +49,9 @@ pub fn proc_fork(ctx: TracePointContext) -> u32 {
 /// `sched:sched_process_exec` runs in the process after the exec.
 #[tracepoint]
 pub fn proc_exec(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return 0;
@@ -89,11 +95,14 @@ pub fn proc_exec(ctx: TracePointContext) -> u32 {
 /// `sched:sched_process_exit` runs in the exiting thread.
 #[tracepoint]
 pub fn proc_exit(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return 0;
     }
-    epoll::flush_thread(tid);
+    epoll::flush_thread();
     let record = ProcExit {
         hdr: header(kind::PROC_EXIT, tgid, tid),
         comm: ctx.command().unwrap_or_default(),
@@ -110,6 +119,9 @@ pub fn proc_exit(ctx: TracePointContext) -> u32 {
 /// `signal:signal_generate` runs in the sender.
 #[tracepoint]
 pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     let [off_sig, off_pid, off_code, off_result] = CONFIG.load().off_signal;
     // SAFETY: read_at copies from the tracepoint record with bpf_probe_read_kernel, which fails
     // rather than faults on a bad offset; any bytes are a valid i32 (as for every read_at below).

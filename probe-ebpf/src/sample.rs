@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use probe_common::{CpuSample, kind, sample::USER_STACK_LEN};
 
-use crate::{CONFIG, SAMPLES, count_drop, current_ids, header, is_target};
+use crate::{CONFIG, NO_WAKEUP, SAMPLES, count_drop, current_ids, header, is_target};
 
 /// Page size on x86-64.
 const PAGE: u64 = 4096;
@@ -22,6 +22,9 @@ static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
 #[perf_event]
 pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     let (tgid, tid) = current_ids();
     if tgid == 0 || !is_target(tgid) {
         return 0;
@@ -84,7 +87,8 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
             break;
         }
     }
-    entry.submit(0);
+    // Samples come at a steady rate: the recorder reads them at its next poll.
+    entry.submit(NO_WAKEUP);
     0
 }
 

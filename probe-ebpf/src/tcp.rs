@@ -7,8 +7,9 @@
 //!
 //! The plugin socket of a request: an event loop such as nginx's runs a request's handler in the
 //! turn that read it, up to its first wait, so the first unix socket the thread writes in that
-//! same turn (no epoll call and no unix receive between) is the one its handler called.
-//! `PLUGIN_TURNS` holds the request read in each thread's current turn until that write.
+//! same turn (no epoll call and no unix receive between) is the one its handler called. The
+//! thread's state ([`ThreadState::plugin`]) holds the request read in its current turn until
+//! that write, and ([`ThreadState::read`]) a read's buffer from its entry to its exit.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
@@ -17,68 +18,19 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    COMM_LEN, ConnKey, ConnState, HttpChunk, TcpConn, kind,
+    COMM_LEN, ConnKey, ConnState, HttpChunk, TcpConn, ThreadState, kind,
     tcp::{HTTP_CHUNK_LEN, REQUEST_CHUNKS, STATUS_LEN, buf_kind, conn_op, conn_phase, dir},
+    thread::{PendingRead, PluginTurn},
 };
 
 use crate::kread::{AF_INET, AF_INET6, read, sock_inode};
 use crate::{
-    CONFIG, EVENTS, KOFFSETS, count_drop, current_ids, header, is_target, syscall_arg as arg, syscall_ret,
+    EVENTS, KOFFSETS, NO_WAKEUP, count_drop, current_ids, header, syscall_arg as arg, syscall_ret, thread,
 };
 
 /// Connections targets accepted, by (tgid, fd).
 #[map]
 static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
-
-/// A read on a traced connection in progress: where its bytes will be. One entry per thread,
-/// overwritten in place and disarmed at exit: a map insert and delete per read would cost more
-/// than the rest of the read's programs.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct PendingRead {
-    key: ConnKey,
-    buf: u64,
-    kind: u32,
-    /// 1 from the read's entry to its exit.
-    armed: u32,
-}
-
-/// Reads in progress by tid, consumed at exit.
-#[map]
-static HTTP_READS: LruHashMap<u32, PendingRead> = LruHashMap::with_max_entries(4096, 0);
-
-/// The request a thread read, and in which of its event-loop turns ([`crate::epoll::turn`]).
-/// One entry per thread, overwritten in place and disarmed once used, like [`PendingRead`].
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct PluginTurn {
-    key: ConnKey,
-    turn: u64,
-    /// 1 until the turn's first unix send or receive.
-    armed: u32,
-    _pad: u32,
-}
-
-/// By tid: a request read whose handler has not yet written a unix socket in its turn.
-#[map]
-static PLUGIN_TURNS: LruHashMap<u32, PluginTurn> = LruHashMap::with_max_entries(4096, 0);
-
-/// Sets this thread's entry of a per-thread map in place, inserting it only the first time.
-#[inline(always)]
-fn set_per_thread<V: Copy>(map: &LruHashMap<u32, V>, tid: u32, value: V) {
-    match map.get_ptr_mut(tid) {
-        // SAFETY: a live map value keyed by this thread's tid: only this thread's programs
-        // touch it, one at a time; a plain store.
-        Some(slot) => unsafe { *slot = value },
-        None => {
-            let _ = map.insert(tid, value, 0);
-        }
-    }
-}
-
-/// `BPF_RB_NO_WAKEUP`: HTTP records come with every request; waking the recorder for each costs
-/// microseconds per request, so they wait for its next poll (at most 100 ms).
-const NO_WAKEUP: u64 = 1;
 
 /// The offset of `msg_iov` in `struct user_msghdr`: user-space ABI, fixed.
 const MSGHDR_IOV_OFF: u64 = 16;
@@ -118,7 +70,7 @@ fn conn(tgid: u32, fd: u64) -> Option<(ConnKey, *mut ConnState)> {
 /// trace from now on.
 #[inline(always)]
 pub fn on_accept(ctx: &TracePointContext, fd: i64, sk: u64, family: u16, tgid: u32, tid: u32) {
-    if CONFIG.load().http == 0 || (family != AF_INET && family != AF_INET6) {
+    if config!(http) == 0 || (family != AF_INET && family != AF_INET6) {
         return;
     }
     let inode = sock_inode(sk);
@@ -211,34 +163,44 @@ pub fn on_close(ctx: &TracePointContext, fd: i64, tgid: u32, tid: u32) -> bool {
 /// still be coming (no response yet, fewer than REQUEST_CHUNKS reads): remember where the bytes go.
 #[inline(always)]
 fn read_enter(ctx: &TracePointContext, kind: u32) {
-    let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
+    if !thread::is_current_target() {
         return;
     }
     let fd = arg(ctx, 0);
-    let Some((key, state)) = conn(tgid, fd) else { return };
+    let Some((key, state)) = conn(current_ids().0, fd) else { return };
     // SAFETY: a live map value; u32 reads.
     let (phase, chunks) = unsafe { ((*state).phase, (*state).chunks) };
     if phase != conn_phase::AWAIT_REQUEST && chunks >= REQUEST_CHUNKS {
         return;
     }
-    set_per_thread(&HTTP_READS, tid, PendingRead { key, buf: arg(ctx, 1), kind, armed: 1 });
+    if let Some(thread) = thread::current_target() {
+        thread.read = PendingRead { key, buf: arg(ctx, 1), kind, armed: 1 };
+    }
 }
 
 #[tracepoint]
 pub fn http_read_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     read_enter(&ctx, buf_kind::PLAIN);
     0
 }
 
 #[tracepoint]
 pub fn http_readv_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     read_enter(&ctx, buf_kind::IOVEC);
     0
 }
 
 #[tracepoint]
 pub fn http_recvmsg_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     read_enter(&ctx, buf_kind::MSGHDR);
     0
 }
@@ -246,16 +208,19 @@ pub fn http_recvmsg_enter(ctx: TracePointContext) -> u32 {
 /// Attached to the exits of read, readv, recvfrom and recvmsg: a request's first bytes.
 #[tracepoint]
 pub fn http_read_exit(ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    let Some(slot) = HTTP_READS.get_ptr_mut(tid) else { return 0 };
-    // SAFETY: a live map value keyed by this thread's tid: only this thread's programs touch
-    // it, one at a time; copied out, then disarmed with a plain store.
-    let p = unsafe { *slot };
-    if p.armed == 0 {
-        return 0; // this thread's read of something else
+    if crate::floor() {
+        return 0;
     }
-    // SAFETY: as above.
-    unsafe { (*slot).armed = 0 };
+    if !thread::may_be_target() {
+        return 0;
+    }
+    let Some(thread) = thread::current() else { return 0 };
+    let p = thread.read;
+    if p.armed == 0 {
+        return 0; // not a target, or this thread's read of something else
+    }
+    thread.read.armed = 0;
+    let (tgid, tid) = current_ids();
     let ret = syscall_ret(&ctx);
     if ret <= 0 {
         return 0;
@@ -277,8 +242,7 @@ pub fn http_read_exit(ctx: TracePointContext) -> u32 {
         ((*state).inode, new)
     };
     if new {
-        let turn = PluginTurn { key: p.key, turn: crate::epoll::turn(tid), armed: 1, _pad: 0 };
-        set_per_thread(&PLUGIN_TURNS, tid, turn);
+        thread.plugin = PluginTurn { key: p.key, turn: crate::epoll::turn(thread), armed: 1, _pad: 0 };
     }
     send_chunk(dir::REQUEST, p.key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), 0, tgid, tid);
     0
@@ -287,10 +251,10 @@ pub fn http_read_exit(ctx: TracePointContext) -> u32 {
 /// Entry of a write on a connection that awaits a response: its status line.
 #[inline(always)]
 fn write_enter(ctx: &TracePointContext, kind: u32) {
-    let (tgid, tid) = current_ids();
-    if !is_target(tgid) {
+    if !thread::is_current_target() {
         return;
     }
+    let (tgid, tid) = current_ids();
     let fd = arg(ctx, 0);
     let Some((key, state)) = conn(tgid, fd) else { return };
     // SAFETY: a live map value keyed by this process's fd, touched by its threads one syscall at
@@ -308,38 +272,43 @@ fn write_enter(ctx: &TracePointContext, kind: u32) {
 
 #[tracepoint]
 pub fn http_write_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     write_enter(&ctx, buf_kind::PLAIN);
     0
 }
 
 #[tracepoint]
 pub fn http_writev_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     write_enter(&ctx, buf_kind::IOVEC);
     0
 }
 
 #[tracepoint]
 pub fn http_sendmsg_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     write_enter(&ctx, buf_kind::MSGHDR);
     0
 }
 
 /// Called for each unix send or receive of a target's thread (successful or EAGAIN). The first
 /// send in the turn that read a request names that request's plugin socket; a receive first
-/// means another request's handler resumed on its reply, so the turn names nothing. Costs one
-/// lookup when no request is waiting.
+/// means another request's handler resumed on its reply, so the turn names nothing. Costs a
+/// field read when no request is waiting.
 #[inline(always)]
-pub fn on_unix_io(tid: u32, op: u32, unix_inode: u64) {
-    let Some(slot) = PLUGIN_TURNS.get_ptr_mut(tid) else { return };
-    // SAFETY: a live map value keyed by this thread's tid: only this thread's programs touch
-    // it, one at a time; copied out, then disarmed with a plain store.
-    let t = unsafe { *slot };
+pub fn on_unix_io(thread: &mut ThreadState, op: u32, unix_inode: u64) {
+    let t = thread.plugin;
     if t.armed == 0 {
         return;
     }
-    // SAFETY: as above.
-    unsafe { (*slot).armed = 0 };
-    if op != probe_common::unix::op::SEND || t.turn != crate::epoll::turn(tid) {
+    thread.plugin.armed = 0;
+    if op != probe_common::unix::op::SEND || t.turn != crate::epoll::turn(thread) {
         return; // the handler waited first: this write is another request's
     }
     let Some(state) = CONNS.get_ptr_mut(t.key) else { return };

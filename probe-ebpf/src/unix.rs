@@ -5,19 +5,18 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::LruHashMap,
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use probe_common::{
-    FlowKey, UnixFlow, UnixIo, UnixSock, kind,
+    FlowKey, MISSING, UnixFlow, UnixIo, UnixSock, kind,
     unix::{PATH_LEN, op},
 };
 
-use crate::KOFFSETS;
-use crate::kread::{AF_UNIX, identity, read, read_path, sock_of_fd, unix_sock_of_fd};
+use crate::kread::{AF_UNIX, identity, read_path, sock_of_fd, unix_sock_of_fd};
 use crate::{
-    CONFIG, EVENTS, count_drop, current_ids, header, is_target, send, syscall_arg as arg, syscall_ret,
+    EVENTS, count_drop, current_ids, header, is_target, send, send_quiet, syscall_arg as arg, syscall_ret,
 };
 
 /// A connect or bind in progress: the address asked for.
@@ -65,12 +64,18 @@ fn addr_enter(ctx: &TracePointContext, op: u32) {
 
 #[tracepoint]
 pub fn unix_connect_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     addr_enter(&ctx, op::CONNECT);
     0
 }
 
 #[tracepoint]
 pub fn unix_bind_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     addr_enter(&ctx, op::BIND);
     0
 }
@@ -78,6 +83,9 @@ pub fn unix_bind_enter(ctx: TracePointContext) -> u32 {
 /// Attached to the exits of connect and bind.
 #[tracepoint]
 pub fn unix_addr_exit(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return 0;
@@ -154,6 +162,9 @@ fn send_sock<C: EbpfContext>(ctx: &C, op: u32, fd: i64, ret: i64, sk: u64, tgid:
 /// Attached to the exits of accept and accept4: the new fd's socket.
 #[tracepoint]
 pub fn unix_accept_exit(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return 0;
@@ -169,6 +180,9 @@ pub fn unix_accept_exit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return 0;
@@ -197,21 +211,33 @@ pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// One send or receive. Raw tracepoints (TP_PROTO: sk, ret, flags) skip building the trace
-/// record, which matters at a message per call.
+/// One send or receive. BTF tracepoints (TP_PROTO: sk, ret, flags) skip building the trace
+/// record, which matters at a message per call, and give `sk` as a pointer the verifier knows.
 #[inline(always)]
-fn io(ctx: &RawTracePointContext, op: u32) {
-    let sk: u64 = ctx.arg(0);
-    // Most sends and receives are a gateway's TCP (clients, upstreams): one read of the socket's
-    // family ends them, before any lookup, id or clock helper.
-    if read::<u16>(sk, KOFFSETS.load().sock_family) != Some(AF_UNIX) {
+fn io(ctx: &BtfTracePointContext, op: u32) {
+    let sk_ptr: *const u8 = ctx.arg(0);
+    let sk = sk_ptr as u64;
+    // Most sends and receives are a gateway's TCP (clients, upstreams): the socket's family ends
+    // them, before any lookup, id or clock helper. A BTF tracepoint's `sk` is a pointer the
+    // verifier knows, so the family is a plain load (a helper copy costs about 65 ns here); the
+    // offset, from the read-only KOFFSETS, is a constant to the verifier, which checks it
+    // against struct sock.
+    let off = koffset!(sock_family);
+    if off == MISSING {
         return;
     }
+    // SAFETY: `sk` is the tracepoint's `struct sock *`, valid for the call; the verifier turns
+    // the load into a fault-safe one at an offset it checked to be `skc_family`.
+    let family = unsafe { core::ptr::read_volatile(sk_ptr.add(off as usize).cast::<u16>()) };
+    if family != AF_UNIX {
+        return;
+    }
+    // Then the thread's state, which is also the target filter.
+    let Some(thread) = crate::thread::current_target() else { return };
     let (tgid, tid) = current_ids();
     let ret = ctx.arg::<u64>(1) as i32 as i64;
-    // Hot path: an existing flow costs the family read and one lookup, which is also the target
-    // filter (flows exist only for targets); the socket pointer is its identity while the flow
-    // is open.
+    // Hot path: an existing flow costs one lookup more; the socket pointer is its identity while
+    // the flow is open.
     let key = FlowKey { sk, tid: tid as u64 };
     if let Some(flow) = UNIX_FLOWS.get_ptr_mut(key) {
         // SAFETY: a live map value keyed by this thread's tid: only this thread's programs touch
@@ -219,17 +245,14 @@ fn io(ctx: &RawTracePointContext, op: u32) {
         let flow = unsafe { &mut *flow };
         let now = now_ns();
         if flow.add(op, ret, now) {
-            crate::tcp::on_unix_io(tid, op, flow.id.inode);
-            if flow.is_due(now, CONFIG.load().bucket_ns) {
+            crate::tcp::on_unix_io(thread, op, flow.id.inode);
+            if flow.is_due(now, config!(bucket_ns)) {
                 flow.hdr.ts_ns = now;
-                send(kind::UNIX_FLOW, flow);
+                send_quiet(kind::UNIX_FLOW, flow);
                 flow.reset();
             }
             return;
         }
-    }
-    if !is_target(tgid) {
-        return;
     }
     let now = now_ns();
     let (id, _) = identity(sk);
@@ -239,7 +262,7 @@ fn io(ctx: &RawTracePointContext, op: u32) {
     }
     let mut flow = UnixFlow { hdr: header(kind::UNIX_FLOW, tgid, tid), id, ..UnixFlow::default() };
     if flow.add(op, ret, now) {
-        crate::tcp::on_unix_io(tid, op, id.inode);
+        crate::tcp::on_unix_io(thread, op, id.inode);
         let _ = UNIX_FLOWS.insert(key, flow, 0);
     } else {
         // A failure (EPIPE, ECONNRESET, ...) or a receive of 0 (the peer closed): worth reading alone.
@@ -255,14 +278,20 @@ fn now_ns() -> u64 {
     unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
 
-#[raw_tracepoint(tracepoint = "sock_send_length")]
-pub fn unix_send(ctx: RawTracePointContext) -> u32 {
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn unix_send(ctx: BtfTracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     io(&ctx, op::SEND);
     0
 }
 
-#[raw_tracepoint(tracepoint = "sock_recv_length")]
-pub fn unix_recv(ctx: RawTracePointContext) -> u32 {
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn unix_recv(ctx: BtfTracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
     io(&ctx, op::RECV);
     0
 }

@@ -61,6 +61,11 @@ enum Cmd {
         /// meta.json and as a table.
         #[arg(long)]
         prog_stats: bool,
+        /// Load every program as an empty one at the same attach points (nothing is recorded):
+        /// with --prog-stats, what the attach points alone cost, the floor under the probe's
+        /// own figures (`cargo xtask bench` measures both).
+        #[arg(long)]
+        floor: bool,
     },
     /// Analyse a run directory: link failed requests to their causes and write report.md,
     /// report.json and timeline.json into it (no root needed).
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
             no_lua,
             request_id_header,
             prog_stats,
+            floor,
         } => {
             if let Some(name) = &container {
                 match shared::container::find_master(name) {
@@ -163,6 +169,7 @@ fn main() -> ExitCode {
                 lua: !no_lua,
                 request_id_header,
                 prog_stats,
+                floor,
             };
             record(&args).map(|r| {
                 print!("{}", r.table);

@@ -48,6 +48,7 @@ pub fn probe_config(f: &Formats, bucket_ns: u64, follow_forks: bool) -> Result<P
         ],
         sample_stack_bytes: USER_STACK_LEN as u32,
         http: 1,
+        floor: 0,
     };
     for fmt in &f.epoll_enter {
         for (name, slot) in

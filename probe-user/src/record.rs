@@ -42,6 +42,8 @@ pub struct RecordArgs {
     pub request_id_header: String,
     /// Measure the probe's own cost over the window (`meta.json` `prog_stats`).
     pub prog_stats: bool,
+    /// Load the programs empty (see `ProbeConfig::floor`).
+    pub floor: bool,
 }
 
 /// The result of a recording.
@@ -126,6 +128,9 @@ struct Collector {
     decode_errors: u64,
     known: BTreeMap<u32, ProcInfo>,
     seen: BTreeSet<u32>,
+    /// Threads the kernel keeps an epoll bucket for (each one's first call comes as a record),
+    /// whose open buckets are read at the end.
+    epoll_threads: BTreeSet<u32>,
     /// When each process's map was last copied.
     maps_at: BTreeMap<u32, Instant>,
     /// HTTP requests read and not yet answered.
@@ -153,6 +158,9 @@ impl Collector {
                 return Ok(());
             }
         };
+        if matches!(ev, Event::EpollCall(_) | Event::EpollBucket(_)) {
+            self.epoll_threads.insert(ev.task().tid);
+        }
         if let Event::CpuSample(s) = &mut ev {
             s.stack_offset = self.writer.write_sample_stack(sample_stack(bytes))?;
             if let Some(lua) = &s.lua {
@@ -231,6 +239,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         decode_errors: 0,
         known: BTreeMap::new(),
         seen: BTreeSet::new(),
+        epoll_threads: BTreeSet::new(),
         maps_at: BTreeMap::new(),
         http: Pairing::new(&args.request_id_header),
         lua: if args.lua { LuaRecorder::new() } else { LuaRecorder::off() },
@@ -341,6 +350,7 @@ fn load_probe(tracefs: &std::path::Path, args: &RecordArgs) -> Result<Probe> {
         follow_forks: args.follow_forks,
         sample_hz: args.sample_hz,
         http: args.http,
+        floor: args.floor,
     };
     let probe = Probe::load(tracefs, &opts)?;
     for tp in &probe.degraded.tracepoints {
@@ -407,7 +417,7 @@ impl Collector {
             return Err(e);
         }
         // What the kernel still aggregates goes out as if its bucket had ended now.
-        let buckets = probe.open_buckets()?.into_iter().map(|b| {
+        let buckets = probe.open_buckets(self.epoll_threads.iter().copied())?.into_iter().map(|b| {
             let mut e = bucket_event(&b);
             e.task.ts_ns = ended_ns;
             Event::EpollBucket(e)

@@ -1,19 +1,20 @@
 //! Loading and attaching the eBPF programs, and reading their maps: the thin, kernel-facing part.
 
 mod object;
+mod task_storage;
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
-use aya::programs::{PerfEvent, RawTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, PerfEvent, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use probe_common::lua::LuaConfig;
-use probe_common::{EpollBucket, EpollThread, FlowKey, ProbeConfig, Target, UnixFlow, drop_slot, names};
+use probe_common::{EpollBucket, FlowKey, ProbeConfig, Target, UnixFlow, drop_slot, names};
 
 use crate::btf::Btf;
 use crate::offsets::{Formats, kernel_offsets, probe_config};
@@ -52,8 +53,9 @@ const HTTP_TRACEPOINTS: [(&str, &[&str]); 7] = [
     ("http_sendmsg_enter", &["sys_enter_sendmsg"]),
 ];
 
-/// Raw tracepoints (program, tracepoint): TP_PROTO arguments, no trace record to build.
-const RAW_TRACEPOINTS: [(&str, &str); 2] =
+/// BTF tracepoints (program, tracepoint): TP_PROTO arguments as typed pointers, no trace record
+/// to build.
+const BTF_TRACEPOINTS: [(&str, &str); 2] =
     [("unix_send", "sock_send_length"), ("unix_recv", "sock_recv_length")];
 
 /// How to load the probe.
@@ -67,6 +69,8 @@ pub struct ProbeOptions {
     pub sample_hz: u64,
     /// Trace accepted TCP connections and the HTTP requests on them.
     pub http: bool,
+    /// Every program returns at once: the attach points' own cost, for benchmarks.
+    pub floor: bool,
 }
 
 /// What the running kernel lacks, so the probe degraded: reported in meta.json.
@@ -84,6 +88,9 @@ pub struct Probe {
     events: RingBuf<MapData>,
     samples: RingBuf<MapData>,
     targets: HashMap<MapData, u32, Target>,
+    /// Bumped after every change of `targets`, so threads take their verdict again.
+    targets_gen: Array<MapData, u32>,
+    generation: u32,
     luajit: HashMap<MapData, u32, LuaConfig>,
     /// What this kernel lacks.
     pub degraded: Degraded,
@@ -127,11 +134,14 @@ impl Probe {
         let (formats, missing) = read_formats(tracefs)?;
         let mut config: ProbeConfig = probe_config(&formats, opts.bucket_ns, opts.follow_forks)?;
         config.http = opts.http as u32;
+        config.floor = opts.floor as u32;
         let btf = Btf::from_file(Path::new(KERNEL_BTF))?;
         let (offsets, missing_fields) = kernel_offsets(|ty, path| btf.member_offset(ty, path));
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CONFIG, &config, true)
             .override_global(names::KOFFSETS, &offsets, true)
+            // THREADS is task storage, which aya creates but has no type for: we read it ourselves.
+            .allow_unsupported_maps()
             .load(object::BYTES)
             .context("loading the eBPF programs failed")?;
 
@@ -148,8 +158,9 @@ impl Probe {
         for (prog, category, tps) in TRACEPOINTS {
             attach(&mut ebpf, prog, category, tps)?;
         }
-        for (prog, tp) in RAW_TRACEPOINTS {
-            attach_raw(&mut ebpf, prog, tp)?;
+        let vmlinux = aya::Btf::from_sys_fs().context("cannot read the kernel's BTF")?;
+        for (prog, tp) in BTF_TRACEPOINTS {
+            attach_btf(&mut ebpf, &vmlinux, prog, tp)?;
         }
         if opts.http {
             for (prog, tps) in HTTP_TRACEPOINTS {
@@ -163,14 +174,24 @@ impl Probe {
         let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("map EVENTS")?)?;
         let samples = RingBuf::try_from(ebpf.take_map(names::SAMPLES).context("map SAMPLES")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::TARGETS).context("map TARGETS")?)?;
+        let targets_gen = Array::try_from(ebpf.take_map(names::TARGETS_GEN).context("map TARGETS_GEN")?)?;
         let luajit = HashMap::try_from(ebpf.take_map(names::LUAJIT).context("map LUAJIT")?)?;
         let degraded = Degraded { tracepoints: missing, struct_fields: missing_fields };
-        Ok(Self { ebpf, events, samples, targets, luajit, degraded })
+        Ok(Self { ebpf, events, samples, targets, targets_gen, generation: 0, luajit, degraded })
     }
 
     /// Traces `pid` from now on.
     pub fn add_target(&mut self, pid: u32, target: Target) -> Result<()> {
-        self.targets.insert(pid, target, 0).with_context(|| format!("cannot add pid {pid} to the targets"))
+        self.targets
+            .insert(pid, target, 0)
+            .with_context(|| format!("cannot add pid {pid} to the targets"))?;
+        self.targets_changed()
+    }
+
+    /// Tells the threads the probe already saw to look their verdict up again.
+    fn targets_changed(&mut self) -> Result<()> {
+        self.generation = self.generation.wrapping_add(1);
+        self.targets_gen.set(0, self.generation, 0).context("cannot bump TARGETS_GEN")
     }
 
     /// Walks `pid`'s Lua stack at each sample from now on (its forks inherit it).
@@ -187,7 +208,7 @@ impl Probe {
             // A target that exited meanwhile is already gone.
             let _ = self.targets.remove(&pid);
         }
-        Ok(())
+        self.targets_changed()
     }
 
     /// Waits up to `timeout` for records, then hands each one to `f`; returns how many there were.
@@ -226,11 +247,19 @@ impl Probe {
         (0..drop_slot::COUNT).map(|i| Ok(map.get(&i, 0)?.iter().sum())).collect()
     }
 
-    /// The epoll buckets still open in the kernel (threads that are alive and not yet due).
-    pub fn open_buckets(&self) -> Result<Vec<EpollBucket>> {
-        let map = self.ebpf.map(names::EPOLL_THREADS).context("map EPOLL_THREADS")?;
-        let map = HashMap::<_, u32, EpollThread>::try_from(map)?;
-        Ok(map.iter().filter_map(|kv| kv.ok().map(|(_, t)| t.bucket)).filter(|b| b.calls != 0).collect())
+    /// The epoll buckets still open in the kernel among threads `tids` (those alive and with
+    /// calls not yet sent): task storage is read thread by thread.
+    pub fn open_buckets(&self, tids: impl IntoIterator<Item = u32>) -> Result<Vec<EpollBucket>> {
+        let Some(Map::Unsupported(map)) = self.ebpf.map(names::THREADS) else {
+            bail!("map THREADS is missing or not task storage");
+        };
+        let fd = map.fd().as_fd();
+        Ok(tids
+            .into_iter()
+            .filter_map(|tid| task_storage::thread_state(fd, tid))
+            .map(|t| t.epoll.bucket)
+            .filter(|b| b.calls != 0)
+            .collect())
     }
 
     /// The unix flows still open in the kernel.
@@ -288,14 +317,14 @@ fn attach(ebpf: &mut Ebpf, prog: &str, category: &str, names: &[&str]) -> Result
     Ok(())
 }
 
-/// Attaches raw tracepoint program `prog` to `tp`.
-fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()> {
-    let program: &mut RawTracePoint = ebpf
+/// Attaches BTF tracepoint program `prog` to `tp`.
+fn attach_btf(ebpf: &mut Ebpf, vmlinux: &aya::Btf, prog: &str, tp: &str) -> Result<()> {
+    let program: &mut BtfTracePoint = ebpf
         .program_mut(prog)
         .with_context(|| format!("program {prog} is missing from the eBPF object"))?
         .try_into()?;
-    program.load().with_context(|| format!("the kernel refused program {prog}"))?;
-    program.attach(tp).with_context(|| format!("cannot attach {prog} to raw tracepoint {tp}"))?;
+    program.load(tp, vmlinux).with_context(|| format!("the kernel refused program {prog}"))?;
+    program.attach().with_context(|| format!("cannot attach {prog} to BTF tracepoint {tp}"))?;
     Ok(())
 }
 

@@ -38,14 +38,17 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// A tracer measured against the untraced gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tool {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tool {
     /// reloadscope with every probe and 99 Hz samples.
+    #[value(name = "reloadscope")]
     Reloadscope,
     /// The same with the kernel's run-time statistics on (two clock reads per program run),
     /// for the per-program table; its throughput is shown apart, as it pays for the counting.
+    #[value(name = "reloadscope-counted")]
     ReloadscopeCounted,
     /// reloadscope without samples.
+    #[value(name = "reloadscope-no-samples")]
     ReloadscopeNoSamples,
     /// bpftrace with two counting probes (epoll_wait entries and socket sends of nginx).
     Bpftrace,
@@ -292,8 +295,9 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
-    let tools: Vec<Tool> = Tool::ALL.into_iter().filter(|t| t.program().is_none_or(on_path)).collect();
-    for t in Tool::ALL.iter().filter(|t| !tools.contains(t)) {
+    let asked: &[Tool] = if opts.tools.is_empty() { &Tool::ALL } else { &opts.tools };
+    let tools: Vec<Tool> = asked.iter().copied().filter(|t| t.program().is_none_or(on_path)).collect();
+    for t in asked.iter().filter(|t| !tools.contains(t)) {
         println!("bench: {} is not installed: left out", t.program().unwrap_or_default());
     }
     let out = workspace_root().join("target/bench/gateway");

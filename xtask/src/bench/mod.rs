@@ -5,7 +5,7 @@
 //! - [`gateway`] (`--gateway`): the stand-in under `wrk`, reloadscope beside bpftrace, perf and
 //!   strace, with the kernel's per-program cost.
 
-mod gateway;
+pub mod gateway;
 mod pingpong;
 
 use std::path::Path;
@@ -32,6 +32,9 @@ pub struct BenchOptions {
     /// Gateway: seconds of load per measurement.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(2..=600))]
     pub seconds: u64,
+    /// Gateway: the tools to measure (default: all, those not installed left out).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub tools: Vec<gateway::Tool>,
 }
 
 /// Runs the chosen benchmark.

@@ -1,0 +1,55 @@
+//! Reading one thread's [`ThreadState`] from the `THREADS` task storage. The kernel keys task
+//! storage by a pidfd and cannot iterate it, so the caller names the threads it wants.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use probe_common::ThreadState;
+
+/// `pidfd_open` flag for a pidfd of a thread rather than a process (Linux 6.9 and later).
+const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
+/// `BPF_MAP_LOOKUP_ELEM`.
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+
+/// The `bpf_attr` of a map element command.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// A pidfd of thread `tid`: a thread pidfd where the kernel has them, else a process pidfd,
+/// which names the same task when `tid` leads its process.
+fn pidfd(tid: u32) -> Option<OwnedFd> {
+    for flags in [PIDFD_THREAD, 0] {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, flags) };
+        if fd >= 0 {
+            // SAFETY: the fd was just returned to us and is owned by nobody else.
+            return Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+    }
+    None
+}
+
+/// Thread `tid`'s state in the task storage `map`, or `None` when the thread is gone or has none.
+pub fn thread_state(map: BorrowedFd<'_>, tid: u32) -> Option<ThreadState> {
+    let pidfd = pidfd(tid)?;
+    let key: i32 = pidfd.as_raw_fd();
+    let mut value = ThreadState::default();
+    let attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(&key) as u64,
+        value: std::ptr::from_mut(&mut value) as u64,
+        flags: 0,
+    };
+    // SAFETY: the attr points at a key of the map's key size (an int) and a value buffer of the
+    // map's value size (ThreadState, the same type the programs store), both alive for the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, &attr as *const ElemAttr, size_of::<ElemAttr>())
+    };
+    (rc == 0).then_some(value)
+}
