@@ -57,17 +57,18 @@ pub struct EpollEnter {
     pub first: u32,
 }
 
-/// Everything the kernel keeps per traced thread: one map lookup per syscall entry and exit.
+/// A thread's epoll state (part of its [`crate::ThreadState`]). The fields every call touches
+/// come first, next to the thread's other hot fields; the bucket's counters follow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EpollThread {
-    /// The open bucket.
-    pub bucket: EpollBucket,
     /// The call in progress; `ts_ns == 0` when there is none.
     pub pending: EpollEnter,
     /// Calls returned so far: an event loop's turn is the stretch between two of them, which
     /// ties a request read to the plugin socket its handler writes in the same turn.
     pub turns: u64,
+    /// The open bucket.
+    pub bucket: EpollBucket,
 }
 
 /// One thread's epoll activity aggregated over one bucket of time.

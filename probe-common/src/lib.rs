@@ -47,7 +47,7 @@ pub mod kind {
     pub const UNIX_FLOW: u32 = 10;
     /// [`crate::TcpConn`]: a TCP connection accepted or closed by a target.
     pub const TCP_CONN: u32 = 11;
-    /// [`crate::HttpChunk`]: the start of an HTTP request read or response written.
+    /// [`crate::HttpChunk`]: the start of an HTTP request read (with the previous response's).
     pub const HTTP_CHUNK: u32 = 12;
 }
 
@@ -79,6 +79,8 @@ pub mod names {
     pub const STACKS: &str = "STACKS";
     /// Open unix flows: [`crate::FlowKey`] -> [`crate::UnixFlow`].
     pub const UNIX_FLOWS: &str = "UNIX_FLOWS";
+    /// Connections targets accepted: [`crate::ConnKey`] -> [`crate::ConnState`].
+    pub const CONNS: &str = "CONNS";
     /// Processes running a LuaJIT VM: tgid -> [`crate::lua::LuaConfig`].
     pub const LUAJIT: &str = "LUAJIT";
 }
@@ -269,6 +271,8 @@ mod pod {
     unsafe impl aya::Pod for crate::EpollEnter {}
     unsafe impl aya::Pod for crate::EpollThread {}
     unsafe impl aya::Pod for crate::ThreadState {}
+    unsafe impl aya::Pod for crate::ConnKey {}
+    unsafe impl aya::Pod for crate::ConnState {}
     unsafe impl aya::Pod for crate::FlowKey {}
     unsafe impl aya::Pod for crate::UnixFlow {}
     unsafe impl aya::Pod for crate::lua::LuaConfig {}
@@ -279,6 +283,6 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
-const _: () = assert!(core::mem::size_of::<TcpConn>() == 112);
-const _: () = assert!(core::mem::size_of::<HttpChunk>() == 1080);
-const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
+const _: () = assert!(core::mem::size_of::<TcpConn>() == 112 + 48);
+const _: () = assert!(core::mem::size_of::<HttpChunk>() == 24 + 16 + 48 + 1024);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 32 + 48);

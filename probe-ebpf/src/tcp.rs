@@ -3,7 +3,8 @@
 //! A connection is known from its accept on: `CONNS` keys it by (tgid, fd), so every read and
 //! write pays one lookup to learn whether it is a traced connection at all. Bytes are copied
 //! only at the first read after a response (a request's start, at most `HTTP_CHUNK_LEN`) and
-//! the first write after a request (the status line).
+//! the first write after a request (the status line, kept in the connection's state until the
+//! next request's record or the close's carries it out: see `probe_common::tcp`).
 //!
 //! The plugin socket of a request: an event loop such as nginx's runs a request's handler in the
 //! turn that read it, up to its first wait, so the first unix socket the thread writes in that
@@ -12,14 +13,14 @@
 //! that write, and ([`ThreadState::read`]) a read's buffer from its entry to its exit.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
 };
 use probe_common::{
     COMM_LEN, ConnKey, ConnState, HttpChunk, TcpConn, ThreadState, kind,
-    tcp::{HTTP_CHUNK_LEN, REQUEST_CHUNKS, STATUS_LEN, buf_kind, conn_op, conn_phase, dir},
+    tcp::{HTTP_CHUNK_LEN, REQUEST_CHUNKS, ResponseStart, STATUS_LEN, buf_kind, conn_op, conn_phase},
     thread::{PendingRead, PluginTurn},
 };
 
@@ -81,6 +82,7 @@ pub fn on_accept(ctx: &TracePointContext, fd: i64, sk: u64, family: u16, tgid: u
         chunks: 0,
         _pad: 0,
         plugin_inode: 0,
+        response: ResponseStart::default(),
     };
     let _ = CONNS.insert(ConnKey { tgid, fd: fd as u32 }, state, 0);
     let Some(mut entry) = EVENTS.reserve::<TcpConn>(0) else {
@@ -119,6 +121,7 @@ pub fn on_accept(ctx: &TracePointContext, fd: i64, sk: u64, family: u16, tgid: u
         (*r).phase = conn_phase::AWAIT_REQUEST;
         (*r).requests = 0;
         (*r).plugin_inode = 0;
+        (*r).response = ResponseStart::default();
     }
     entry.submit(NO_WAKEUP);
 }
@@ -154,6 +157,7 @@ pub fn on_close(ctx: &TracePointContext, fd: i64, tgid: u32, tid: u32) -> bool {
         (*r).phase = state.phase;
         (*r).requests = state.requests;
         (*r).plugin_inode = state.plugin_inode;
+        (*r).response = state.response;
     }
     entry.submit(NO_WAKEUP);
     true
@@ -229,26 +233,31 @@ pub fn http_read_exit(ctx: TracePointContext) -> u32 {
     let (buf, room) = first_buffer(p.kind, p.buf, ret as u64);
     let n = (ret as u64).min(room) as usize;
     // SAFETY: a live map value keyed by this process's fd, touched by its threads one syscall at
-    // a time; plain field stores.
-    let (inode, new) = unsafe {
+    // a time; plain field copies and stores.
+    let (inode, new, response) = unsafe {
         let new = (*state).phase == conn_phase::AWAIT_REQUEST;
+        let mut response = ResponseStart::default();
         if new {
             (*state).phase = conn_phase::AWAIT_RESPONSE;
             (*state).requests += 1;
             (*state).chunks = 0;
             (*state).plugin_inode = 0;
+            // The previous response goes out with this request's first chunk.
+            response = (*state).response;
+            (*state).response.ts_ns = 0;
         }
         (*state).chunks += 1;
-        ((*state).inode, new)
+        ((*state).inode, new, response)
     };
     if new {
         thread.plugin = PluginTurn { key: p.key, turn: crate::epoll::turn(thread), armed: 1, _pad: 0 };
     }
-    send_chunk(dir::REQUEST, p.key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), 0, tgid, tid);
+    send_chunk(p.key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), &response, tgid, tid);
     0
 }
 
-/// Entry of a write on a connection that awaits a response: its status line.
+/// Entry of a write on a connection that awaits a response: its status line, kept in the
+/// connection's state until the connection's next record carries it out.
 #[inline(always)]
 fn write_enter(ctx: &TracePointContext, kind: u32) {
     if !thread::is_current_target() {
@@ -256,18 +265,32 @@ fn write_enter(ctx: &TracePointContext, kind: u32) {
     }
     let (tgid, tid) = current_ids();
     let fd = arg(ctx, 0);
-    let Some((key, state)) = conn(tgid, fd) else { return };
+    let Some((_, state)) = conn(tgid, fd) else { return };
     // SAFETY: a live map value keyed by this process's fd, touched by its threads one syscall at
-    // a time; a u32 read, then plain field stores.
-    let (inode, plugin) = unsafe {
+    // a time, valid for the whole run: plain field reads and stores, and `status` lent to the
+    // copy helper below (any bytes are a valid [u8; N]).
+    let response = unsafe {
         if (*state).phase != conn_phase::AWAIT_RESPONSE {
             return;
         }
         (*state).phase = conn_phase::AWAIT_REQUEST;
-        ((*state).inode, (*state).plugin_inode)
+        &mut (*state).response
     };
     let (buf, room) = first_buffer(kind, arg(ctx, 1), arg(ctx, 2));
-    send_chunk(dir::RESPONSE, key.fd, inode, buf, (room as usize).min(STATUS_LEN), plugin, tgid, tid);
+    // SAFETY: state and plugin_inode as above; argument-less helpers.
+    unsafe {
+        response.plugin_inode = (*state).plugin_inode;
+        response.ts_ns = bpf_ktime_get_ns();
+        response.cpu = bpf_get_smp_processor_id();
+    }
+    response.tid = tid;
+    // The verifier needs the length bounded by the buffer it writes into.
+    let n = (room as usize).min(STATUS_LEN) & (STATUS_LEN * 2 - 1);
+    let n = if n > STATUS_LEN { STATUS_LEN } else { n };
+    // SAFETY: bpf_probe_read_user_buf copies fault-safely, at most `n` ≤ status.len() bytes.
+    let copied =
+        n > 0 && unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut response.status[..n]) }.is_ok();
+    response.len = if copied { n as u32 } else { 0 };
 }
 
 #[tracepoint]
@@ -321,10 +344,10 @@ pub fn on_unix_io(thread: &mut ThreadState, op: u32, unix_inode: u64) {
     }
 }
 
-/// Sends the first `n` bytes at user address `buf` (n ≤ HTTP_CHUNK_LEN).
-#[allow(clippy::too_many_arguments)]
+/// Sends a request's first `n` bytes at user address `buf` (n ≤ HTTP_CHUNK_LEN), with the
+/// connection's previous response when one waited.
 #[inline(always)]
-fn send_chunk(direction: u32, fd: u32, inode: u64, buf: u64, n: usize, plugin: u64, tgid: u32, tid: u32) {
+fn send_chunk(fd: u32, inode: u64, buf: u64, n: usize, response: &ResponseStart, tgid: u32, tid: u32) {
     let Some(mut entry) = EVENTS.reserve::<HttpChunk>(0) else {
         count_drop(kind::HTTP_CHUNK);
         return;
@@ -335,11 +358,9 @@ fn send_chunk(direction: u32, fd: u32, inode: u64, buf: u64, n: usize, plugin: u
     // HttpChunk), ours alone until submit; plain field stores.
     unsafe {
         (*r).hdr = hdr;
-        (*r).dir = direction;
         (*r).fd = fd as i32;
         (*r).inode = inode;
-        (*r)._pad = 0;
-        (*r).plugin_inode = plugin;
+        (*r).response = *response;
     }
     // The verifier needs the length bounded by the buffer it writes into.
     let n = n & (HTTP_CHUNK_LEN * 2 - 1);

@@ -233,7 +233,7 @@ fn io(ctx: &BtfTracePointContext, op: u32) {
         return;
     }
     // Then the thread's state, which is also the target filter.
-    let Some(thread) = crate::thread::current_target() else { return };
+    let Some(thread) = crate::thread::lookup_target() else { return };
     let (tgid, tid) = current_ids();
     let ret = ctx.arg::<u64>(1) as i32 as i64;
     // Hot path: an existing flow costs one lookup more; the socket pointer is its identity while

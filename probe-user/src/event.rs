@@ -8,6 +8,7 @@ use probe_common::{
     Signal, Syscall, TcpConn, UnixFlow, UnixIo, UnixSock,
     epoll::call_reason,
     kind,
+    tcp::{ResponseStart, STATUS_LEN},
     unix::{self, PATH_LEN},
 };
 use serde::{Deserialize, Serialize};
@@ -447,8 +448,9 @@ pub struct HttpRequestEvent {
     pub plugin_inode: Option<u64>,
 }
 
-/// The bytes of a request's or response's start, borrowed from the ring buffer: the recorder
-/// parses them at once; they never reach the trace.
+/// The bytes of a request's or response's start, borrowed from the ring buffer (or, for a
+/// response still waiting when the recording ends, from the probe's map): the recorder parses
+/// them at once; they never reach the trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpChunkView<'a> {
     /// Who read or wrote, and when.
@@ -465,7 +467,7 @@ pub struct HttpChunkView<'a> {
     pub data: &'a [u8],
 }
 
-/// The HTTP chunk a record holds, when it is one.
+/// The request chunk a record holds, when it is one.
 pub fn http_chunk(bytes: &[u8]) -> Option<HttpChunkView<'_>> {
     use std::mem::offset_of;
     let k = kind::HTTP_CHUNK;
@@ -475,12 +477,53 @@ pub fn http_chunk(bytes: &[u8]) -> Option<HttpChunkView<'_>> {
     let end = start + len.min(probe_common::tcp::HTTP_CHUNK_LEN);
     Some(HttpChunkView {
         hdr,
-        request: read_at::<u32>(bytes, offset_of!(HttpChunk, dir), k).ok()?
-            == probe_common::tcp::dir::REQUEST,
+        request: true,
         fd: read_at(bytes, offset_of!(HttpChunk, fd), k).ok()?,
         conn: read_at(bytes, offset_of!(HttpChunk, inode), k).ok()?,
-        plugin_inode: read_at(bytes, offset_of!(HttpChunk, plugin_inode), k).ok()?,
+        plugin_inode: 0,
         data: bytes.get(start..end.min(bytes.len()))?,
+    })
+}
+
+/// The response start a record carries out of its connection's state (a request's first chunk
+/// carries the previous response, a close the last one), when one waited there.
+pub fn carried_response(bytes: &[u8]) -> Option<HttpChunkView<'_>> {
+    use std::mem::offset_of;
+    let hdr = read::<EventHeader>(bytes, 0).ok()?;
+    let (k, at, fd, conn) = match hdr.kind {
+        kind::HTTP_CHUNK => (
+            hdr.kind,
+            offset_of!(HttpChunk, response),
+            offset_of!(HttpChunk, fd),
+            offset_of!(HttpChunk, inode),
+        ),
+        kind::TCP_CONN => {
+            (hdr.kind, offset_of!(TcpConn, response), offset_of!(TcpConn, fd), offset_of!(TcpConn, inode))
+        }
+        _ => return None,
+    };
+    let r: ResponseStart = read_at(bytes, at, k).ok()?;
+    let status = at + offset_of!(ResponseStart, status);
+    let status = bytes.get(status..status + (r.len as usize).min(STATUS_LEN))?;
+    response_view(hdr.tgid, read_at(bytes, fd, k).ok()?, read_at(bytes, conn, k).ok()?, &r, status)
+}
+
+/// A response's start kept in a connection's state, as the view of a response chunk on
+/// connection `conn` (fd `fd` of process `tgid`); `None` when none waited (`ts_ns` 0).
+pub fn response_view<'a>(
+    tgid: u32,
+    fd: i32,
+    conn: u64,
+    r: &ResponseStart,
+    status: &'a [u8],
+) -> Option<HttpChunkView<'a>> {
+    (r.ts_ns != 0).then_some(HttpChunkView {
+        hdr: EventHeader { kind: kind::HTTP_CHUNK, cpu: r.cpu, ts_ns: r.ts_ns, tgid, tid: r.tid },
+        request: false,
+        fd,
+        conn,
+        plugin_inode: r.plugin_inode,
+        data: status,
     })
 }
 
@@ -1072,6 +1115,7 @@ mod tests {
             phase: 0,
             requests: 0,
             plugin_inode: 0,
+            response: ResponseStart::default(),
         };
         c.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         c.peer_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
@@ -1091,23 +1135,45 @@ mod tests {
         assert!(e.op == ConnOp::Close && e.unanswered && e.requests == 3 && e.peer.is_empty());
         assert_eq!(e.plugin_inode, Some(4242));
 
+        assert!(carried_response(&bytes(&c)).is_none(), "no response waited at this close");
+
         let mut h = HttpChunk {
             hdr: hdr(kind::HTTP_CHUNK),
-            dir: probe_common::tcp::dir::REQUEST,
             fd: 12,
-            inode: 900,
             len: 5,
-            _pad: 0,
-            plugin_inode: 4242,
+            inode: 900,
+            response: ResponseStart::default(),
             data: [0; probe_common::tcp::HTTP_CHUNK_LEN],
         };
         h.data[..5].copy_from_slice(b"GET /");
         let raw = bytes(&h);
         let v = http_chunk(&raw).unwrap();
-        assert_eq!((v.request, v.fd, v.conn, v.plugin_inode, v.data), (true, 12, 900, 4242, &b"GET /"[..]));
+        assert_eq!((v.request, v.fd, v.conn, v.plugin_inode, v.data), (true, 12, 900, 0, &b"GET /"[..]));
+        assert!(carried_response(&raw).is_none(), "the first request on a connection carries none");
         // A length beyond the buffer is cut to it.
         let h = HttpChunk { len: u32::MAX, ..h };
         assert_eq!(http_chunk(&bytes(&h)).unwrap().data.len(), probe_common::tcp::HTTP_CHUNK_LEN);
+
+        // The next request carries the previous response out of the connection's state, and so
+        // does a close: each as the response chunk it stands for, in the writer's name.
+        let mut response = ResponseStart {
+            ts_ns: 77,
+            plugin_inode: 4242,
+            cpu: 1,
+            tid: 102,
+            len: 12,
+            _pad: 0,
+            status: [0; 16],
+        };
+        response.status[..12].copy_from_slice(b"HTTP/1.1 502");
+        let raw = bytes(&HttpChunk { response, ..h });
+        let r = carried_response(&raw).unwrap();
+        assert_eq!(
+            (r.request, r.hdr.ts_ns, r.hdr.tid, r.hdr.cpu, r.fd, r.conn, r.plugin_inode, r.data),
+            (false, 77, 102, 1, 12, 900, 4242, &b"HTTP/1.1 502"[..])
+        );
+        let raw = bytes(&TcpConn { response, ..c });
+        assert_eq!(carried_response(&raw).unwrap().data, b"HTTP/1.1 502");
         assert!(http_chunk(&bytes(&c)).is_none(), "a TCP record is no chunk");
     }
 

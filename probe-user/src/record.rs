@@ -10,7 +10,10 @@ use probe_common::lua::LuaConfig;
 use probe_common::{Target, target_flag};
 
 use crate::binaries::Binaries;
-use crate::event::{Event, RecordKind, bucket_event, decode, flow_event, http_chunk, sample_stack};
+use crate::event::{
+    Event, RecordKind, bucket_event, carried_response, decode, flow_event, http_chunk, response_view,
+    sample_stack,
+};
 use crate::http_events::Pairing;
 use crate::luajit::recorder::LuaRecorder;
 use crate::model::{self, ProcInfo};
@@ -145,6 +148,12 @@ struct Collector {
 
 impl Collector {
     fn handle(&mut self, bytes: &[u8]) -> Result<()> {
+        // A response waits in the kernel until its connection's next record: it goes first.
+        if let Some(response) = carried_response(bytes) {
+            for ev in self.http.chunk(&response) {
+                self.keep(ev)?;
+            }
+        }
         if let Some(chunk) = http_chunk(bytes) {
             for ev in self.http.chunk(&chunk) {
                 self.keep(ev)?;
@@ -427,6 +436,16 @@ impl Collector {
             e.task.ts_ns = ended_ns;
             Event::UnixFlow(e)
         });
+        // Responses no record carried out yet answer their requests now.
+        for (key, state) in probe.waiting_responses()? {
+            let r = &state.response;
+            let status = &r.status[..(r.len as usize).min(r.status.len())];
+            if let Some(response) = response_view(key.tgid, key.fd as i32, state.inode, r, status) {
+                for ev in self.http.chunk(&response) {
+                    self.keep(ev)?;
+                }
+            }
+        }
         let unanswered = std::mem::replace(&mut self.http, Pairing::new("")).finish();
         for ev in buckets.chain(flows).collect::<Vec<_>>().into_iter().chain(unanswered) {
             self.keep(ev)?;

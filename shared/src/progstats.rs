@@ -119,6 +119,36 @@ pub fn table(rows: &[ProgRow], kernel_percent: f64, recorder_percent: f64) -> St
     s
 }
 
+/// The table of `rows` beside the same programs loaded empty at the same attach points
+/// (`record --floor`): what the attach points alone cost, the floor under each figure.
+pub fn table_beside_floor(
+    rows: &[ProgRow],
+    floor: &[ProgRow],
+    kernel_percent: f64,
+    floor_kernel_percent: f64,
+    recorder_percent: f64,
+) -> String {
+    let mut s = String::from(
+        "| program | runs/s | ns per run | empty program, ns per run | share of one CPU | empty programs' share |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let (floor_ns, floor_cpu) =
+            floor.iter().find(|f| f.name == r.name).map_or(("-".to_owned(), "-".to_owned()), |f| {
+                (format!("{:.0}", f.ns_per_run), format!("{:.2}%", f.cpu_percent))
+            });
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {floor_ns} | {:.2}% | {floor_cpu} |\n",
+            r.name, r.runs_per_s, r.ns_per_run, r.cpu_percent
+        ));
+    }
+    s.push_str(&format!(
+        "| all programs (kernel) | | | | {kernel_percent:.2}% | {floor_kernel_percent:.2}% |\n\
+         | recorder (user space) | | | | {recorder_percent:.2}% | |\n"
+    ));
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +180,25 @@ mod tests {
         let t = table(&rows, w.kernel_percent(), w.recorder_percent());
         assert!(t.contains("| unix_send | 1000 | 500 | 0.05% |"), "{t}");
         assert!(t.contains("| recorder (user space) | | | 1.00% |"), "{t}");
+    }
+
+    #[test]
+    fn the_floor_sits_beside_each_program_it_was_measured_for() {
+        let row = |name: &str, ns: f64, cpu: f64| ProgRow {
+            name: name.into(),
+            runs_per_s: 1000.0,
+            ns_per_run: ns,
+            cpu_percent: cpu,
+        };
+        let t = table_beside_floor(
+            &[row("unix_send", 250.0, 1.0), row("cpu_sample", 9000.0, 0.3)],
+            &[row("unix_send", 60.0, 0.25)],
+            1.3,
+            0.25,
+            1.1,
+        );
+        assert!(t.contains("| unix_send | 1000 | 250 | 60 | 1.00% | 0.25% |"), "{t}");
+        assert!(t.contains("| cpu_sample | 1000 | 9000 | - | 0.30% | - |"), "{t}");
+        assert!(t.contains("| all programs (kernel) | | | | 1.30% | 0.25% |"), "{t}");
     }
 }

@@ -14,7 +14,9 @@ use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, S
 use aya::programs::{BtfTracePoint, PerfEvent, TracePoint};
 use aya::{Ebpf, EbpfLoader};
 use probe_common::lua::LuaConfig;
-use probe_common::{EpollBucket, FlowKey, ProbeConfig, Target, UnixFlow, drop_slot, names};
+use probe_common::{
+    ConnKey, ConnState, EpollBucket, FlowKey, ProbeConfig, Target, UnixFlow, drop_slot, names,
+};
 
 use crate::btf::Btf;
 use crate::offsets::{Formats, kernel_offsets, probe_config};
@@ -260,6 +262,14 @@ impl Probe {
             .map(|t| t.epoll.bucket)
             .filter(|b| b.calls != 0)
             .collect())
+    }
+
+    /// Connections whose last response's start still waits in the kernel for a record to carry
+    /// it out (see `probe_common::tcp`).
+    pub fn waiting_responses(&self) -> Result<Vec<(ConnKey, ConnState)>> {
+        let map = self.ebpf.map(names::CONNS).context("map CONNS")?;
+        let map = HashMap::<_, ConnKey, ConnState>::try_from(map)?;
+        Ok(map.iter().filter_map(Result::ok).filter(|(_, c)| c.response.ts_ns != 0).collect())
     }
 
     /// The unix flows still open in the kernel.

@@ -47,6 +47,10 @@ pub enum Tool {
     /// for the per-program table; its throughput is shown apart, as it pays for the counting.
     #[value(name = "reloadscope-counted")]
     ReloadscopeCounted,
+    /// reloadscope's programs loaded empty at the same attach points, counted: what the attach
+    /// points alone cost, the floor under the per-program figures.
+    #[value(name = "reloadscope-floor")]
+    ReloadscopeFloor,
     /// reloadscope without samples.
     #[value(name = "reloadscope-no-samples")]
     ReloadscopeNoSamples,
@@ -59,10 +63,11 @@ pub enum Tool {
 }
 
 impl Tool {
-    const ALL: [Tool; 6] = [
+    const ALL: [Tool; 7] = [
         Tool::Reloadscope,
         Tool::ReloadscopeNoSamples,
         Tool::ReloadscopeCounted,
+        Tool::ReloadscopeFloor,
         Tool::Bpftrace,
         Tool::Perf,
         Tool::Strace,
@@ -73,6 +78,7 @@ impl Tool {
             Tool::Reloadscope => format!("reloadscope, all probes + {hz} Hz samples"),
             Tool::ReloadscopeNoSamples => "reloadscope, no samples".into(),
             Tool::ReloadscopeCounted => format!("reloadscope, {hz} Hz samples, counting its own cost"),
+            Tool::ReloadscopeFloor => "reloadscope's attach points, empty programs, counted".into(),
             Tool::Bpftrace => "bpftrace, 2 counting probes".into(),
             Tool::Perf => format!("perf record, {hz} Hz, dwarf"),
             Tool::Strace => "strace -f on the workers".into(),
@@ -82,7 +88,10 @@ impl Tool {
     /// The program it needs on PATH (reloadscope is ours, built).
     fn program(self) -> Option<&'static str> {
         match self {
-            Tool::Reloadscope | Tool::ReloadscopeNoSamples | Tool::ReloadscopeCounted => None,
+            Tool::Reloadscope
+            | Tool::ReloadscopeNoSamples
+            | Tool::ReloadscopeCounted
+            | Tool::ReloadscopeFloor => None,
             Tool::Bpftrace => Some("bpftrace"),
             Tool::Perf => Some("perf"),
             Tool::Strace => Some("strace"),
@@ -191,10 +200,14 @@ impl Bench<'_> {
         let hz = self.opts.sample_hz.to_string();
         let pids = || self.workers.iter().map(u32::to_string).collect::<Vec<_>>();
         match tool {
-            Tool::Reloadscope | Tool::ReloadscopeNoSamples | Tool::ReloadscopeCounted => {
+            Tool::Reloadscope
+            | Tool::ReloadscopeNoSamples
+            | Tool::ReloadscopeCounted
+            | Tool::ReloadscopeFloor => {
                 let (samples, name) = match tool {
                     Tool::ReloadscopeNoSamples => ("0", "nosamples"),
                     Tool::ReloadscopeCounted => (hz.as_str(), "counted"),
+                    Tool::ReloadscopeFloor => (hz.as_str(), "floor"),
                     _ => (hz.as_str(), "samples"),
                 };
                 let trace = self.out.join(format!("round{round}-{name}"));
@@ -204,8 +217,11 @@ impl Bench<'_> {
                     .args(["--sample-hz", samples, "--duration", &format!("{}s", self.opts.seconds + 120)])
                     .arg("--out")
                     .arg(&trace);
-                if tool == Tool::ReloadscopeCounted {
+                if matches!(tool, Tool::ReloadscopeCounted | Tool::ReloadscopeFloor) {
                     cmd.arg("--prog-stats");
+                }
+                if tool == Tool::ReloadscopeFloor {
+                    cmd.arg("--floor");
                 }
                 let child = start_until(&mut cmd, true, |l| l.contains("reloadscope: tracing"))?;
                 Ok(Attached { child, stop: libc::SIGUSR1, trace: Some(trace) })
@@ -344,6 +360,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let mut kept: Vec<Kept> = tools.iter().map(|&tool| Kept { tool, ratios: Vec::new() }).collect();
     let mut baselines = Vec::new();
     let mut costs: Vec<ProgStats> = Vec::new();
+    let mut floors: Vec<ProgStats> = Vec::new();
     let mut dropped = 0;
     let started = Instant::now();
     let phases = opts.rounds as usize * (2 * tools.len() + 1);
@@ -365,8 +382,10 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             k.ratios.push(ratio);
             if let Some(trace) = trace {
                 dropped += super::drops(&trace);
-                if k.tool == Tool::ReloadscopeCounted {
-                    costs.push(super::prog_stats(&trace)?);
+                match k.tool {
+                    Tool::ReloadscopeCounted => costs.push(super::prog_stats(&trace)?),
+                    Tool::ReloadscopeFloor => floors.push(super::prog_stats(&trace)?),
+                    _ => {}
                 }
             }
             done += 2;
@@ -383,6 +402,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     if STOP.load(Ordering::SeqCst) {
         println!("bench: interrupted: the figures below cover the finished measurements");
     }
+    let costs = Costs { probe: &costs, floor: &floors };
     report(opts, &kept, &baselines, &costs, dropped, &workspace_root().join("target/bench/gateway.json"))
 }
 
@@ -412,12 +432,18 @@ fn median_rows(costs: &[ProgStats]) -> Vec<ProgRow> {
     rows
 }
 
+/// The kernel's counts over the rounds: the probe's, and its programs loaded empty.
+struct Costs<'a> {
+    probe: &'a [ProgStats],
+    floor: &'a [ProgStats],
+}
+
 /// Prints both tables and writes them to `json`.
 fn report(
     opts: &BenchOptions,
     kept: &[Kept],
     baselines: &[f64],
-    costs: &[ProgStats],
+    costs: &Costs<'_>,
     dropped: u64,
     json: &Path,
 ) -> Result<()> {
@@ -438,14 +464,25 @@ fn report(
         );
     }
     println!("\nUntraced baselines: {lo:.0} to {hi:.0} req/s ({} measurements).", baselines.len());
-    let rows = median_rows(costs);
-    let kernel = median(costs.iter().map(ProgStats::kernel_percent).collect());
-    let recorder = median(costs.iter().map(ProgStats::recorder_percent).collect());
+    let rows = median_rows(costs.probe);
+    let kernel = median(costs.probe.iter().map(ProgStats::kernel_percent).collect());
+    let recorder = median(costs.probe.iter().map(ProgStats::recorder_percent).collect());
+    let floor_rows = median_rows(costs.floor);
+    let floor_kernel = median(costs.floor.iter().map(ProgStats::kernel_percent).collect());
     println!(
         "\nreloadscope's cost per program at that load (kernel run-time statistics, samples on; median over {} round(s)):\n",
-        costs.len()
+        costs.probe.len()
     );
-    print!("{}", progstats::table(&rows, kernel, recorder));
+    if costs.floor.is_empty() {
+        print!("{}", progstats::table(&rows, kernel, recorder));
+    } else {
+        println!(
+            "Beside each, the same program loaded empty at the same attach points (median over {} round(s)): \
+             what the attach points and the counting cost with no work at all.\n",
+            costs.floor.len()
+        );
+        print!("{}", progstats::table_beside_floor(&rows, &floor_rows, kernel, floor_kernel, recorder));
+    }
     println!("\nRecords dropped by the kernel over all traced measurements: {dropped}.");
     let value = serde_json::json!({
         "route": ROUTE,
@@ -461,6 +498,10 @@ fn report(
         "programs": rows.iter().map(|r| serde_json::json!({
             "name": r.name, "runs_per_s": r.runs_per_s, "ns_per_run": r.ns_per_run, "cpu_percent": r.cpu_percent,
         })).collect::<Vec<_>>(),
+        "floor_programs": floor_rows.iter().map(|r| serde_json::json!({
+            "name": r.name, "runs_per_s": r.runs_per_s, "ns_per_run": r.ns_per_run, "cpu_percent": r.cpu_percent,
+        })).collect::<Vec<_>>(),
+        "floor_kernel_percent": floor_kernel,
         "kernel_percent": kernel,
         "recorder_percent": recorder,
         "drops": dropped,
