@@ -97,9 +97,6 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
 #[inline(always)]
 fn on_exit(ctx: &TracePointContext) {
     // The call in progress is the filter: only targets' entries set it.
-    if !thread::may_be_target() {
-        return;
-    }
     let Some(state) = thread::current() else {
         return; // not a thread any hot program saw
     };

@@ -215,9 +215,6 @@ pub fn http_read_exit(ctx: TracePointContext) -> u32 {
     if crate::floor() {
         return 0;
     }
-    if !thread::may_be_target() {
-        return 0;
-    }
     let Some(thread) = thread::current() else { return 0 };
     let p = thread.read;
     if p.armed == 0 {

@@ -137,3 +137,23 @@ fn bad_input_gets_one_clear_line() {
         .args(["record", "--pid", "1", "--duration", "1s", "--out", "/tmp/x"]));
     assert!(err.contains("needs root"), "{err}");
 }
+
+/// `record --floor` attaches the same programs, which then return at once: the kernel counts
+/// them running at the spinner's rate, and the trace holds no record of any of them.
+#[test]
+#[ignore = "root: loads eBPF programs"]
+fn the_floor_runs_every_program_and_records_nothing() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spinner = Running::start(Command::new(fixture("epoll_loop")).args(["pwait", "0", "3"]));
+    let (pid, _) = ready_ids(&spinner.wait_for("ready"));
+    let out = dir.path().join("trace");
+    let rec = Recording::start(&[pid], "1s", &out, &["--floor", "--prog-stats", "--sample-hz", "99"]);
+    let t = rec.finish();
+    let _ = spinner.finish();
+    let stats = t.meta.prog_stats.as_ref().expect("--prog-stats writes the programs' counts");
+    let runs = |name: &str| stats.programs.iter().find(|p| p.name == name).map_or(0, |p| p.runs);
+    assert!(runs("epoll_pwait_enter") > 1_000 && runs("epoll_exit") > 1_000, "{stats:?}");
+    assert!(runs("cpu_sample") > 0, "the sampler is attached too: {stats:?}");
+    assert!(t.events.is_empty(), "empty programs send nothing: {:?}", &t.events[..t.events.len().min(3)]);
+}

@@ -119,32 +119,56 @@ pub fn table(rows: &[ProgRow], kernel_percent: f64, recorder_percent: f64) -> St
     s
 }
 
-/// The table of `rows` beside the same programs loaded empty at the same attach points
-/// (`record --floor`): what the attach points alone cost, the floor under each figure.
-pub fn table_beside_floor(
+/// Another measurement of the same programs, shown beside the main one: another build of the
+/// probe, or its programs loaded empty at the same attach points (`record --floor`).
+pub struct Beside<'a> {
+    /// Column heading, e.g. "empty programs".
+    pub label: &'a str,
+    pub rows: &'a [ProgRow],
+    pub kernel_percent: f64,
+    /// The recorder's share, when it does the same work.
+    pub recorder_percent: Option<f64>,
+}
+
+/// The table of `rows` with each of `others` beside it: its ns per run and share of a CPU for
+/// the same program ("-" where it has none), and its totals.
+pub fn table_beside(
     rows: &[ProgRow],
-    floor: &[ProgRow],
     kernel_percent: f64,
-    floor_kernel_percent: f64,
     recorder_percent: f64,
+    others: &[Beside<'_>],
 ) -> String {
-    let mut s = String::from(
-        "| program | runs/s | ns per run | empty program, ns per run | share of one CPU | empty programs' share |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+    let ns_heads: String = others.iter().map(|o| format!(" {}, ns per run |", o.label)).collect();
+    let cpu_heads: String = others.iter().map(|o| format!(" {}, share |", o.label)).collect();
+    let aligns = "---:|".repeat(2 * others.len());
+    let mut s = format!(
+        "| program | runs/s | ns per run |{ns_heads} share of one CPU |{cpu_heads}\n|---|---:|---:|{aligns}---:|\n"
     );
     for r in rows {
-        let (floor_ns, floor_cpu) =
-            floor.iter().find(|f| f.name == r.name).map_or(("-".to_owned(), "-".to_owned()), |f| {
-                (format!("{:.0}", f.ns_per_run), format!("{:.2}%", f.cpu_percent))
-            });
+        let found: Vec<Option<&ProgRow>> =
+            others.iter().map(|o| o.rows.iter().find(|f| f.name == r.name)).collect();
+        let ns: String = found
+            .iter()
+            .map(|f| f.map_or(" - |".to_owned(), |f| format!(" {:.0} |", f.ns_per_run)))
+            .collect();
+        let cpu: String = found
+            .iter()
+            .map(|f| f.map_or(" - |".to_owned(), |f| format!(" {:.2}% |", f.cpu_percent)))
+            .collect();
         s.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {floor_ns} | {:.2}% | {floor_cpu} |\n",
+            "| {} | {:.0} | {:.0} |{ns} {:.2}% |{cpu}\n",
             r.name, r.runs_per_s, r.ns_per_run, r.cpu_percent
         ));
     }
+    let blanks = " |".repeat(others.len());
+    let kernels: String = others.iter().map(|o| format!(" {:.2}% |", o.kernel_percent)).collect();
+    let recorders: String = others
+        .iter()
+        .map(|o| o.recorder_percent.map_or(" |".to_owned(), |p| format!(" {p:.2}% |")))
+        .collect();
     s.push_str(&format!(
-        "| all programs (kernel) | | | | {kernel_percent:.2}% | {floor_kernel_percent:.2}% |\n\
-         | recorder (user space) | | | | {recorder_percent:.2}% | |\n"
+        "| all programs (kernel) | | |{blanks} {kernel_percent:.2}% |{kernels}\n\
+         | recorder (user space) | | |{blanks} {recorder_percent:.2}% |{recorders}\n"
     ));
     s
 }
@@ -183,22 +207,28 @@ mod tests {
     }
 
     #[test]
-    fn the_floor_sits_beside_each_program_it_was_measured_for() {
+    fn other_measurements_sit_beside_each_program_they_cover() {
         let row = |name: &str, ns: f64, cpu: f64| ProgRow {
             name: name.into(),
             runs_per_s: 1000.0,
             ns_per_run: ns,
             cpu_percent: cpu,
         };
-        let t = table_beside_floor(
+        let floor = [row("unix_send", 60.0, 0.25)];
+        let before = [row("unix_send", 300.0, 1.2), row("cpu_sample", 9500.0, 0.31)];
+        let t = table_beside(
             &[row("unix_send", 250.0, 1.0), row("cpu_sample", 9000.0, 0.3)],
-            &[row("unix_send", 60.0, 0.25)],
             1.3,
-            0.25,
             1.1,
+            &[
+                Beside { label: "before", rows: &before, kernel_percent: 1.51, recorder_percent: Some(2.0) },
+                Beside { label: "empty", rows: &floor, kernel_percent: 0.25, recorder_percent: None },
+            ],
         );
-        assert!(t.contains("| unix_send | 1000 | 250 | 60 | 1.00% | 0.25% |"), "{t}");
-        assert!(t.contains("| cpu_sample | 1000 | 9000 | - | 0.30% | - |"), "{t}");
-        assert!(t.contains("| all programs (kernel) | | | | 1.30% | 0.25% |"), "{t}");
+        assert!(t.starts_with("| program | runs/s | ns per run | before, ns per run | empty, ns per run | share of one CPU | before, share | empty, share |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"), "{t}");
+        assert!(t.contains("| unix_send | 1000 | 250 | 300 | 60 | 1.00% | 1.20% | 0.25% |"), "{t}");
+        assert!(t.contains("| cpu_sample | 1000 | 9000 | 9500 | - | 0.30% | 0.31% | - |"), "{t}");
+        assert!(t.contains("| all programs (kernel) | | | | | 1.30% | 1.51% | 0.25% |"), "{t}");
+        assert!(t.contains("| recorder (user space) | | | | | 1.10% | 2.00% | |"), "{t}");
     }
 }

@@ -6,6 +6,11 @@
 //! the rounds are printed, with the kernel's own count of each eBPF program's runs and time
 //! (`record --prog-stats`) and the recorder's CPU time, and written to
 //! `target/bench/gateway.json`.
+//!
+//! Beside each program's cost goes the same program loaded empty at the same attach points
+//! (`record --floor`): what dispatching to it and counting it cost with no work at all, the
+//! floor its figure stands on. `--compare BIN` measures another reloadscope build in the same
+//! rounds, for a before and after that one run's drift cannot fake.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 use std::os::unix::process::CommandExt;
 
 use anyhow::{Context, Result, bail};
-use shared::progstats::{self, ProgRow, ProgStats};
+use shared::progstats::{self, Beside, ProgRow, ProgStats};
 
 use super::{BenchOptions, median};
 use crate::stack::{self, Addresses, Behaviour, GatewayOptions, JsPdk, PyPdk, Switch, Target, UpOptions};
@@ -51,6 +56,9 @@ pub enum Tool {
     /// points alone cost, the floor under the per-program figures.
     #[value(name = "reloadscope-floor")]
     ReloadscopeFloor,
+    /// The reloadscope binary given with `--compare`, counted like `ReloadscopeCounted`.
+    #[value(name = "reloadscope-compared")]
+    ReloadscopeCompared,
     /// reloadscope without samples.
     #[value(name = "reloadscope-no-samples")]
     ReloadscopeNoSamples,
@@ -63,10 +71,11 @@ pub enum Tool {
 }
 
 impl Tool {
-    const ALL: [Tool; 7] = [
+    const ALL: [Tool; 8] = [
         Tool::Reloadscope,
         Tool::ReloadscopeNoSamples,
         Tool::ReloadscopeCounted,
+        Tool::ReloadscopeCompared,
         Tool::ReloadscopeFloor,
         Tool::Bpftrace,
         Tool::Perf,
@@ -79,6 +88,9 @@ impl Tool {
             Tool::ReloadscopeNoSamples => "reloadscope, no samples".into(),
             Tool::ReloadscopeCounted => format!("reloadscope, {hz} Hz samples, counting its own cost"),
             Tool::ReloadscopeFloor => "reloadscope's attach points, empty programs, counted".into(),
+            Tool::ReloadscopeCompared => {
+                format!("the --compare build, {hz} Hz samples, counting its own cost")
+            }
             Tool::Bpftrace => "bpftrace, 2 counting probes".into(),
             Tool::Perf => format!("perf record, {hz} Hz, dwarf"),
             Tool::Strace => "strace -f on the workers".into(),
@@ -91,7 +103,8 @@ impl Tool {
             Tool::Reloadscope
             | Tool::ReloadscopeNoSamples
             | Tool::ReloadscopeCounted
-            | Tool::ReloadscopeFloor => None,
+            | Tool::ReloadscopeFloor
+            | Tool::ReloadscopeCompared => None,
             Tool::Bpftrace => Some("bpftrace"),
             Tool::Perf => Some("perf"),
             Tool::Strace => Some("strace"),
@@ -203,21 +216,30 @@ impl Bench<'_> {
             Tool::Reloadscope
             | Tool::ReloadscopeNoSamples
             | Tool::ReloadscopeCounted
-            | Tool::ReloadscopeFloor => {
+            | Tool::ReloadscopeFloor
+            | Tool::ReloadscopeCompared => {
                 let (samples, name) = match tool {
                     Tool::ReloadscopeNoSamples => ("0", "nosamples"),
                     Tool::ReloadscopeCounted => (hz.as_str(), "counted"),
                     Tool::ReloadscopeFloor => (hz.as_str(), "floor"),
+                    Tool::ReloadscopeCompared => (hz.as_str(), "compared"),
                     _ => (hz.as_str(), "samples"),
                 };
                 let trace = self.out.join(format!("round{round}-{name}"));
                 let _ = std::fs::remove_dir_all(&trace);
-                let mut cmd = Command::new(self.bin.join("reloadscope"));
+                let exe = match (&self.opts.compare, tool) {
+                    (Some(other), Tool::ReloadscopeCompared) => other.clone(),
+                    _ => self.bin.join("reloadscope"),
+                };
+                let mut cmd = Command::new(exe);
                 cmd.args(["record", "--pid", &self.master.to_string()])
                     .args(["--sample-hz", samples, "--duration", &format!("{}s", self.opts.seconds + 120)])
                     .arg("--out")
                     .arg(&trace);
-                if matches!(tool, Tool::ReloadscopeCounted | Tool::ReloadscopeFloor) {
+                if matches!(
+                    tool,
+                    Tool::ReloadscopeCounted | Tool::ReloadscopeFloor | Tool::ReloadscopeCompared
+                ) {
                     cmd.arg("--prog-stats");
                 }
                 if tool == Tool::ReloadscopeFloor {
@@ -311,8 +333,21 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
+    if opts.tools.contains(&Tool::ReloadscopeCompared) && opts.compare.is_none() {
+        bail!("--tools reloadscope-compared needs --compare PATH (the other reloadscope binary)");
+    }
+    if let Some(other) = &opts.compare
+        && !other.is_file()
+    {
+        bail!("--compare {}: no such file", other.display());
+    }
     let asked: &[Tool] = if opts.tools.is_empty() { &Tool::ALL } else { &opts.tools };
-    let tools: Vec<Tool> = asked.iter().copied().filter(|t| t.program().is_none_or(on_path)).collect();
+    let tools: Vec<Tool> = asked
+        .iter()
+        .copied()
+        .filter(|&t| t != Tool::ReloadscopeCompared || opts.compare.is_some())
+        .filter(|t| t.program().is_none_or(on_path))
+        .collect();
     for t in asked.iter().filter(|t| !tools.contains(t)) {
         println!("bench: {} is not installed: left out", t.program().unwrap_or_default());
     }
@@ -361,6 +396,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     let mut baselines = Vec::new();
     let mut costs: Vec<ProgStats> = Vec::new();
     let mut floors: Vec<ProgStats> = Vec::new();
+    let mut compared: Vec<ProgStats> = Vec::new();
     let mut dropped = 0;
     let started = Instant::now();
     let phases = opts.rounds as usize * (2 * tools.len() + 1);
@@ -385,6 +421,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
                 match k.tool {
                     Tool::ReloadscopeCounted => costs.push(super::prog_stats(&trace)?),
                     Tool::ReloadscopeFloor => floors.push(super::prog_stats(&trace)?),
+                    Tool::ReloadscopeCompared => compared.push(super::prog_stats(&trace)?),
                     _ => {}
                 }
             }
@@ -402,7 +439,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     if STOP.load(Ordering::SeqCst) {
         println!("bench: interrupted: the figures below cover the finished measurements");
     }
-    let costs = Costs { probe: &costs, floor: &floors };
+    let costs = Costs { probe: &costs, floor: &floors, compared: &compared };
     report(opts, &kept, &baselines, &costs, dropped, &workspace_root().join("target/bench/gateway.json"))
 }
 
@@ -432,10 +469,23 @@ fn median_rows(costs: &[ProgStats]) -> Vec<ProgRow> {
     rows
 }
 
+/// Per-program rows as JSON.
+fn rows_json(rows: &[ProgRow]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name, "runs_per_s": r.runs_per_s, "ns_per_run": r.ns_per_run, "cpu_percent": r.cpu_percent,
+            })
+        })
+        .collect()
+}
+
 /// The kernel's counts over the rounds: the probe's, and its programs loaded empty.
 struct Costs<'a> {
     probe: &'a [ProgStats],
     floor: &'a [ProgStats],
+    /// The `--compare` build's.
+    compared: &'a [ProgStats],
 }
 
 /// Prints both tables and writes them to `json`.
@@ -469,20 +519,37 @@ fn report(
     let recorder = median(costs.probe.iter().map(ProgStats::recorder_percent).collect());
     let floor_rows = median_rows(costs.floor);
     let floor_kernel = median(costs.floor.iter().map(ProgStats::kernel_percent).collect());
+    let compared_rows = median_rows(costs.compared);
+    let compared_kernel = median(costs.compared.iter().map(ProgStats::kernel_percent).collect());
+    let compared_recorder = median(costs.compared.iter().map(ProgStats::recorder_percent).collect());
     println!(
         "\nreloadscope's cost per program at that load (kernel run-time statistics, samples on; median over {} round(s)):\n",
         costs.probe.len()
     );
-    if costs.floor.is_empty() {
-        print!("{}", progstats::table(&rows, kernel, recorder));
-    } else {
-        println!(
-            "Beside each, the same program loaded empty at the same attach points (median over {} round(s)): \
-             what the attach points and the counting cost with no work at all.\n",
-            costs.floor.len()
-        );
-        print!("{}", progstats::table_beside_floor(&rows, &floor_rows, kernel, floor_kernel, recorder));
+    let mut beside = Vec::new();
+    if !costs.compared.is_empty() {
+        println!("Beside it, the --compare build, measured in the same rounds.");
+        beside.push(Beside {
+            label: "--compare build",
+            rows: &compared_rows,
+            kernel_percent: compared_kernel,
+            recorder_percent: Some(compared_recorder),
+        });
     }
+    if !costs.floor.is_empty() {
+        println!(
+            "Beside it, the same programs loaded empty at the same attach points: what the attach \
+             points and the counting cost with no work at all."
+        );
+        beside.push(Beside {
+            label: "empty programs",
+            rows: &floor_rows,
+            kernel_percent: floor_kernel,
+            recorder_percent: None,
+        });
+    }
+    println!();
+    print!("{}", progstats::table_beside(&rows, kernel, recorder, &beside));
     println!("\nRecords dropped by the kernel over all traced measurements: {dropped}.");
     let value = serde_json::json!({
         "route": ROUTE,
@@ -495,13 +562,15 @@ fn report(
             "ratios": k.ratios,
             "median": median(k.ratios.clone()),
         })).collect::<Vec<_>>(),
-        "programs": rows.iter().map(|r| serde_json::json!({
-            "name": r.name, "runs_per_s": r.runs_per_s, "ns_per_run": r.ns_per_run, "cpu_percent": r.cpu_percent,
-        })).collect::<Vec<_>>(),
-        "floor_programs": floor_rows.iter().map(|r| serde_json::json!({
-            "name": r.name, "runs_per_s": r.runs_per_s, "ns_per_run": r.ns_per_run, "cpu_percent": r.cpu_percent,
-        })).collect::<Vec<_>>(),
+        "programs": rows_json(&rows),
+        "floor_programs": rows_json(&floor_rows),
         "floor_kernel_percent": floor_kernel,
+        "compared": opts.compare.as_ref().map(|bin| serde_json::json!({
+            "binary": bin,
+            "programs": rows_json(&compared_rows),
+            "kernel_percent": compared_kernel,
+            "recorder_percent": compared_recorder,
+        })),
         "kernel_percent": kernel,
         "recorder_percent": recorder,
         "drops": dropped,

@@ -35,6 +35,10 @@ pub struct BenchOptions {
     /// Gateway: the tools to measure (default: all, those not installed left out).
     #[arg(long, value_delimiter = ',', value_enum)]
     pub tools: Vec<gateway::Tool>,
+    /// Gateway: another reloadscope binary (say, built from an earlier commit), measured and
+    /// counted beside this one in every round: a before and after from one run.
+    #[arg(long, value_name = "RELOADSCOPE")]
+    pub compare: Option<std::path::PathBuf>,
 }
 
 /// Runs the chosen benchmark.
