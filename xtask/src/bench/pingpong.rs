@@ -2,6 +2,10 @@
 //! (untraced, traced, untraced again), its drop count, and then, in a window of its own (the
 //! counting costs two clock reads per program run), the kernel's cost per program. Writes
 //! `target/bench/overhead.json`.
+//!
+//! The untraced windows end when the recorder is started and begin when it has exited: its
+//! loading (BTF, the verifier) and its writing of the trace take a CPU of their own for a second
+//! or so, which on two vCPUs slowed the baselines around the traced window, not the traced one.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -46,7 +50,7 @@ pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     });
     std::thread::sleep(Duration::from_secs(3));
     let trace = out.join("pingpong-trace");
-    record(&target, &pid, sample_hz, &trace, false)?;
+    let (spawned, exited) = record(&target, &pid, sample_hz, &trace, false)?;
     std::thread::sleep(Duration::from_secs(3));
     let counted = out.join("pingpong-counted");
     record(&target, &pid, sample_hz, &counted, true)?;
@@ -55,10 +59,10 @@ pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(trace.join("meta.json"))?)?;
     let (start, end) = (meta["started_ns"].as_u64().unwrap_or(0), meta["ended_ns"].as_u64().unwrap_or(0));
     let first = points.first().map_or(0, |p| p.0);
-    let last = points.last().map_or(0, |p| p.0);
-    let before = rate(&points, first, start);
+    let before = rate(&points, first, spawned);
     let traced = rate(&points, start, end);
-    let after = rate(&points, end, last.min(end + 3_000_000_000));
+    // Up to the counted recording's start, 3 s after this one's exit.
+    let after = rate(&points, exited, exited + 2_800_000_000);
     let untraced = (before + after) / 2.0;
     let lost = 100.0 * (1.0 - traced / untraced);
     let drops = super::drops(&trace);
@@ -81,22 +85,25 @@ pub fn overhead(bytes: usize, sample_hz: u64) -> Result<()> {
     Ok(())
 }
 
-/// Traces the ping-pong for 3 s into `trace`, counting the programs' cost when `counted`.
+/// Traces the ping-pong for 3 s into `trace`, counting the programs' cost when `counted`;
+/// returns when the recorder was started and when it had exited (monotonic ns).
 fn record(
     target: &std::path::Path,
     pid: &str,
     sample_hz: u64,
     trace: &std::path::Path,
     counted: bool,
-) -> Result<()> {
+) -> Result<(u64, u64)> {
     let mut cmd = Command::new(target.join("reloadscope"));
     cmd.args(["record", "--pid", pid, "--duration", "3s", "--sample-hz", &sample_hz.to_string()]);
     if counted {
         cmd.arg("--prog-stats");
     }
+    let spawned = shared::clock::monotonic_ns();
     let status = cmd.arg("--out").arg(trace).stdout(Stdio::null()).status()?;
+    let exited = shared::clock::monotonic_ns();
     if !status.success() {
         bail!("reloadscope record failed ({status})");
     }
-    Ok(())
+    Ok((spawned, exited))
 }
