@@ -4,8 +4,9 @@
 //!
 //! The target verdict is cached per thread and taken again whenever user space changes the
 //! targets: it bumps a generation number (the `TARGETS_GEN` array) after each change, and a
-//! verdict taken at another generation is stale. The kernel's own changes need no bump: a fork
-//! adds a process whose threads are new, and so have fresh storage.
+//! verdict taken at another generation is stale. The kernel's own changes are not bumped: a fork
+//! adds a process whose threads are new, and so have fresh storage; when a leader exits, its
+//! process leaves `TARGETS` but its remaining threads keep their verdict until they exit.
 
 use crate::{ConnKey, EpollEnter, EpollThread};
 

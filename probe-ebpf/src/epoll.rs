@@ -156,10 +156,13 @@ pub fn turn(state: &ThreadState) -> u64 {
     state.epoll.turns
 }
 
-/// Sends the open bucket of the current thread, which is exiting (its storage goes with it).
+/// Sends the open bucket of the current thread, which is exiting (its storage goes with it),
+/// when it was a target's.
 #[inline(always)]
 pub fn flush_thread() {
-    if let Some(state) = thread::current() {
+    if let Some(state) = thread::current()
+        && state.verdict == probe_common::thread::verdict::TARGET
+    {
         let bucket = &mut state.epoll.bucket;
         if bucket.calls != 0 {
             // SAFETY: an argument-less helper.

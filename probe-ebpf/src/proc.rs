@@ -98,11 +98,13 @@ pub fn proc_exit(ctx: TracePointContext) -> u32 {
     if crate::floor() {
         return 0;
     }
+    // First, whatever TARGETS says now: a thread that outlives its leader is no longer in it,
+    // and its open bucket would go with its storage.
+    epoll::flush_thread();
     let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return 0;
     }
-    epoll::flush_thread();
     let record = ProcExit {
         hdr: header(kind::PROC_EXIT, tgid, tid),
         comm: ctx.command().unwrap_or_default(),

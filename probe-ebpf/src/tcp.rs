@@ -132,6 +132,8 @@ pub fn on_close(ctx: &TracePointContext, fd: i64, tgid: u32, tid: u32) -> bool {
     let Some((key, state)) = conn(tgid, fd as u64) else { return false };
     // SAFETY: a live map value keyed by this process's fd; copied out before the remove below.
     let state = unsafe { *state };
+    // The fd is going: its entry goes whatever happens to the record (a dropped close, counted,
+    // loses the response still waiting in it).
     let _ = CONNS.remove(key);
     let Some(mut entry) = EVENTS.reserve::<TcpConn>(0) else {
         count_drop(kind::TCP_CONN);
@@ -227,29 +229,39 @@ pub fn http_read_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(state) = CONNS.get_ptr_mut(p.key) else { return 0 };
+    // Reserve first: when the ring is full the connection's state stays as it was, so the
+    // response waiting in it is neither lost with this record nor carried later by a request it
+    // does not answer (this request is then not seen at all, nor is its response).
+    let Some(mut entry) = EVENTS.reserve::<HttpChunk>(0) else {
+        count_drop(kind::HTTP_CHUNK);
+        return 0;
+    };
+    let r = entry.as_mut_ptr();
     let (buf, room) = first_buffer(p.kind, p.buf, ret as u64);
     let n = (ret as u64).min(room) as usize;
-    // SAFETY: a live map value keyed by this process's fd, touched by its threads one syscall at
-    // a time; plain field copies and stores.
-    let (inode, new, response) = unsafe {
+    // SAFETY: `state` is a live map value keyed by this process's fd, touched by its threads one
+    // syscall at a time: plain field copies and stores. `r` is our reserved ring-buffer record
+    // (non-null, sized and aligned for an HttpChunk), ours alone until submit.
+    let (inode, new) = unsafe {
         let new = (*state).phase == conn_phase::AWAIT_REQUEST;
-        let mut response = ResponseStart::default();
+        (*r).response = ResponseStart::default();
         if new {
             (*state).phase = conn_phase::AWAIT_RESPONSE;
             (*state).requests += 1;
             (*state).chunks = 0;
             (*state).plugin_inode = 0;
             // The previous response goes out with this request's first chunk.
-            response = (*state).response;
+            (*r).response = (*state).response;
             (*state).response.ts_ns = 0;
         }
         (*state).chunks += 1;
-        ((*state).inode, new, response)
+        ((*state).inode, new)
     };
     if new {
         thread.plugin = PluginTurn { key: p.key, turn: crate::epoll::turn(thread), armed: 1, _pad: 0 };
     }
-    send_chunk(p.key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), &response, tgid, tid);
+    fill_chunk(r, p.key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), tgid, tid);
+    entry.submit(NO_WAKEUP);
     0
 }
 
@@ -341,23 +353,17 @@ pub fn on_unix_io(thread: &mut ThreadState, op: u32, unix_inode: u64) {
     }
 }
 
-/// Sends a request's first `n` bytes at user address `buf` (n ≤ HTTP_CHUNK_LEN), with the
-/// connection's previous response when one waited.
+/// Fills the reserved record `r` with a request's first `n` bytes at user address `buf`
+/// (n ≤ HTTP_CHUNK_LEN); its `response` is the caller's.
 #[inline(always)]
-fn send_chunk(fd: u32, inode: u64, buf: u64, n: usize, response: &ResponseStart, tgid: u32, tid: u32) {
-    let Some(mut entry) = EVENTS.reserve::<HttpChunk>(0) else {
-        count_drop(kind::HTTP_CHUNK);
-        return;
-    };
-    let r = entry.as_mut_ptr();
+fn fill_chunk(r: *mut HttpChunk, fd: u32, inode: u64, buf: u64, n: usize, tgid: u32, tid: u32) {
     let hdr = header(kind::HTTP_CHUNK, tgid, tid);
-    // SAFETY: `r` is our reserved ring-buffer record (non-null, sized and aligned for an
-    // HttpChunk), ours alone until submit; plain field stores.
+    // SAFETY: `r` is a reserved ring-buffer record (non-null, sized and aligned for an
+    // HttpChunk), the caller's alone until it submits; plain field stores.
     unsafe {
         (*r).hdr = hdr;
         (*r).fd = fd as i32;
         (*r).inode = inode;
-        (*r).response = *response;
     }
     // The verifier needs the length bounded by the buffer it writes into.
     let n = n & (HTTP_CHUNK_LEN * 2 - 1);
@@ -368,5 +374,4 @@ fn send_chunk(fd: u32, inode: u64, buf: u64, n: usize, response: &ResponseStart,
     let copied = n > 0 && unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut data[..n]) }.is_ok();
     // SAFETY: as above.
     unsafe { (*r).len = if copied { n as u32 } else { 0 } };
-    entry.submit(NO_WAKEUP);
 }

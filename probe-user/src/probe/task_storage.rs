@@ -1,5 +1,9 @@
 //! Reading one thread's [`ThreadState`] from the `THREADS` task storage. The kernel keys task
 //! storage by a pidfd and cannot iterate it, so the caller names the threads it wants.
+//!
+//! Before Linux 6.9 a pidfd names only a process's first thread: another thread's state cannot
+//! be read, so its last, partial epoll bucket at the end of a recording is not reported (the
+//! buckets before it went out as they filled).
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 

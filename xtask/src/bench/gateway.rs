@@ -349,8 +349,11 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         .filter(|t| t.program().is_none_or(on_path))
         .collect();
     for t in asked.iter().filter(|t| !tools.contains(t)) {
-        println!("bench: {} is not installed: left out", t.program().unwrap_or_default());
+        if let Some(program) = t.program() {
+            println!("bench: {program} is not installed: left out");
+        }
     }
+
     let out = workspace_root().join("target/bench/gateway");
     std::fs::create_dir_all(&out)?;
     stack::down()?;
@@ -565,7 +568,7 @@ fn report(
         "programs": rows_json(&rows),
         "floor_programs": rows_json(&floor_rows),
         "floor_kernel_percent": floor_kernel,
-        "compared": opts.compare.as_ref().map(|bin| serde_json::json!({
+        "compared": opts.compare.as_ref().filter(|_| !costs.compared.is_empty()).map(|bin| serde_json::json!({
             "binary": bin,
             "programs": rows_json(&compared_rows),
             "kernel_percent": compared_kernel,
