@@ -268,9 +268,6 @@ mod pod {
     unsafe impl aya::Pod for crate::ProbeConfig {}
     unsafe impl aya::Pod for crate::KernelOffsets {}
     unsafe impl aya::Pod for crate::EpollBucket {}
-    unsafe impl aya::Pod for crate::EpollEnter {}
-    unsafe impl aya::Pod for crate::EpollThread {}
-    unsafe impl aya::Pod for crate::ThreadState {}
     unsafe impl aya::Pod for crate::ConnKey {}
     unsafe impl aya::Pod for crate::ConnState {}
     unsafe impl aya::Pod for crate::FlowKey {}

@@ -128,9 +128,10 @@ fn remember(tid: u32, verdict: u32, generation: u32) {
 /// True when the current thread's process is a target, from this CPU's memory when it can.
 #[inline(always)]
 pub fn is_current_target() -> bool {
-    match remembered(current_ids().1, generation()) {
+    let (tid, generation) = (current_ids().1, generation());
+    match remembered(tid, generation) {
         Some(v) => v == verdict::TARGET,
-        None => current_target().is_some(),
+        None => remembered_state(tid, generation).is_some(),
     }
 }
 
@@ -139,11 +140,17 @@ pub fn is_current_target() -> bool {
 /// verdict again when user space changed the targets since.
 #[inline(always)]
 pub fn current_target() -> Option<&'static mut ThreadState> {
-    let tid = current_ids().1;
-    let generation = generation();
+    let (tid, generation) = (current_ids().1, generation());
     if remembered(tid, generation) == Some(verdict::OTHER) {
         return None;
     }
+    remembered_state(tid, generation)
+}
+
+/// The state of thread `tid` (the current one) with its verdict at `generation`, which this CPU
+/// then remembers; `None` unless it is a target's.
+#[inline(always)]
+fn remembered_state(tid: u32, generation: u32) -> Option<&'static mut ThreadState> {
     let state = state_with_verdict(generation)?;
     remember(tid, state.verdict, generation);
     (state.verdict == verdict::TARGET).then_some(state)
