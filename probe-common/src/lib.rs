@@ -222,6 +222,11 @@ pub struct KernelOffsets {
     pub sock_v6_daddr: u32,
     /// `sock.__sk_common.skc_v6_rcv_saddr`: the IPv6 local address.
     pub sock_v6_rcv_saddr: u32,
+    /// Where a syscall's first argument stays in `struct pt_regs` until the syscall returns
+    /// (x86_64: `di`; arm64: `orig_x0`, as `x0` takes the return value).
+    pub regs_arg0: u32,
+    /// Where its second argument is (x86_64: `si`; arm64: `regs[1]`).
+    pub regs_arg1: u32,
     /// Explicit padding.
     pub _pad: u32,
 }
@@ -256,6 +261,8 @@ impl KernelOffsets {
         sock_num: MISSING,
         sock_v6_daddr: MISSING,
         sock_v6_rcv_saddr: MISSING,
+        regs_arg0: MISSING,
+        regs_arg1: MISSING,
         _pad: 0,
     };
 }
@@ -279,7 +286,7 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 48);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 120);
 const _: () = assert!(core::mem::size_of::<TcpConn>() == 112 + 48);
 const _: () = assert!(core::mem::size_of::<HttpChunk>() == 24 + 16 + 48 + 1024);
 const _: () = assert!(core::mem::size_of::<ConnState>() == 32 + 48);

@@ -48,6 +48,21 @@ pub mod buf_kind {
     pub const MSGHDR: u32 = 2;
 }
 
+/// Slots of the kernel's filter in front of `CONNS` (a power of two).
+pub const CONN_FILTER_SLOTS: u32 = 1 << 16;
+
+/// The filter slot of (process, fd): a counting filter of the keys in `CONNS`. The kernel adds 1
+/// to a key's slot when it inserts the key and takes 1 off when it removes it, so a slot at 0
+/// means that no key of it is in `CONNS`, and a read or write on a fd that is not a traced
+/// connection costs one array load instead of a hash lookup. A process's fds lie in one run of
+/// slots from an offset its tgid scatters: its own fds never share a slot (below
+/// `CONN_FILTER_SLOTS`); another process's may, which costs only the lookup.
+#[inline(always)]
+pub const fn conn_filter_slot(tgid: u32, fd: u32) -> u32 {
+    const GOLDEN: u32 = 0x9E37_79B9;
+    tgid.wrapping_mul(GOLDEN).wrapping_add(fd) & (CONN_FILTER_SLOTS - 1)
+}
+
 /// Key of the `CONNS` map: a connection by its process and fd.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -153,4 +168,28 @@ pub struct HttpChunk {
     pub response: ResponseStart,
     /// The first bytes.
     pub data: [u8; HTTP_CHUNK_LEN],
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn a_processs_fds_never_share_a_filter_slot() {
+        for tgid in [1, 2, 4242, 65_536, 1 << 22] {
+            let mut taken = [false; CONN_FILTER_SLOTS as usize];
+            for fd in 0..4096 {
+                let slot = conn_filter_slot(tgid, fd) as usize;
+                assert!(!taken[slot], "tgid {tgid}: fd {fd} shares slot {slot}");
+                taken[slot] = true;
+            }
+        }
+    }
+
+    #[test]
+    fn neighbouring_processes_start_far_apart() {
+        let (a, b) = (conn_filter_slot(1000, 0), conn_filter_slot(1001, 0));
+        let gap = a.abs_diff(b).min(CONN_FILTER_SLOTS - a.abs_diff(b));
+        assert!(gap > 1024, "the fds of pids 1000 and 1001 overlap: {a} and {b}");
+    }
 }

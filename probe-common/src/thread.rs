@@ -1,6 +1,7 @@
 //! What the kernel keeps per thread, in task-local storage (`BPF_MAP_TYPE_TASK_STORAGE`): one
 //! helper call finds a thread's [`ThreadState`] (or creates it zeroed), says whether the thread
-//! belongs to a target, and holds everything its programs pass between a syscall's entry and exit.
+//! belongs to a target, and holds what its programs pass on: an epoll call's entry to its exit, a
+//! request read to the plugin socket its handler writes next.
 //!
 //! The target verdict is cached per thread and taken again whenever user space changes the
 //! targets: it bumps a generation number (the `TARGETS_GEN` array) after each change, and a
@@ -8,7 +9,7 @@
 //! adds a process whose threads are new, and so have fresh storage; when a leader exits, its
 //! process leaves `TARGETS` but its remaining threads keep their verdict until they exit.
 
-use crate::{ConnKey, EpollEnter, EpollThread};
+use crate::{ConnKey, EpollEnter, EpollThread, UnixFlow};
 
 /// [`ThreadState::verdict`] values.
 pub mod verdict {
@@ -18,21 +19,6 @@ pub mod verdict {
     pub const TARGET: u32 = 1;
     /// It is not.
     pub const OTHER: u32 = 2;
-}
-
-/// A read on a traced connection in progress: where its bytes will be. Armed at the read's
-/// entry, disarmed at its exit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingRead {
-    /// The connection.
-    pub key: ConnKey,
-    /// The buffer argument (a buffer, an iovec array or a msghdr, by `kind`).
-    pub buf: u64,
-    /// One of [`crate::tcp::buf_kind`].
-    pub kind: u32,
-    /// 1 from the read's entry to its exit.
-    pub armed: u32,
 }
 
 /// The request a thread read, and in which of its event-loop turns, until the turn's first unix
@@ -50,6 +36,42 @@ pub struct PluginTurn {
     pub _pad: u32,
 }
 
+/// How many unix flows a thread keeps in its own state: its keys fill one cache line, and an
+/// nginx worker talks to a few plugin servers. A thread's further sockets go to the `UNIX_FLOWS`
+/// hash, as every flow did before.
+pub const THREAD_FLOWS: usize = 8;
+
+/// A thread's unix flows on its first [`THREAD_FLOWS`] sockets: its traffic on each, aggregated
+/// per bucket, without the hash lookup of a (socket, thread) key on every message. A slot is
+/// taken by a socket's first message and freed when the thread closes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadFlows {
+    /// Each slot's kernel `struct sock *`; 0 for a free slot.
+    pub sk: [u64; THREAD_FLOWS],
+    /// Each slot's flow.
+    pub flow: [UnixFlow; THREAD_FLOWS],
+}
+
+impl ThreadFlows {
+    /// The slot of socket `sk` (not 0), if it has one.
+    #[inline(always)]
+    pub fn find(&self, sk: u64) -> Option<usize> {
+        (0..THREAD_FLOWS).find(|&i| self.sk[i] == sk)
+    }
+
+    /// A free slot, if any.
+    #[inline(always)]
+    pub fn free(&self) -> Option<usize> {
+        self.find(0)
+    }
+
+    /// The flows with traffic not yet sent.
+    pub fn open(&self) -> impl Iterator<Item = &UnixFlow> {
+        (0..THREAD_FLOWS).filter(|&i| self.sk[i] != 0 && self.flow[i].start_ns != 0).map(|i| &self.flow[i])
+    }
+}
+
 /// Value of the `THREADS` task storage.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,16 +80,16 @@ pub struct ThreadState {
     pub verdict: u32,
     /// `TARGETS_GEN` when the verdict was taken.
     pub generation: u32,
-    /// The read in progress on a traced connection.
-    pub read: PendingRead,
     /// The request read in the current turn, until its plugin socket is known.
     pub plugin: PluginTurn,
     /// epoll: the call in progress, the event-loop turn, the open bucket.
     /// `epoll.bucket.hdr.kind` is 0 until the thread's first epoll call.
     pub epoll: EpollThread,
+    /// The unix flows of the thread's first sockets.
+    pub flows: ThreadFlows,
 }
 
-// The fields most programs touch (verdict, read, plugin, the epoll call in progress) share the
+// The fields most programs touch (verdict, plugin, the epoll call in progress) share the
 // first cache line: a cold line costs tens of nanoseconds here, more than the program's work.
 const _: () = assert!(core::mem::offset_of!(ThreadState, epoll) + core::mem::size_of::<EpollEnter>() <= 96);
 
@@ -79,7 +101,6 @@ impl ThreadState {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<PendingRead>() == 24);
 const _: () = assert!(core::mem::size_of::<PluginTurn>() == 24);
 
 #[cfg(test)]
@@ -93,5 +114,31 @@ mod tests {
         s.verdict = verdict::OTHER;
         assert!(s.verdict_is_current(0));
         assert!(!s.verdict_is_current(1), "user space changed the targets since");
+    }
+
+    #[test]
+    fn a_socket_finds_its_slot_and_a_closed_one_frees_it() {
+        let mut f = ThreadFlows::default();
+        assert_eq!(f.find(0x1000), None);
+        for i in 0..THREAD_FLOWS {
+            let slot = f.free().expect("a free slot");
+            assert_eq!(slot, i, "slots fill in order");
+            f.sk[slot] = 0x1000 + i as u64;
+        }
+        assert_eq!(f.free(), None, "a ninth socket goes to the hash");
+        assert_eq!(f.find(0x1003), Some(3));
+        f.sk[3] = 0;
+        assert_eq!(f.free(), Some(3));
+    }
+
+    #[test]
+    fn only_slots_with_unsent_traffic_are_open() {
+        let mut f = ThreadFlows::default();
+        f.sk[0] = 0x1000;
+        f.sk[1] = 0x2000;
+        f.flow[1].start_ns = 5;
+        f.flow[2].start_ns = 7; // a freed slot's leftovers are not a flow
+        let mut open = f.open().map(|flow| flow.start_ns);
+        assert_eq!((open.next(), open.next()), (Some(5), None));
     }
 }

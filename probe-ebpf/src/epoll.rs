@@ -156,19 +156,14 @@ pub fn turn(state: &ThreadState) -> u64 {
     state.epoll.turns
 }
 
-/// Sends the open bucket of the current thread, which is exiting (its storage goes with it),
-/// when it was a target's.
+/// Sends the open bucket of the current thread, which is exiting (its storage goes with it).
 #[inline(always)]
-pub fn flush_thread() {
-    if let Some(state) = thread::current()
-        && state.verdict == probe_common::thread::verdict::TARGET
-    {
-        let bucket = &mut state.epoll.bucket;
-        if bucket.calls != 0 {
-            // SAFETY: an argument-less helper.
-            bucket.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
-            send(kind::EPOLL_BUCKET, bucket);
-            bucket.reset();
-        }
+pub fn flush_thread(state: &mut ThreadState) {
+    let bucket = &mut state.epoll.bucket;
+    if bucket.calls != 0 {
+        // SAFETY: an argument-less helper.
+        bucket.hdr.ts_ns = unsafe { bpf_ktime_get_ns() };
+        send(kind::EPOLL_BUCKET, bucket);
+        bucket.reset();
     }
 }

@@ -6,6 +6,9 @@
 //! that does not fit is counted in `DROPS`.
 #![no_std]
 #![no_main]
+// An atomic add for the connection filter: the BPF target has no atomic types with fetch_add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 #[macro_use]
 mod globals;
@@ -20,7 +23,10 @@ mod unix;
 
 use aya_ebpf::{
     EbpfContext, Global,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_task_pt_regs,
+    },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -88,6 +94,30 @@ fn syscall_arg(ctx: &TracePointContext, n: u32) -> u64 {
 #[inline(always)]
 fn syscall_ret(ctx: &TracePointContext) -> i64 {
     record_u64(ctx, SYSCALL_RET_OFF) as i64
+}
+
+/// A syscall's first two arguments, read at its exit from the task's saved user registers
+/// (`KOFFSETS.regs_arg*`); `None` where this kernel's BTF lacks them. A `sys_exit_*` record has
+/// only the return value, and an entry program run just to keep them would cost a run on every
+/// such syscall of every process.
+#[inline(always)]
+fn exit_args() -> Option<(u64, u64)> {
+    let (off0, off1) = (koffset!(regs_arg0), koffset!(regs_arg1));
+    if off0 == probe_common::MISSING || off1 == probe_common::MISSING {
+        return None;
+    }
+    // SAFETY: argument-less helper and one taking the current task, a trusted BTF pointer; the
+    // result is the task's `struct pt_regs *`, which the verifier knows by its BTF type.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    // SAFETY: loads from that pointer at offsets the verifier checks against `struct pt_regs`
+    // (they are constants to it, from the read-only KOFFSETS) and makes fault-safe.
+    let args = unsafe {
+        (
+            core::ptr::read_volatile(regs.add(off0 as usize).cast::<u64>()),
+            core::ptr::read_volatile(regs.add(off1 as usize).cast::<u64>()),
+        )
+    };
+    Some(args)
 }
 
 /// A direct load from the tracepoint record: no helper call, unlike `read_at`.

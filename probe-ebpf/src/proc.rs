@@ -8,10 +8,11 @@ use probe_common::{
     ProcExec, ProcExit, ProcFork, Signal, Target, kind,
     proc::{FILENAME_LEN, SIGNAL_MASK},
     target_flag,
+    thread::verdict,
 };
 
 use crate::kread::{current_exit_code, current_parent_tgid};
-use crate::{CONFIG, EVENTS, TARGETS, count_drop, current_ids, epoll, header, is_target, send};
+use crate::{CONFIG, EVENTS, TARGETS, count_drop, current_ids, epoll, header, is_target, send, thread, unix};
 
 /// `sched:sched_process_fork` runs in the parent.
 #[tracepoint]
@@ -99,8 +100,13 @@ pub fn proc_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // First, whatever TARGETS says now: a thread that outlives its leader is no longer in it,
-    // and its open bucket would go with its storage.
-    epoll::flush_thread();
+    // and its open bucket and flows would go with its storage.
+    if let Some(thread) = thread::current()
+        && thread.verdict == verdict::TARGET
+    {
+        epoll::flush_thread(thread);
+        unix::flush_thread(thread);
+    }
     let (tgid, tid) = current_ids();
     if !is_target(tgid) {
         return 0;

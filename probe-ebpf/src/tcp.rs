@@ -1,7 +1,8 @@
 //! TCP connections targets accept, and where each HTTP/1.x request and response starts on them.
 //!
-//! A connection is known from its accept on: `CONNS` keys it by (tgid, fd), so every read and
-//! write pays one lookup to learn whether it is a traced connection at all. Bytes are copied
+//! A connection is known from its accept on: `CONNS` keys it by (tgid, fd). A counting filter in
+//! front of it (`CONN_FILTER`) tells most reads and writes on other fds, of targets or not, that
+//! they are none with one array load; the others pay one lookup. Bytes are copied
 //! only at the first read after a response (a request's start, at most `HTTP_CHUNK_LEN`) and
 //! the first write after a request (the status line, kept in the connection's state until the
 //! next request's record or the close's carries it out: see `probe_common::tcp`).
@@ -10,18 +11,22 @@
 //! turn that read it, up to its first wait, so the first unix socket the thread writes in that
 //! same turn (no epoll call and no unix receive between) is the one its handler called. The
 //! thread's state ([`ThreadState::plugin`]) holds the request read in its current turn until
-//! that write, and ([`ThreadState::read`]) a read's buffer from its entry to its exit.
+//! that write.
 
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::TracePointContext,
 };
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use probe_common::{
     COMM_LEN, ConnKey, ConnState, HttpChunk, TcpConn, ThreadState, kind,
-    tcp::{HTTP_CHUNK_LEN, REQUEST_CHUNKS, ResponseStart, STATUS_LEN, buf_kind, conn_op, conn_phase},
-    thread::{PendingRead, PluginTurn},
+    tcp::{
+        CONN_FILTER_SLOTS, HTTP_CHUNK_LEN, REQUEST_CHUNKS, ResponseStart, STATUS_LEN, buf_kind,
+        conn_filter_slot, conn_op, conn_phase,
+    },
+    thread::PluginTurn,
 };
 
 use crate::kread::{AF_INET, AF_INET6, read, sock_inode};
@@ -32,6 +37,30 @@ use crate::{
 /// Connections targets accepted, by (tgid, fd).
 #[map]
 static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// A counting filter in front of `CONNS` (see `probe_common::tcp::conn_filter_slot`): a read or
+/// write on a fd whose slot is 0 is not a traced connection, known from one inlined array load.
+#[map]
+static CONN_FILTER: Array<u64> = Array::with_max_entries(CONN_FILTER_SLOTS, 0);
+
+/// Adds `delta` (1 or -1 as u64) to the filter slot of (tgid, fd); other CPUs may update it too.
+#[inline(always)]
+fn filter_add(tgid: u32, fd: u32, delta: u64) {
+    if let Some(slot) = CONN_FILTER.get_ptr_mut(conn_filter_slot(tgid, fd)) {
+        // SAFETY: a slot of an array map, valid and 8-aligned for the whole run; every change
+        // from any CPU is this atomic add (the BPF target has no `AtomicU64::fetch_add`, only the
+        // intrinsic, which becomes the instruction), and loads are plain aligned ones.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, delta) };
+    }
+}
+
+/// False when `fd` of process `tgid` is certainly not a traced connection.
+#[inline(always)]
+fn maybe_conn(tgid: u32, fd: u64) -> bool {
+    // SAFETY: a slot of an array map, valid for the whole run; an aligned u64 load (a stale
+    // value only costs or saves one lookup in CONNS during the accept or close that changes it).
+    CONN_FILTER.get_ptr(conn_filter_slot(tgid, fd as u32)).is_some_and(|n| unsafe { *n } != 0)
+}
 
 /// The offset of `msg_iov` in `struct user_msghdr`: user-space ABI, fixed.
 const MSGHDR_IOV_OFF: u64 = 16;
@@ -84,7 +113,9 @@ pub fn on_accept(ctx: &TracePointContext, fd: i64, sk: u64, family: u16, tgid: u
         plugin_inode: 0,
         response: ResponseStart::default(),
     };
-    let _ = CONNS.insert(ConnKey { tgid, fd: fd as u32 }, state, 0);
+    if CONNS.insert(ConnKey { tgid, fd: fd as u32 }, state, 0).is_ok() {
+        filter_add(tgid, fd as u32, 1);
+    }
     let Some(mut entry) = EVENTS.reserve::<TcpConn>(0) else {
         count_drop(kind::TCP_CONN);
         return;
@@ -129,12 +160,17 @@ pub fn on_accept(ctx: &TracePointContext, fd: i64, sk: u64, family: u16, tgid: u
 /// Called at the entry of close: true when `fd` was a traced TCP connection (now forgotten).
 #[inline(always)]
 pub fn on_close(ctx: &TracePointContext, fd: i64, tgid: u32, tid: u32) -> bool {
+    if !maybe_conn(tgid, fd as u64) {
+        return false;
+    }
     let Some((key, state)) = conn(tgid, fd as u64) else { return false };
     // SAFETY: a live map value keyed by this process's fd; copied out before the remove below.
     let state = unsafe { *state };
     // The fd is going: its entry goes whatever happens to the record (a dropped close, counted,
     // loses the response still waiting in it).
-    let _ = CONNS.remove(key);
+    if CONNS.remove(key).is_ok() {
+        filter_add(tgid, key.fd, 1u64.wrapping_neg());
+    }
     let Some(mut entry) = EVENTS.reserve::<TcpConn>(0) else {
         count_drop(kind::TCP_CONN);
         return true;
@@ -165,79 +201,39 @@ pub fn on_close(ctx: &TracePointContext, fd: i64, tgid: u32, tid: u32) -> bool {
     true
 }
 
-/// Entry of a read on a connection that awaits a request, or whose request's header block may
-/// still be coming (no response yet, fewer than REQUEST_CHUNKS reads): remember where the bytes go.
+/// The exit of a read of `kind` by a target: when it read from a traced connection that awaits
+/// a request, or whose request's header block may still be coming (no response yet, fewer than
+/// REQUEST_CHUNKS reads), its first bytes go out. The fd and buffer come from the task's saved
+/// registers, so no entry program runs on every read of every process.
 #[inline(always)]
-fn read_enter(ctx: &TracePointContext, kind: u32) {
-    if !thread::is_current_target() {
+fn read_exit(ctx: &TracePointContext, kind: u32) {
+    let ret = syscall_ret(ctx);
+    if ret <= 0 {
+        return; // EAGAIN, an error or end of file: no bytes
+    }
+    let Some((fd, buf)) = crate::exit_args() else { return };
+    let (tgid, tid) = current_ids();
+    // The filter first: it also ends most reads of other processes (only targets' connections
+    // are in it), and the verdict then keeps a process that is no longer a target out.
+    if !maybe_conn(tgid, fd) {
         return;
     }
-    let fd = arg(ctx, 0);
-    let Some((key, state)) = conn(current_ids().0, fd) else { return };
+    let Some(thread) = thread::lookup_target() else { return };
+    let Some((key, state)) = conn(tgid, fd) else { return };
     // SAFETY: a live map value; u32 reads.
     let (phase, chunks) = unsafe { ((*state).phase, (*state).chunks) };
     if phase != conn_phase::AWAIT_REQUEST && chunks >= REQUEST_CHUNKS {
         return;
     }
-    if let Some(thread) = thread::current_target() {
-        thread.read = PendingRead { key, buf: arg(ctx, 1), kind, armed: 1 };
-    }
-}
-
-#[tracepoint]
-pub fn http_read_enter(ctx: TracePointContext) -> u32 {
-    if crate::floor() {
-        return 0;
-    }
-    read_enter(&ctx, buf_kind::PLAIN);
-    0
-}
-
-#[tracepoint]
-pub fn http_readv_enter(ctx: TracePointContext) -> u32 {
-    if crate::floor() {
-        return 0;
-    }
-    read_enter(&ctx, buf_kind::IOVEC);
-    0
-}
-
-#[tracepoint]
-pub fn http_recvmsg_enter(ctx: TracePointContext) -> u32 {
-    if crate::floor() {
-        return 0;
-    }
-    read_enter(&ctx, buf_kind::MSGHDR);
-    0
-}
-
-/// Attached to the exits of read, readv, recvfrom and recvmsg: a request's first bytes.
-#[tracepoint]
-pub fn http_read_exit(ctx: TracePointContext) -> u32 {
-    if crate::floor() {
-        return 0;
-    }
-    let Some(thread) = thread::current() else { return 0 };
-    let p = thread.read;
-    if p.armed == 0 {
-        return 0; // not a target, or this thread's read of something else
-    }
-    thread.read.armed = 0;
-    let (tgid, tid) = current_ids();
-    let ret = syscall_ret(&ctx);
-    if ret <= 0 {
-        return 0;
-    }
-    let Some(state) = CONNS.get_ptr_mut(p.key) else { return 0 };
     // Reserve first: when the ring is full the connection's state stays as it was, so the
     // response waiting in it is neither lost with this record nor carried later by a request it
     // does not answer (this request is then not seen at all, nor is its response).
     let Some(mut entry) = EVENTS.reserve::<HttpChunk>(0) else {
         count_drop(kind::HTTP_CHUNK);
-        return 0;
+        return;
     };
     let r = entry.as_mut_ptr();
-    let (buf, room) = first_buffer(p.kind, p.buf, ret as u64);
+    let (buf, room) = first_buffer(kind, buf, ret as u64);
     let n = (ret as u64).min(room) as usize;
     // SAFETY: `state` is a live map value keyed by this process's fd, touched by its threads one
     // syscall at a time: plain field copies and stores. `r` is our reserved ring-buffer record
@@ -258,10 +254,37 @@ pub fn http_read_exit(ctx: TracePointContext) -> u32 {
         ((*state).inode, new)
     };
     if new {
-        thread.plugin = PluginTurn { key: p.key, turn: crate::epoll::turn(thread), armed: 1, _pad: 0 };
+        thread.plugin = PluginTurn { key, turn: crate::epoll::turn(thread), armed: 1, _pad: 0 };
     }
-    fill_chunk(r, p.key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), tgid, tid);
+    fill_chunk(r, key.fd, inode, buf, n.min(HTTP_CHUNK_LEN), tgid, tid);
     entry.submit(NO_WAKEUP);
+}
+
+/// Attached to the exits of read and recvfrom: a request's first bytes.
+#[tracepoint]
+pub fn http_read_exit(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
+    read_exit(&ctx, buf_kind::PLAIN);
+    0
+}
+
+#[tracepoint]
+pub fn http_readv_exit(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
+    read_exit(&ctx, buf_kind::IOVEC);
+    0
+}
+
+#[tracepoint]
+pub fn http_recvmsg_exit(ctx: TracePointContext) -> u32 {
+    if crate::floor() {
+        return 0;
+    }
+    read_exit(&ctx, buf_kind::MSGHDR);
     0
 }
 
@@ -269,11 +292,11 @@ pub fn http_read_exit(ctx: TracePointContext) -> u32 {
 /// connection's state until the connection's next record carries it out.
 #[inline(always)]
 fn write_enter(ctx: &TracePointContext, kind: u32) {
-    if !thread::is_current_target() {
-        return;
-    }
     let (tgid, tid) = current_ids();
     let fd = arg(ctx, 0);
+    if !maybe_conn(tgid, fd) || !thread::is_current_target() {
+        return;
+    }
     let Some((_, state)) = conn(tgid, fd) else { return };
     // SAFETY: a live map value keyed by this process's fd, touched by its threads one syscall at
     // a time, valid for the whole run: plain field reads and stores, and `status` lent to the

@@ -10,7 +10,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use probe_common::{
-    FlowKey, MISSING, UnixFlow, UnixIo, UnixSock, kind,
+    FlowKey, MISSING, ThreadState, UnixFlow, UnixIo, UnixSock, kind,
+    thread::THREAD_FLOWS,
     unix::{PATH_LEN, op},
 };
 
@@ -33,7 +34,8 @@ struct PendingAddr {
 #[map]
 static UNIX_PENDING: LruHashMap<u32, PendingAddr> = LruHashMap::with_max_entries(4096, 0);
 
-/// Open flows: one thread's traffic on one socket, aggregated per bucket.
+/// Open flows: one thread's traffic on one socket, aggregated per bucket, for the sockets beyond
+/// the thread's own slots (`ThreadState::flows`).
 #[map]
 static UNIX_FLOWS: LruHashMap<FlowKey, UnixFlow> = LruHashMap::with_max_entries(16384, 0);
 
@@ -195,20 +197,39 @@ pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
         send_sock(&ctx, op::CLOSE, fd, 0, sk, tgid, tid);
         // The socket's memory may soon hold another socket: its flow must end here, or the next
         // socket's traffic would be counted under this one's identity.
-        let key = FlowKey { sk, tid: tid as u64 };
-        if let Some(flow) = UNIX_FLOWS.get_ptr_mut(key) {
-            // SAFETY: a live map value keyed by this thread's tid: only this thread's programs
-            // touch it, one at a time, so the `&mut` is unique.
-            let flow = unsafe { &mut *flow };
-            if flow.start_ns != 0 {
-                // SAFETY: an argument-less helper.
-                flow.hdr.ts_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-                send(kind::UNIX_FLOW, flow);
-            }
-            let _ = UNIX_FLOWS.remove(key);
-        }
+        end_flow(sk, tid);
     }
     0
+}
+
+/// Ends the current thread's flow on socket `sk`, which it is closing: its traffic not yet sent
+/// goes out, and its slot or hash entry is freed.
+#[inline(always)]
+fn end_flow(sk: u64, tid: u32) {
+    let slot = crate::thread::current().and_then(|t| t.flows.find(sk).map(|i| (t, i)));
+    let (flow, key) = match slot {
+        Some((thread, i)) if i < THREAD_FLOWS => {
+            thread.flows.sk[i] = 0;
+            (&mut thread.flows.flow[i] as *mut UnixFlow, None)
+        }
+        _ => {
+            let key = FlowKey { sk, tid: tid as u64 };
+            let Some(flow) = UNIX_FLOWS.get_ptr_mut(key) else { return };
+            (flow, Some(key))
+        }
+    };
+    // SAFETY: the thread's own state or a map value keyed by its tid: only this thread's programs
+    // touch either, one at a time, so the `&mut` is unique.
+    let flow = unsafe { &mut *flow };
+    if flow.start_ns != 0 {
+        // SAFETY: an argument-less helper.
+        flow.hdr.ts_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        send(kind::UNIX_FLOW, flow);
+        flow.reset();
+    }
+    if let Some(key) = key {
+        let _ = UNIX_FLOWS.remove(key);
+    }
 }
 
 /// One send or receive. BTF tracepoints (TP_PROTO: sk, ret, flags) skip building the trace
@@ -234,27 +255,31 @@ fn io(ctx: &BtfTracePointContext, op: u32) {
     }
     // Then the thread's state, which is also the target filter.
     let Some(thread) = crate::thread::lookup_target() else { return };
-    let (tgid, tid) = current_ids();
     let ret = ctx.arg::<u64>(1) as i32 as i64;
-    // Hot path: an existing flow costs one lookup more; the socket pointer is its identity while
-    // the flow is open.
+    let now = now_ns();
+    // Hot path: an existing flow, in the thread's own slots (no lookup) or else in the hash. The
+    // socket pointer is its identity while the flow is open.
+    let (tgid, tid) = current_ids();
     let key = FlowKey { sk, tid: tid as u64 };
-    if let Some(flow) = UNIX_FLOWS.get_ptr_mut(key) {
-        // SAFETY: a live map value keyed by this thread's tid: only this thread's programs touch
-        // it, one at a time, so the `&mut` is unique.
+    let existing = match thread.flows.find(sk) {
+        Some(i) => thread.flows.flow.get_mut(i).map(|f| f as *mut UnixFlow),
+        None => UNIX_FLOWS.get_ptr_mut(key),
+    };
+    if let Some(flow) = existing {
+        // SAFETY: the thread's own state or a map value keyed by its tid: only this thread's
+        // programs touch either, one at a time; the reference ends before `thread` is used again.
         let flow = unsafe { &mut *flow };
-        let now = now_ns();
         if flow.add(op, ret, now) {
-            crate::tcp::on_unix_io(thread, op, flow.id.inode);
+            let inode = flow.id.inode;
             if flow.is_due(now, config!(bucket_ns)) {
                 flow.hdr.ts_ns = now;
                 send_quiet(kind::UNIX_FLOW, flow);
                 flow.reset();
             }
+            crate::tcp::on_unix_io(thread, op, inode);
             return;
         }
     }
-    let now = now_ns();
     let (id, _) = identity(sk);
     if id.inode != 0 && UNIX_SEEN.get_ptr(id.inode).is_none() {
         let _ = UNIX_SEEN.insert(id.inode, 1, 0);
@@ -263,11 +288,35 @@ fn io(ctx: &BtfTracePointContext, op: u32) {
     let mut flow = UnixFlow { hdr: header(kind::UNIX_FLOW, tgid, tid), id, ..UnixFlow::default() };
     if flow.add(op, ret, now) {
         crate::tcp::on_unix_io(thread, op, id.inode);
-        let _ = UNIX_FLOWS.insert(key, flow, 0);
+        match thread.flows.free() {
+            Some(i) if i < THREAD_FLOWS => {
+                thread.flows.sk[i] = sk;
+                thread.flows.flow[i] = flow;
+            }
+            _ => {
+                let _ = UNIX_FLOWS.insert(key, flow, 0);
+            }
+        }
     } else {
         // A failure (EPIPE, ECONNRESET, ...) or a receive of 0 (the peer closed): worth reading alone.
         let record = UnixIo { hdr: header(kind::UNIX_IO, tgid, tid), op, _pad: 0, ret, id };
         send(kind::UNIX_IO, &record);
+    }
+}
+
+/// Sends the flows in the current thread's slots that have traffic not yet sent: the thread is
+/// exiting and its state goes with it.
+#[inline(always)]
+pub fn flush_thread(thread: &mut ThreadState) {
+    // SAFETY: an argument-less helper.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    for i in 0..THREAD_FLOWS {
+        let flow = &mut thread.flows.flow[i];
+        if thread.flows.sk[i] != 0 && flow.start_ns != 0 {
+            flow.hdr.ts_ns = now;
+            send(kind::UNIX_FLOW, flow);
+            flow.reset();
+        }
     }
 }
 

@@ -93,6 +93,15 @@ fn syscall_args(formats: &[Format]) -> Result<u32> {
     Ok(start)
 }
 
+/// Where in `struct pt_regs` a syscall's first two arguments stay until it returns, as (member,
+/// bytes into it): the read programs take a read's fd and buffer at its exit from there, so no
+/// entry program is needed.
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_REGS: [(&str, u32); 2] = [("di", 0), ("si", 0)];
+/// arm64 overwrites `regs[0]` with the return value and keeps the first argument in `orig_x0`.
+#[cfg(target_arch = "aarch64")]
+const SYSCALL_REGS: [(&str, u32); 2] = [("orig_x0", 0), ("regs", 8)];
+
 /// Kernel struct offsets from BTF through `lookup(struct, member path)`. A member the kernel
 /// lacks becomes [`MISSING`] and is named in the returned list, so only that field degrades.
 pub fn kernel_offsets(lookup: impl Fn(&str, &str) -> Result<u32>) -> (KernelOffsets, Vec<String>) {
@@ -139,6 +148,8 @@ pub fn kernel_offsets(lookup: impl Fn(&str, &str) -> Result<u32>) -> (KernelOffs
         sock_num: get("sock", "__sk_common.skc_num"),
         sock_v6_daddr: get("sock", "__sk_common.skc_v6_daddr"),
         sock_v6_rcv_saddr: get("sock", "__sk_common.skc_v6_rcv_saddr"),
+        regs_arg0: sum(get("pt_regs", SYSCALL_REGS[0].0), SYSCALL_REGS[0].1),
+        regs_arg1: sum(get("pt_regs", SYSCALL_REGS[1].0), SYSCALL_REGS[1].1),
         _pad: 0,
     };
     (k, missing)

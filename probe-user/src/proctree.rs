@@ -34,6 +34,14 @@ pub fn scan() -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// The thread ids of a live process; empty when it is gone.
+pub fn threads(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect()
+}
+
 /// The comm of a live process, or None when it does not exist.
 pub fn comm(pid: u32) -> Option<String> {
     shared::procstat::read(pid).map(|s| s.comm)
@@ -77,5 +85,27 @@ mod tests {
         d.sort();
         assert_eq!(d, vec![11, 12, 13]);
         assert!(descendants(13, &table).is_empty());
+    }
+
+    #[test]
+    fn a_process_lists_its_threads_and_a_gone_one_none() {
+        let me = std::process::id();
+        let before = threads(me);
+        assert!(before.contains(&me), "the leader is one of its threads");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            tx.send(current_tid()).unwrap();
+            std::thread::park();
+        });
+        let tid = rx.recv().unwrap();
+        assert!(threads(me).contains(&tid), "a new thread is listed");
+        t.thread().unpark();
+        t.join().unwrap();
+        assert!(threads(u32::MAX).is_empty());
+    }
+
+    fn current_tid() -> u32 {
+        // SAFETY: gettid takes nothing and cannot fail.
+        unsafe { libc::gettid() as u32 }
     }
 }

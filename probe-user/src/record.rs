@@ -132,7 +132,7 @@ struct Collector {
     known: BTreeMap<u32, ProcInfo>,
     seen: BTreeSet<u32>,
     /// Threads the kernel keeps an epoll bucket for (each one's first call comes as a record),
-    /// whose open buckets are read at the end.
+    /// whose open buckets are read at the end with the threads of the targets still alive.
     epoll_threads: BTreeSet<u32>,
     /// When each process's map was last copied.
     maps_at: BTreeMap<u32, Instant>,
@@ -415,6 +415,8 @@ impl Collector {
         }
         // Stop the kernel side first, so nothing changes while the rest is read. Emptying the
         // targets stops every program at once; detaching takes far longer and happens on drop.
+        let mut threads = self.epoll_threads.clone();
+        threads.extend(probe.target_pids().into_iter().flat_map(proctree::threads));
         probe.clear_targets()?;
         let ended_ns = clock::monotonic_ns();
         probe.drain(|b| {
@@ -426,12 +428,13 @@ impl Collector {
             return Err(e);
         }
         // What the kernel still aggregates goes out as if its bucket had ended now.
-        let buckets = probe.open_buckets(self.epoll_threads.iter().copied())?.into_iter().map(|b| {
+        let (buckets, thread_flows) = probe.open_thread_work(threads)?;
+        let buckets = buckets.into_iter().map(|b| {
             let mut e = bucket_event(&b);
             e.task.ts_ns = ended_ns;
             Event::EpollBucket(e)
         });
-        let flows = probe.open_flows()?.into_iter().map(|f| {
+        let flows = probe.open_flows()?.into_iter().chain(thread_flows).map(|f| {
             let mut e = flow_event(&f);
             e.task.ts_ns = ended_ns;
             Event::UnixFlow(e)

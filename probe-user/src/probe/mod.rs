@@ -45,11 +45,10 @@ const TRACEPOINTS: [(&str, &str, &[&str]); 9] = [
 
 /// The HTTP programs, attached unless `--no-http`: (program, tracepoints). `recvfrom` and
 /// `sendto` take their buffer where `read` and `write` do.
-const HTTP_TRACEPOINTS: [(&str, &[&str]); 7] = [
-    ("http_read_enter", &["sys_enter_read", "sys_enter_recvfrom"]),
-    ("http_readv_enter", &["sys_enter_readv"]),
-    ("http_recvmsg_enter", &["sys_enter_recvmsg"]),
-    ("http_read_exit", &["sys_exit_read", "sys_exit_readv", "sys_exit_recvfrom", "sys_exit_recvmsg"]),
+const HTTP_TRACEPOINTS: [(&str, &[&str]); 6] = [
+    ("http_read_exit", &["sys_exit_read", "sys_exit_recvfrom"]),
+    ("http_readv_exit", &["sys_exit_readv"]),
+    ("http_recvmsg_exit", &["sys_exit_recvmsg"]),
     ("http_write_enter", &["sys_enter_write", "sys_enter_sendto"]),
     ("http_writev_enter", &["sys_enter_writev"]),
     ("http_sendmsg_enter", &["sys_enter_sendmsg"]),
@@ -205,8 +204,7 @@ impl Probe {
 
     /// Stops tracing every process at once: each program returns early for non-targets.
     pub fn clear_targets(&mut self) -> Result<()> {
-        let pids: Vec<u32> = self.targets.keys().filter_map(Result::ok).collect();
-        for pid in pids {
+        for pid in self.target_pids() {
             // A target that exited meanwhile is already gone.
             let _ = self.targets.remove(&pid);
         }
@@ -249,19 +247,29 @@ impl Probe {
         (0..drop_slot::COUNT).map(|i| Ok(map.get(&i, 0)?.iter().sum())).collect()
     }
 
-    /// The epoll buckets still open in the kernel among threads `tids` (those alive and with
-    /// calls not yet sent): task storage is read thread by thread.
-    pub fn open_buckets(&self, tids: impl IntoIterator<Item = u32>) -> Result<Vec<EpollBucket>> {
+    /// What threads `tids` (those alive) still aggregate in their own state: their open epoll
+    /// buckets and the flows in their unix slots. Task storage is read thread by thread.
+    pub fn open_thread_work(
+        &self,
+        tids: impl IntoIterator<Item = u32>,
+    ) -> Result<(Vec<EpollBucket>, Vec<UnixFlow>)> {
         let Some(Map::Unsupported(map)) = self.ebpf.map(names::THREADS) else {
             bail!("map THREADS is missing or not task storage");
         };
         let fd = map.fd().as_fd();
-        Ok(tids
-            .into_iter()
-            .filter_map(|tid| task_storage::thread_state(fd, tid))
-            .map(|t| t.epoll.bucket)
-            .filter(|b| b.calls != 0)
-            .collect())
+        let (mut buckets, mut flows) = (Vec::new(), Vec::new());
+        for state in tids.into_iter().filter_map(|tid| task_storage::thread_state(fd, tid)) {
+            if state.epoll.bucket.calls != 0 {
+                buckets.push(state.epoll.bucket);
+            }
+            flows.extend(state.flows.open().copied());
+        }
+        Ok((buckets, flows))
+    }
+
+    /// The processes traced now.
+    pub fn target_pids(&self) -> Vec<u32> {
+        self.targets.keys().filter_map(Result::ok).collect()
     }
 
     /// Connections whose last response's start still waits in the kernel for a record to carry
@@ -272,7 +280,7 @@ impl Probe {
         Ok(map.iter().filter_map(Result::ok).filter(|(_, c)| c.response.ts_ns != 0).collect())
     }
 
-    /// The unix flows still open in the kernel.
+    /// The unix flows still open in the `UNIX_FLOWS` hash (a thread's sockets beyond its slots).
     pub fn open_flows(&self) -> Result<Vec<UnixFlow>> {
         let map = self.ebpf.map(names::UNIX_FLOWS).context("map UNIX_FLOWS")?;
         let map = HashMap::<_, FlowKey, UnixFlow>::try_from(map)?;
