@@ -157,6 +157,12 @@ pub struct ProbeConfig {
     pub http: u32,
     /// 1: every program returns at once, for measuring what the attach points alone cost.
     pub floor: u32,
+    /// 1: a thread keeps its first unix flows in its own state (`ThreadState::flows`). Only where
+    /// user space can read any thread's state at the end (thread pidfds, Linux 6.9); else every
+    /// flow goes to the hash, which it reads whole.
+    pub flow_slots: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// Offset value meaning "this field does not exist on this kernel": the probe leaves it zero.
@@ -200,6 +206,8 @@ pub struct KernelOffsets {
     pub sock_socket: u32,
     /// `sock.sk_peer_pid`.
     pub sock_peer_pid: u32,
+    /// `sock.__sk_common.skc_cookie`: the socket's cookie, never reused, set at its first use.
+    pub sock_cookie: u32,
     /// `unix_sock.addr`.
     pub unix_addr: u32,
     /// `unix_sock.peer`.
@@ -227,8 +235,6 @@ pub struct KernelOffsets {
     pub regs_arg0: u32,
     /// Where its second argument is (x86_64: `si`; arm64: `regs[1]`).
     pub regs_arg1: u32,
-    /// Explicit padding.
-    pub _pad: u32,
 }
 
 impl KernelOffsets {
@@ -250,6 +256,7 @@ impl KernelOffsets {
         sock_family: MISSING,
         sock_socket: MISSING,
         sock_peer_pid: MISSING,
+        sock_cookie: MISSING,
         unix_addr: MISSING,
         unix_peer: MISSING,
         uaddr_len: MISSING,
@@ -263,7 +270,6 @@ impl KernelOffsets {
         sock_v6_rcv_saddr: MISSING,
         regs_arg0: MISSING,
         regs_arg1: MISSING,
-        _pad: 0,
     };
 }
 
@@ -285,7 +291,7 @@ mod pod {
 // Layout checks: a change of these sizes is a change of the wire format.
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 120);
 const _: () = assert!(core::mem::size_of::<TcpConn>() == 112 + 48);
 const _: () = assert!(core::mem::size_of::<HttpChunk>() == 24 + 16 + 48 + 1024);

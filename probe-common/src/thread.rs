@@ -1,7 +1,9 @@
 //! What the kernel keeps per thread, in task-local storage (`BPF_MAP_TYPE_TASK_STORAGE`): one
 //! helper call finds a thread's [`ThreadState`] (or creates it zeroed), says whether the thread
-//! belongs to a target, and holds what its programs pass on: an epoll call's entry to its exit, a
-//! request read to the plugin socket its handler writes next.
+//! belongs to a target, and holds what its programs pass on (an epoll call's entry to its exit, a
+//! request read to the plugin socket its handler writes next) and what they aggregate (its open
+//! epoll bucket, the unix flows of its first sockets). User space reads what is still open at the
+//! end through a pidfd of each thread; a thread that exits first sends it out.
 //!
 //! The target verdict is cached per thread and taken again whenever user space changes the
 //! targets: it bumps a generation number (the `TARGETS_GEN` array) after each change, and a
@@ -36,28 +38,32 @@ pub struct PluginTurn {
     pub _pad: u32,
 }
 
-/// How many unix flows a thread keeps in its own state: its keys fill one cache line, and an
-/// nginx worker talks to a few plugin servers. A thread's further sockets go to the `UNIX_FLOWS`
-/// hash, as every flow did before.
-pub const THREAD_FLOWS: usize = 8;
+/// How many unix flows a thread keeps in its own state: an nginx worker talks to a few plugin
+/// servers, and six keep the state in the kernel's 1 KiB allocation class (eight would double
+/// it, for every thread that makes an epoll call or a unix send while a recording runs). A
+/// thread's further sockets go to the `UNIX_FLOWS` hash, as every flow did before.
+pub const THREAD_FLOWS: usize = 6;
 
 /// A thread's unix flows on its first [`THREAD_FLOWS`] sockets: its traffic on each, aggregated
 /// per bucket, without the hash lookup of a (socket, thread) key on every message. A slot is
-/// taken by a socket's first message and freed when the thread closes it.
+/// taken by a socket's first message and freed when the thread closes it. Keys are socket
+/// cookies, never reused: a socket closed by another thread or another process leaves its slot
+/// taken (its traffic still goes out when due, at the thread's exit or at the end), never
+/// counting a later socket's traffic.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadFlows {
-    /// Each slot's kernel `struct sock *`; 0 for a free slot.
-    pub sk: [u64; THREAD_FLOWS],
+    /// Each slot's socket cookie; 0 for a free slot.
+    pub cookie: [u64; THREAD_FLOWS],
     /// Each slot's flow.
     pub flow: [UnixFlow; THREAD_FLOWS],
 }
 
 impl ThreadFlows {
-    /// The slot of socket `sk` (not 0), if it has one.
+    /// The slot of the socket with `cookie` (not 0), if it has one.
     #[inline(always)]
-    pub fn find(&self, sk: u64) -> Option<usize> {
-        (0..THREAD_FLOWS).find(|&i| self.sk[i] == sk)
+    pub fn find(&self, cookie: u64) -> Option<usize> {
+        (0..THREAD_FLOWS).find(|&i| self.cookie[i] == cookie)
     }
 
     /// A free slot, if any.
@@ -68,7 +74,9 @@ impl ThreadFlows {
 
     /// The flows with traffic not yet sent.
     pub fn open(&self) -> impl Iterator<Item = &UnixFlow> {
-        (0..THREAD_FLOWS).filter(|&i| self.sk[i] != 0 && self.flow[i].start_ns != 0).map(|i| &self.flow[i])
+        (0..THREAD_FLOWS)
+            .filter(|&i| self.cookie[i] != 0 && self.flow[i].start_ns != 0)
+            .map(|i| &self.flow[i])
     }
 }
 
@@ -102,6 +110,8 @@ impl ThreadState {
 }
 
 const _: () = assert!(core::mem::size_of::<PluginTurn>() == 24);
+// With the kernel's element header (72 bytes on 6.x) a thread's state fits a 1 KiB allocation.
+const _: () = assert!(core::mem::size_of::<ThreadState>() <= 896);
 
 #[cfg(test)]
 mod tests {
@@ -123,19 +133,19 @@ mod tests {
         for i in 0..THREAD_FLOWS {
             let slot = f.free().expect("a free slot");
             assert_eq!(slot, i, "slots fill in order");
-            f.sk[slot] = 0x1000 + i as u64;
+            f.cookie[slot] = 0x1000 + i as u64;
         }
-        assert_eq!(f.free(), None, "a ninth socket goes to the hash");
+        assert_eq!(f.free(), None, "one more socket goes to the hash");
         assert_eq!(f.find(0x1003), Some(3));
-        f.sk[3] = 0;
+        f.cookie[3] = 0;
         assert_eq!(f.free(), Some(3));
     }
 
     #[test]
     fn only_slots_with_unsent_traffic_are_open() {
         let mut f = ThreadFlows::default();
-        f.sk[0] = 0x1000;
-        f.sk[1] = 0x2000;
+        f.cookie[0] = 0x1000;
+        f.cookie[1] = 0x2000;
         f.flow[1].start_ns = 5;
         f.flow[2].start_ns = 7; // a freed slot's leftovers are not a flow
         let mut open = f.open().map(|flow| flow.start_ns);

@@ -82,8 +82,9 @@ pub struct UnixIo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowKey {
-    /// The kernel's `struct sock *`: unique while the socket lives, and free to read.
-    pub sk: u64,
+    /// The socket's cookie (`bpf_get_socket_cookie`): never reused, unlike the socket's address,
+    /// so a flow whose close was not seen never takes a later socket's traffic.
+    pub cookie: u64,
     /// Thread id (u64 so the key has no padding).
     pub tid: u64,
 }

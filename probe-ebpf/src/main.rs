@@ -62,6 +62,8 @@ static CONFIG: Global<ProbeConfig> = Global::new(ProbeConfig {
     sample_stack_bytes: 8192,
     http: 1,
     floor: 0,
+    flow_slots: 1,
+    _pad: 0,
 });
 
 /// True when user space loaded the programs as the floor: each returns at once (the verifier

@@ -8,7 +8,6 @@ use probe_common::{
     ProcExec, ProcExit, ProcFork, Signal, Target, kind,
     proc::{FILENAME_LEN, SIGNAL_MASK},
     target_flag,
-    thread::verdict,
 };
 
 use crate::kread::{current_exit_code, current_parent_tgid};
@@ -99,11 +98,10 @@ pub fn proc_exit(ctx: TracePointContext) -> u32 {
     if crate::floor() {
         return 0;
     }
-    // First, whatever TARGETS says now: a thread that outlives its leader is no longer in it,
-    // and its open bucket and flows would go with its storage.
-    if let Some(thread) = thread::current()
-        && thread.verdict == verdict::TARGET
-    {
+    // First, whatever TARGETS or the thread's verdict says now (a thread that outlives its
+    // leader, a recording that just ended): what it aggregated goes with its storage otherwise.
+    // Only a target's thread ever aggregates anything.
+    if let Some(thread) = thread::current() {
         epoll::flush_thread(thread);
         unix::flush_thread(thread);
     }

@@ -49,7 +49,7 @@ fn filter_add(tgid: u32, fd: u32, delta: u64) {
     if let Some(slot) = CONN_FILTER.get_ptr_mut(conn_filter_slot(tgid, fd)) {
         // SAFETY: a slot of an array map, valid and 8-aligned for the whole run; every change
         // from any CPU is this atomic add (the BPF target has no `AtomicU64::fetch_add`, only the
-        // intrinsic, which becomes the instruction), and loads are plain aligned ones.
+        // intrinsic, which becomes the instruction), and loads are aligned 8-byte ones.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, delta) };
     }
 }
@@ -57,9 +57,12 @@ fn filter_add(tgid: u32, fd: u32, delta: u64) {
 /// False when `fd` of process `tgid` is certainly not a traced connection.
 #[inline(always)]
 fn maybe_conn(tgid: u32, fd: u64) -> bool {
-    // SAFETY: a slot of an array map, valid for the whole run; an aligned u64 load (a stale
-    // value only costs or saves one lookup in CONNS during the accept or close that changes it).
-    CONN_FILTER.get_ptr(conn_filter_slot(tgid, fd as u32)).is_some_and(|n| unsafe { *n } != 0)
+    // SAFETY: a slot of an array map, valid and 8-aligned for the whole run, which other CPUs
+    // change with atomic adds. A volatile aligned 8-byte load is single-copy atomic wherever BPF
+    // runs (the BPF target has no atomic load instruction before cpu v4, which LLVM rejects); a
+    // value a moment old only costs or saves one lookup in CONNS during the accept or close that
+    // changes it.
+    CONN_FILTER.get_ptr(conn_filter_slot(tgid, fd as u32)).is_some_and(|n| unsafe { n.read_volatile() } != 0)
 }
 
 /// The offset of `msg_iov` in `struct user_msghdr`: user-space ABI, fixed.

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{bpf_get_socket_cookie, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::{btf_tracepoint, map, tracepoint},
     maps::LruHashMap,
     programs::{BtfTracePointContext, TracePointContext},
@@ -15,7 +15,7 @@ use probe_common::{
     unix::{PATH_LEN, op},
 };
 
-use crate::kread::{AF_UNIX, identity, read_path, sock_of_fd, unix_sock_of_fd};
+use crate::kread::{AF_UNIX, identity, read, read_path, sock_of_fd, unix_sock_of_fd};
 use crate::{
     EVENTS, count_drop, current_ids, header, is_target, send, send_quiet, syscall_arg as arg, syscall_ret,
 };
@@ -195,8 +195,7 @@ pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
     }
     if let Some(sk) = unix_sock_of_fd(fd) {
         send_sock(&ctx, op::CLOSE, fd, 0, sk, tgid, tid);
-        // The socket's memory may soon hold another socket: its flow must end here, or the next
-        // socket's traffic would be counted under this one's identity.
+        // Its last traffic goes out now rather than at the thread's exit or the recording's end.
         end_flow(sk, tid);
     }
     0
@@ -206,14 +205,19 @@ pub fn unix_close_enter(ctx: TracePointContext) -> u32 {
 /// goes out, and its slot or hash entry is freed.
 #[inline(always)]
 fn end_flow(sk: u64, tid: u32) {
-    let slot = crate::thread::current().and_then(|t| t.flows.find(sk).map(|i| (t, i)));
+    // The cookie our sends and receives had the kernel give the socket; 0: it has no flow.
+    let cookie: u64 = read(sk, koffset!(sock_cookie)).unwrap_or(0);
+    if cookie == 0 {
+        return;
+    }
+    let slot = crate::thread::current().and_then(|t| t.flows.find(cookie).map(|i| (t, i)));
     let (flow, key) = match slot {
         Some((thread, i)) if i < THREAD_FLOWS => {
-            thread.flows.sk[i] = 0;
+            thread.flows.cookie[i] = 0;
             (&mut thread.flows.flow[i] as *mut UnixFlow, None)
         }
         _ => {
-            let key = FlowKey { sk, tid: tid as u64 };
+            let key = FlowKey { cookie, tid: tid as u64 };
             let Some(flow) = UNIX_FLOWS.get_ptr_mut(key) else { return };
             (flow, Some(key))
         }
@@ -257,11 +261,14 @@ fn io(ctx: &BtfTracePointContext, op: u32) {
     let Some(thread) = crate::thread::lookup_target() else { return };
     let ret = ctx.arg::<u64>(1) as i32 as i64;
     let now = now_ns();
-    // Hot path: an existing flow, in the thread's own slots (no lookup) or else in the hash. The
-    // socket pointer is its identity while the flow is open.
+    // Hot path: an existing flow, in the thread's own slots (no lookup) or else in the hash, by
+    // the socket's cookie (made at its first use, then a load).
+    // SAFETY: the helper takes the tracepoint's `struct sock *`, a pointer the verifier knows.
+    let cookie = unsafe { bpf_get_socket_cookie(sk_ptr.cast_mut().cast()) };
     let (tgid, tid) = current_ids();
-    let key = FlowKey { sk, tid: tid as u64 };
-    let existing = match thread.flows.find(sk) {
+    let key = FlowKey { cookie, tid: tid as u64 };
+    let slot = if config!(flow_slots) != 0 { thread.flows.find(cookie) } else { None };
+    let existing = match slot {
         Some(i) => thread.flows.flow.get_mut(i).map(|f| f as *mut UnixFlow),
         None => UNIX_FLOWS.get_ptr_mut(key),
     };
@@ -288,9 +295,10 @@ fn io(ctx: &BtfTracePointContext, op: u32) {
     let mut flow = UnixFlow { hdr: header(kind::UNIX_FLOW, tgid, tid), id, ..UnixFlow::default() };
     if flow.add(op, ret, now) {
         crate::tcp::on_unix_io(thread, op, id.inode);
-        match thread.flows.free() {
+        let free = if config!(flow_slots) != 0 { thread.flows.free() } else { None };
+        match free {
             Some(i) if i < THREAD_FLOWS => {
-                thread.flows.sk[i] = sk;
+                thread.flows.cookie[i] = cookie;
                 thread.flows.flow[i] = flow;
             }
             _ => {
@@ -312,7 +320,7 @@ pub fn flush_thread(thread: &mut ThreadState) {
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     for i in 0..THREAD_FLOWS {
         let flow = &mut thread.flows.flow[i];
-        if thread.flows.sk[i] != 0 && flow.start_ns != 0 {
+        if thread.flows.cookie[i] != 0 && flow.start_ns != 0 {
             flow.hdr.ts_ns = now;
             send(kind::UNIX_FLOW, flow);
             flow.reset();

@@ -49,6 +49,8 @@ pub fn probe_config(f: &Formats, bucket_ns: u64, follow_forks: bool) -> Result<P
         sample_stack_bytes: USER_STACK_LEN as u32,
         http: 1,
         floor: 0,
+        flow_slots: 0,
+        _pad: 0,
     };
     for fmt in &f.epoll_enter {
         for (name, slot) in
@@ -101,6 +103,9 @@ const SYSCALL_REGS: [(&str, u32); 2] = [("di", 0), ("si", 0)];
 /// arm64 overwrites `regs[0]` with the return value and keeps the first argument in `orig_x0`.
 #[cfg(target_arch = "aarch64")]
 const SYSCALL_REGS: [(&str, u32); 2] = [("orig_x0", 0), ("regs", 8)];
+/// Elsewhere unknown: the members are reported missing and HTTP reads degrade.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const SYSCALL_REGS: [(&str, u32); 2] = [("unknown on this architecture", 0); 2];
 
 /// Kernel struct offsets from BTF through `lookup(struct, member path)`. A member the kernel
 /// lacks becomes [`MISSING`] and is named in the returned list, so only that field degrades.
@@ -134,6 +139,7 @@ pub fn kernel_offsets(lookup: impl Fn(&str, &str) -> Result<u32>) -> (KernelOffs
         sock_family: get("sock", "__sk_common.skc_family"),
         sock_socket: get("sock", "sk_socket"),
         sock_peer_pid: get("sock", "sk_peer_pid"),
+        sock_cookie: get("sock", "__sk_common.skc_cookie"),
         unix_addr: get("unix_sock", "addr"),
         unix_peer: get("unix_sock", "peer"),
         uaddr_len: get("unix_address", "len"),
@@ -150,7 +156,6 @@ pub fn kernel_offsets(lookup: impl Fn(&str, &str) -> Result<u32>) -> (KernelOffs
         sock_v6_rcv_saddr: get("sock", "__sk_common.skc_v6_rcv_saddr"),
         regs_arg0: sum(get("pt_regs", SYSCALL_REGS[0].0), SYSCALL_REGS[0].1),
         regs_arg1: sum(get("pt_regs", SYSCALL_REGS[1].0), SYSCALL_REGS[1].1),
-        _pad: 0,
     };
     (k, missing)
 }

@@ -124,6 +124,26 @@ fn for_the_model(ev: &Event) -> bool {
     }
 }
 
+/// One thread's aggregate over one bucket of time: the kernel sends each once, so its thread, its
+/// socket and its start name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Aggregate {
+    /// An epoll bucket: (tid, start).
+    Epoll(u32, u64),
+    /// A unix flow: (tid, socket inode, start).
+    Unix(u32, u64, u64),
+}
+
+impl Aggregate {
+    fn of(ev: &Event) -> Option<Self> {
+        match ev {
+            Event::EpollBucket(b) => Some(Self::Epoll(b.task.tid, b.start_ns)),
+            Event::UnixFlow(f) => Some(Self::Unix(f.task.tid, f.id.inode, f.start_ns)),
+            _ => None,
+        }
+    }
+}
+
 /// Everything the recording loop accumulates.
 struct Collector {
     writer: TraceWriter,
@@ -134,6 +154,8 @@ struct Collector {
     /// Threads the kernel keeps an epoll bucket for (each one's first call comes as a record),
     /// whose open buckets are read at the end with the threads of the targets still alive.
     epoll_threads: BTreeSet<u32>,
+    /// The buckets and flows read from the kernel's maps and thread states at the end.
+    read_at_end: BTreeSet<Aggregate>,
     /// When each process's map was last copied.
     maps_at: BTreeMap<u32, Instant>,
     /// HTTP requests read and not yet answered.
@@ -167,6 +189,9 @@ impl Collector {
                 return Ok(());
             }
         };
+        if Aggregate::of(&ev).is_some_and(|a| self.read_at_end.contains(&a)) {
+            return Ok(()); // already read from its thread's state
+        }
         if matches!(ev, Event::EpollCall(_) | Event::EpollBucket(_)) {
             self.epoll_threads.insert(ev.task().tid);
         }
@@ -249,6 +274,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         known: BTreeMap::new(),
         seen: BTreeSet::new(),
         epoll_threads: BTreeSet::new(),
+        read_at_end: BTreeSet::new(),
         maps_at: BTreeMap::new(),
         http: Pairing::new(&args.request_id_header),
         lua: if args.lua { LuaRecorder::new() } else { LuaRecorder::off() },
@@ -415,22 +441,25 @@ impl Collector {
         }
         // Stop the kernel side first, so nothing changes while the rest is read. Emptying the
         // targets stops every program at once; detaching takes far longer and happens on drop.
+        // The threads whose state is read at the end: every thread of a traced process still
+        // alive (its leader may be gone, and its pid out of the targets, while others live on).
+        let pids: BTreeSet<u32> = probe.target_pids().into_iter().chain(self.known.keys().copied()).collect();
         let mut threads = self.epoll_threads.clone();
-        threads.extend(probe.target_pids().into_iter().flat_map(proctree::threads));
+        threads.extend(pids.into_iter().flat_map(proctree::threads));
         probe.clear_targets()?;
         let ended_ns = clock::monotonic_ns();
-        probe.drain(|b| {
-            if let Err(e) = self.handle(b) {
-                io_error.get_or_insert(e);
-            }
-        });
-        if let Some(e) = io_error {
-            return Err(e);
-        }
+        let mut drain = |this: &mut Self, probe: &mut Probe| {
+            probe.drain(|b| {
+                if let Err(e) = this.handle(b) {
+                    io_error.get_or_insert(e);
+                }
+            });
+        };
+        drain(self, probe);
         // What the kernel still aggregates goes out as if its bucket had ended now.
         let (buckets, thread_flows) = probe.open_thread_work(threads)?;
-        let buckets = buckets.into_iter().map(|b| {
-            let mut e = bucket_event(&b);
+        let buckets = buckets.iter().map(|b| {
+            let mut e = bucket_event(b);
             e.task.ts_ns = ended_ns;
             Event::EpollBucket(e)
         });
@@ -439,6 +468,14 @@ impl Collector {
             e.task.ts_ns = ended_ns;
             Event::UnixFlow(e)
         });
+        let open: Vec<Event> = buckets.chain(flows).collect();
+        // A thread that exited meanwhile sent what it held itself, maybe just after its state
+        // was read: take those records too, but not twice.
+        self.read_at_end = open.iter().filter_map(Aggregate::of).collect();
+        drain(self, probe);
+        if let Some(e) = io_error {
+            return Err(e);
+        }
         // Responses no record carried out yet answer their requests now.
         for (key, state) in probe.waiting_responses()? {
             let r = &state.response;
@@ -450,7 +487,7 @@ impl Collector {
             }
         }
         let unanswered = std::mem::replace(&mut self.http, Pairing::new("")).finish();
-        for ev in buckets.chain(flows).collect::<Vec<_>>().into_iter().chain(unanswered) {
+        for ev in open.into_iter().chain(unanswered) {
             self.keep(ev)?;
         }
         Ok(ended_ns)

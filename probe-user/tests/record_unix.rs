@@ -123,18 +123,22 @@ fn connects_refused_and_not_found() {
     assert_eq!(refused.id.peer_pid, 0, "a refused connect has no peer");
 }
 
-/// One thread sends on more sockets than its own flow slots hold, closes some and exits; another
+/// One thread sends on more sockets than its own flow slots hold, closes some, has another thread
+/// close one, sends on a new socket (which may reuse the closed one's memory) and exits; another
 /// receives on as many and stays alive past the recording. Every datagram is counted once, on
 /// its own socket and thread, whether its flow ended with a close, with its thread's exit, or
 /// with the recording (read from the thread's state through a pidfd, or from the hash).
 #[test]
 #[ignore = "root: loads eBPF programs"]
 fn every_datagram_counts_once_however_its_flow_ends() {
-    /// More pairs than a thread's flow slots (8): both sides spill into the hash.
+    /// More pairs than a thread's flow slots (6): both sides spill into the hash.
     const PAIRS: usize = 12;
-    /// `unix_echo flows`: datagram size, the sender's closed sockets, datagrams per pair.
+    /// `unix_echo flows`: datagram size, the sender's closed sockets, the one the main thread
+    /// closes, datagrams on the late pair, datagrams per pair.
     const BYTES: u64 = 8;
     const CLOSED: [usize; 4] = [0, 1, 2, 8];
+    const TAKEN: usize = 5;
+    const LATE: u64 = 3;
     let messages = |i: usize| 1 + i as u64 % 4;
     require_root();
     let dir = tempfile::tempdir().unwrap();
@@ -142,34 +146,40 @@ fn every_datagram_counts_once_however_its_flow_ends() {
     let mut root = Spawner::start();
     let rec = Recording::start(&[root.pid()], "2s", &dir.path().join("trace"), &["--sample-hz", "0"]);
     let (pid, _) = root.spawn(&format!("{} flows {PAIRS}", echo.display()), "");
-    let pairs: Vec<(u64, u64)> = (0..PAIRS)
-        .map(|i| {
-            let line = root.run.wait_for(&format!("pair {i} "));
-            let f: Vec<u64> = line.split_whitespace().skip(2).map(|v| v.parse().unwrap()).collect();
-            (f[0], f[1])
-        })
-        .collect();
+    let inodes = |line: String| -> (u64, u64) {
+        let f: Vec<u64> = line.split_whitespace().rev().take(2).map(|v| v.parse().unwrap()).collect();
+        (f[1], f[0])
+    };
+    let pairs: Vec<(u64, u64)> =
+        (0..PAIRS).map(|i| inodes(root.run.wait_for(&format!("pair {i} ")))).collect();
+    let late = inodes(root.run.wait_for("late"));
     let sender: u32 = root.run.wait_for("done").split_whitespace().nth(1).unwrap().parse().unwrap();
     let trace = rec.finish();
     assert_eq!(trace.meta.total_drops(), 0);
 
     let flows: Vec<_> = events_of!(trace, UnixFlow).into_iter().filter(|f| f.task.tgid == pid).collect();
+    // (sends, bytes sent, receives, bytes received) on a socket, checking the thread.
+    let counts = |inode: u64, tid: u32| {
+        let on: Vec<_> = flows.iter().filter(|f| f.id.inode == inode).collect();
+        assert!(on.iter().all(|f| f.task.tid == tid), "socket {inode}: {on:#?}");
+        on.iter().fold((0, 0, 0, 0), |(s, sb, r, rb), f| {
+            (s + f.sends, sb + f.send_bytes, r + f.recvs, rb + f.recv_bytes)
+        })
+    };
     for (i, (a, b)) in pairs.iter().enumerate() {
-        let on = |inode: u64| flows.iter().filter(move |f| f.id.inode == inode);
-        let sent: Vec<_> = on(*a).collect();
-        assert!(sent.iter().all(|f| f.task.tid == sender && f.recvs == 0), "pair {i}: {sent:#?}");
-        let (sends, bytes) = sent.iter().fold((0, 0), |(n, b), f| (n + f.sends, b + f.send_bytes));
         let how = match i {
             _ if CLOSED.contains(&i) => "closed",
-            0..8 => "in a slot when its thread exited",
+            TAKEN => "closed by another thread, then flushed at its thread's exit",
+            0..6 => "in a slot when its thread exited",
             _ => "in the hash when the recording ended",
         };
-        assert_eq!((sends, bytes), (messages(i), messages(i) * BYTES), "pair {i}'s sends ({how})");
-        let received: Vec<_> = on(*b).collect();
-        assert!(received.iter().all(|f| f.task.tid == pid && f.sends == 0), "pair {i}: {received:#?}");
-        let (recvs, bytes) = received.iter().fold((0, 0), |(n, b), f| (n + f.recvs, b + f.recv_bytes));
-        assert_eq!((recvs, bytes), (messages(i), messages(i) * BYTES), "pair {i}'s receives (still open)");
+        let n = messages(i);
+        assert_eq!(counts(*a, sender), (n, n * BYTES, 0, 0), "pair {i}'s sends ({how})");
+        let how = if i == TAKEN { "closed" } else { "still open" };
+        assert_eq!(counts(*b, pid), (0, 0, n, n * BYTES), "pair {i}'s receives ({how})");
     }
+    assert_eq!(counts(late.0, sender), (LATE, LATE * BYTES, 0, 0), "the late socket's own sends");
+    assert_eq!(counts(late.1, sender), (0, 0, LATE, LATE * BYTES), "the late socket's peer");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(
         stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),

@@ -144,9 +144,9 @@ pub fn table_beside(
     let mut s = format!(
         "| program | runs/s | ns per run |{ns_heads} share of one CPU |{cpu_heads}\n|---|---:|---:|{aligns}---:|\n"
     );
-    for r in rows {
+    let beside = |name: &str| {
         let found: Vec<Option<&ProgRow>> =
-            others.iter().map(|o| o.rows.iter().find(|f| f.name == r.name)).collect();
+            others.iter().map(|o| o.rows.iter().find(|f| f.name == name)).collect();
         let ns: String = found
             .iter()
             .map(|f| f.map_or(" - |".to_owned(), |f| format!(" {:.0} |", f.ns_per_run)))
@@ -155,10 +155,26 @@ pub fn table_beside(
             .iter()
             .map(|f| f.map_or(" - |".to_owned(), |f| format!(" {:.2}% |", f.cpu_percent)))
             .collect();
+        (ns, cpu)
+    };
+    for r in rows {
+        let (ns, cpu) = beside(&r.name);
         s.push_str(&format!(
             "| {} | {:.0} | {:.0} |{ns} {:.2}% |{cpu}\n",
             r.name, r.runs_per_s, r.ns_per_run, r.cpu_percent
         ));
+    }
+    // Programs the others have and this build has not (one another build had, say): their cost
+    // is in the others' totals, so it is shown too.
+    let mut gone: Vec<&str> = Vec::new();
+    for f in others.iter().flat_map(|o| o.rows) {
+        if !rows.iter().any(|r| r.name == f.name) && !gone.contains(&f.name.as_str()) {
+            gone.push(&f.name);
+        }
+    }
+    for name in gone {
+        let (ns, cpu) = beside(name);
+        s.push_str(&format!("| {name} (not in this build) | - | - |{ns} - |{cpu}\n"));
     }
     let blanks = " |".repeat(others.len());
     let kernels: String = others.iter().map(|o| format!(" {:.2}% |", o.kernel_percent)).collect();
@@ -215,7 +231,8 @@ mod tests {
             cpu_percent: cpu,
         };
         let floor = [row("unix_send", 60.0, 0.25)];
-        let before = [row("unix_send", 300.0, 1.2), row("cpu_sample", 9500.0, 0.31)];
+        let before =
+            [row("unix_send", 300.0, 1.2), row("cpu_sample", 9500.0, 0.31), row("read_enter", 200.0, 0.9)];
         let t = table_beside(
             &[row("unix_send", 250.0, 1.0), row("cpu_sample", 9000.0, 0.3)],
             1.3,
@@ -228,6 +245,7 @@ mod tests {
         assert!(t.starts_with("| program | runs/s | ns per run | before, ns per run | empty, ns per run | share of one CPU | before, share | empty, share |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"), "{t}");
         assert!(t.contains("| unix_send | 1000 | 250 | 300 | 60 | 1.00% | 1.20% | 0.25% |"), "{t}");
         assert!(t.contains("| cpu_sample | 1000 | 9000 | 9500 | - | 0.30% | 0.31% | - |"), "{t}");
+        assert!(t.contains("| read_enter (not in this build) | - | - | 200 | - | - | 0.90% | - |"), "{t}");
         assert!(t.contains("| all programs (kernel) | | | | | 1.30% | 1.51% | 0.25% |"), "{t}");
         assert!(t.contains("| recorder (user space) | | | | | 1.10% | 2.00% | |"), "{t}");
     }

@@ -43,12 +43,18 @@ const TRACEPOINTS: [(&str, &str, &[&str]); 9] = [
     ("unix_close_enter", "syscalls", &["sys_enter_close"]),
 ];
 
-/// The HTTP programs, attached unless `--no-http`: (program, tracepoints). `recvfrom` and
-/// `sendto` take their buffer where `read` and `write` do.
-const HTTP_TRACEPOINTS: [(&str, &[&str]); 6] = [
+/// The HTTP read programs, attached unless `--no-http`: (program, tracepoints). They take a
+/// read's fd and buffer from the task's registers (`bpf_task_pt_regs`, Linux 5.15): a kernel
+/// without it refuses them, and requests are then not seen (`meta.json` says so). `recvfrom`
+/// and `sendto` take their buffer where `read` and `write` do.
+const HTTP_READ_TRACEPOINTS: [(&str, &[&str]); 3] = [
     ("http_read_exit", &["sys_exit_read", "sys_exit_recvfrom"]),
     ("http_readv_exit", &["sys_exit_readv"]),
     ("http_recvmsg_exit", &["sys_exit_recvmsg"]),
+];
+
+/// The HTTP write programs, attached unless `--no-http`.
+const HTTP_WRITE_TRACEPOINTS: [(&str, &[&str]); 3] = [
     ("http_write_enter", &["sys_enter_write", "sys_enter_sendto"]),
     ("http_writev_enter", &["sys_enter_writev"]),
     ("http_sendmsg_enter", &["sys_enter_sendmsg"]),
@@ -136,6 +142,7 @@ impl Probe {
         let mut config: ProbeConfig = probe_config(&formats, opts.bucket_ns, opts.follow_forks)?;
         config.http = opts.http as u32;
         config.floor = opts.floor as u32;
+        config.flow_slots = task_storage::thread_pidfds() as u32;
         let btf = Btf::from_file(Path::new(KERNEL_BTF))?;
         let (offsets, missing_fields) = kernel_offsets(|ty, path| btf.member_offset(ty, path));
         let mut ebpf = EbpfLoader::new()
@@ -163,8 +170,16 @@ impl Probe {
         for (prog, tp) in BTF_TRACEPOINTS {
             attach_btf(&mut ebpf, &vmlinux, prog, tp)?;
         }
+        let mut missing = missing;
         if opts.http {
-            for (prog, tps) in HTTP_TRACEPOINTS {
+            for (prog, tps) in HTTP_READ_TRACEPOINTS {
+                if attach(&mut ebpf, prog, "syscalls", tps).is_err() {
+                    missing.extend(tps.iter().map(|tp| {
+                        format!("syscalls:{tp} (the kernel refused {prog}, which needs Linux 5.15: no HTTP requests)")
+                    }));
+                }
+            }
+            for (prog, tps) in HTTP_WRITE_TRACEPOINTS {
                 attach(&mut ebpf, prog, "syscalls", tps)?;
             }
         }

@@ -3,7 +3,8 @@
 //!
 //! Before Linux 6.9 a pidfd names only a process's first thread: another thread's state cannot
 //! be read, so its last, partial epoll bucket at the end of a recording is not reported (the
-//! buckets before it went out as they filled).
+//! buckets before it went out as they filled). Its unix flows are not at stake: where thread
+//! pidfds are missing ([`thread_pidfds`]), the probe keeps every flow in a hash map instead.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -27,15 +28,23 @@ struct ElemAttr {
 /// A pidfd of thread `tid`: a thread pidfd where the kernel has them, else a process pidfd,
 /// which names the same task when `tid` leads its process.
 fn pidfd(tid: u32) -> Option<OwnedFd> {
-    for flags in [PIDFD_THREAD, 0] {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, flags) };
-        if fd >= 0 {
-            // SAFETY: the fd was just returned to us and is owned by nobody else.
-            return Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
-        }
-    }
-    None
+    pidfd_with(tid, PIDFD_THREAD).or_else(|| pidfd_with(tid, 0))
+}
+
+/// True when this kernel gives pidfds of any thread (`PIDFD_THREAD`, Linux 6.9), so that every
+/// thread's state can be read.
+pub fn thread_pidfds() -> bool {
+    // SAFETY: gettid takes nothing and cannot fail.
+    let tid = unsafe { libc::gettid() } as u32;
+    pidfd_with(tid, PIDFD_THREAD).is_some()
+}
+
+/// A pidfd of `tid` opened with `flags`, if the kernel gives one.
+fn pidfd_with(tid: u32, flags: libc::c_uint) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid as libc::pid_t, flags) };
+    // SAFETY: the fd was just returned to us and is owned by nobody else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Thread `tid`'s state in the task storage `map`, or `None` when the thread is gone or has none.
