@@ -262,9 +262,20 @@ fn io(ctx: &BtfTracePointContext, op: u32) {
     let ret = ctx.arg::<u64>(1) as i32 as i64;
     let now = now_ns();
     // Hot path: an existing flow, in the thread's own slots (no lookup) or else in the hash, by
-    // the socket's cookie (made at its first use, then a load).
-    // SAFETY: the helper takes the tracepoint's `struct sock *`, a pointer the verifier knows.
-    let cookie = unsafe { bpf_get_socket_cookie(sk_ptr.cast_mut().cast()) };
+    // the socket's cookie: a plain load once the kernel made it (at our first sight of the socket,
+    // or anyone's use before), as `family` above.
+    let cookie_off = koffset!(sock_cookie);
+    let cookie = match cookie_off {
+        MISSING => 0,
+        // SAFETY: as for `family`: a fault-safe load the verifier checked to be `skc_cookie`, an
+        // aligned atomic64 whose counter is the cookie.
+        off => unsafe { core::ptr::read_volatile(sk_ptr.add(off as usize).cast::<u64>()) },
+    };
+    let cookie = match cookie {
+        // SAFETY: the helper takes the tracepoint's `struct sock *`, a pointer the verifier knows.
+        0 => unsafe { bpf_get_socket_cookie(sk_ptr.cast_mut().cast()) },
+        c => c,
+    };
     let (tgid, tid) = current_ids();
     let key = FlowKey { cookie, tid: tid as u64 };
     let slot = if config!(flow_slots) != 0 { thread.flows.find(cookie) } else { None };

@@ -144,6 +144,31 @@ impl Aggregate {
     }
 }
 
+/// The aggregates read from the kernel when the recording ended, while the records still queued
+/// after that are taken.
+struct EndRead {
+    ended_ns: u64,
+    /// Those read, not yet met in a record.
+    read: BTreeSet<Aggregate>,
+    /// Those a thread's exit sent after they were read: its record stands for the copy.
+    superseded: BTreeSet<Aggregate>,
+}
+
+/// Dates an aggregate sent after the recording's end at the end.
+fn clamp_to_end(ev: &mut Event, ended_ns: u64) {
+    match ev {
+        Event::EpollBucket(b) => {
+            b.task.ts_ns = b.task.ts_ns.min(ended_ns);
+            b.end_ns = b.end_ns.min(ended_ns);
+        }
+        Event::UnixFlow(f) => {
+            f.task.ts_ns = f.task.ts_ns.min(ended_ns);
+            f.end_ns = f.end_ns.min(ended_ns);
+        }
+        _ => {}
+    }
+}
+
 /// Everything the recording loop accumulates.
 struct Collector {
     writer: TraceWriter,
@@ -154,8 +179,8 @@ struct Collector {
     /// Threads the kernel keeps an epoll bucket for (each one's first call comes as a record),
     /// whose open buckets are read at the end with the threads of the targets still alive.
     epoll_threads: BTreeSet<u32>,
-    /// The buckets and flows read from the kernel's maps and thread states at the end.
-    read_at_end: BTreeSet<Aggregate>,
+    /// Set once the recording has ended and the kernel's open aggregates were read.
+    ending: Option<EndRead>,
     /// When each process's map was last copied.
     maps_at: BTreeMap<u32, Instant>,
     /// HTTP requests read and not yet answered.
@@ -189,8 +214,13 @@ impl Collector {
                 return Ok(());
             }
         };
-        if Aggregate::of(&ev).is_some_and(|a| self.read_at_end.contains(&a)) {
-            return Ok(()); // already read from its thread's state
+        if let Some(a) = Aggregate::of(&ev)
+            && let Some(end) = self.ending.as_mut()
+        {
+            // Sent by a thread's exit after the recording ended: it holds at least what was read
+            // of it from the thread's state, so it stands for that copy, dated at the end.
+            end.superseded.extend(end.read.take(&a));
+            clamp_to_end(&mut ev, end.ended_ns);
         }
         if matches!(ev, Event::EpollCall(_) | Event::EpollBucket(_)) {
             self.epoll_threads.insert(ev.task().tid);
@@ -274,7 +304,7 @@ pub fn record(args: &RecordArgs) -> Result<Recorded> {
         known: BTreeMap::new(),
         seen: BTreeSet::new(),
         epoll_threads: BTreeSet::new(),
-        read_at_end: BTreeSet::new(),
+        ending: None,
         maps_at: BTreeMap::new(),
         http: Pairing::new(&args.request_id_header),
         lua: if args.lua { LuaRecorder::new() } else { LuaRecorder::off() },
@@ -423,6 +453,17 @@ impl Collector {
         Ok(initial)
     }
 
+    /// Hands every record still queued to [`Self::handle`], without waiting.
+    fn take_queued(&mut self, probe: &mut Probe) -> Result<()> {
+        let mut io_error = None;
+        probe.drain(|b| {
+            if let Err(e) = self.handle(b) {
+                io_error.get_or_insert(e);
+            }
+        });
+        io_error.map_or(Ok(()), Err)
+    }
+
     /// Takes events until `deadline`, SIGUSR1 or Ctrl-C, then stops the kernel side and takes
     /// what it still holds; returns the monotonic end of the window.
     fn collect(&mut self, probe: &mut Probe, deadline: Instant) -> Result<u64> {
@@ -448,14 +489,10 @@ impl Collector {
         threads.extend(pids.into_iter().flat_map(proctree::threads));
         probe.clear_targets()?;
         let ended_ns = clock::monotonic_ns();
-        let mut drain = |this: &mut Self, probe: &mut Probe| {
-            probe.drain(|b| {
-                if let Err(e) = this.handle(b) {
-                    io_error.get_or_insert(e);
-                }
-            });
-        };
-        drain(self, probe);
+        if let Some(e) = io_error {
+            return Err(e);
+        }
+        self.take_queued(probe)?;
         // What the kernel still aggregates goes out as if its bucket had ended now.
         let (buckets, thread_flows) = probe.open_thread_work(threads)?;
         let buckets = buckets.iter().map(|b| {
@@ -468,14 +505,17 @@ impl Collector {
             e.task.ts_ns = ended_ns;
             Event::UnixFlow(e)
         });
-        let open: Vec<Event> = buckets.chain(flows).collect();
+        let mut open: Vec<Event> = buckets.chain(flows).collect();
         // A thread that exited meanwhile sent what it held itself, maybe just after its state
-        // was read: take those records too, but not twice.
-        self.read_at_end = open.iter().filter_map(Aggregate::of).collect();
-        drain(self, probe);
-        if let Some(e) = io_error {
-            return Err(e);
-        }
+        // was read: its record replaces the copy.
+        self.ending = Some(EndRead {
+            ended_ns,
+            read: open.iter().filter_map(Aggregate::of).collect(),
+            superseded: BTreeSet::new(),
+        });
+        self.take_queued(probe)?;
+        let superseded = self.ending.take().map(|e| e.superseded).unwrap_or_default();
+        open.retain(|ev| Aggregate::of(ev).is_none_or(|a| !superseded.contains(&a)));
         // Responses no record carried out yet answer their requests now.
         for (key, state) in probe.waiting_responses()? {
             let r = &state.response;
@@ -505,4 +545,39 @@ pub fn footer(meta: &Meta, out: &Path) -> String {
         if meta.interrupted { ", interrupted" } else { "" },
         out.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_common::{EpollBucket, EventHeader, UnixFlow, kind};
+
+    fn hdr(kind: u32) -> EventHeader {
+        EventHeader { kind, cpu: 0, ts_ns: 900, tgid: 1, tid: 2 }
+    }
+
+    #[test]
+    fn an_aggregate_sent_after_the_end_is_dated_at_it_and_keeps_its_key() {
+        let mut f = UnixFlow { hdr: hdr(kind::UNIX_FLOW), start_ns: 100, end_ns: 800, ..UnixFlow::default() };
+        f.id.inode = 77;
+        let mut ev = Event::UnixFlow(flow_event(&f));
+        let key = Aggregate::of(&ev);
+        assert_eq!(key, Some(Aggregate::Unix(2, 77, 100)));
+        clamp_to_end(&mut ev, 500);
+        assert_eq!(Aggregate::of(&ev), key, "the key that matches it to the copy read stays");
+        let Event::UnixFlow(e) = &ev else { unreachable!() };
+        assert_eq!((e.start_ns, e.end_ns, e.task.ts_ns), (100, 500, 500));
+
+        let b = EpollBucket {
+            hdr: hdr(kind::EPOLL_BUCKET),
+            start_ns: 100,
+            end_ns: 400,
+            ..EpollBucket::default()
+        };
+        let mut ev = Event::EpollBucket(bucket_event(&b));
+        assert_eq!(Aggregate::of(&ev), Some(Aggregate::Epoll(2, 100)), "a bucket is not that flow");
+        clamp_to_end(&mut ev, 500);
+        let Event::EpollBucket(e) = &ev else { unreachable!() };
+        assert_eq!((e.end_ns, e.task.ts_ns), (400, 500), "only what lies past the end moves");
+    }
 }

@@ -124,8 +124,9 @@ fn connects_refused_and_not_found() {
 }
 
 /// One thread sends on more sockets than its own flow slots hold, closes some, has another thread
-/// close one, sends on a new socket (which may reuse the closed one's memory) and exits; another
-/// receives on as many and stays alive past the recording. Every datagram is counted once, on
+/// close one, sends on a new socket and exits; another receives on as many and stays alive past
+/// the recording. (The new socket may reuse the closed one's memory, which only keys by socket
+/// cookie keep apart; this kernel did not reuse it when tried, so that case is not forced here.) Every datagram is counted once, on
 /// its own socket and thread, whether its flow ended with a close, with its thread's exit, or
 /// with the recording (read from the thread's state through a pidfd, or from the hash).
 #[test]
@@ -156,6 +157,9 @@ fn every_datagram_counts_once_however_its_flow_ends() {
     let sender: u32 = root.run.wait_for("done").split_whitespace().nth(1).unwrap().parse().unwrap();
     let trace = rec.finish();
     assert_eq!(trace.meta.total_drops(), 0);
+    if trace.meta.degraded.hash_flows {
+        eprintln!("note: no thread pidfds on this kernel: every flow went to the hash, no slot was tested");
+    }
 
     let flows: Vec<_> = events_of!(trace, UnixFlow).into_iter().filter(|f| f.task.tgid == pid).collect();
     // (sends, bytes sent, receives, bytes received) on a socket, checking the thread.

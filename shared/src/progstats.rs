@@ -164,8 +164,8 @@ pub fn table_beside(
             r.name, r.runs_per_s, r.ns_per_run, r.cpu_percent
         ));
     }
-    // Programs the others have and this build has not (one another build had, say): their cost
-    // is in the others' totals, so it is shown too.
+    // Programs that ran in the others and not in this build (one only another build has, say):
+    // their cost is in the others' totals, so it is shown too.
     let mut gone: Vec<&str> = Vec::new();
     for f in others.iter().flat_map(|o| o.rows) {
         if !rows.iter().any(|r| r.name == f.name) && !gone.contains(&f.name.as_str()) {
@@ -174,7 +174,7 @@ pub fn table_beside(
     }
     for name in gone {
         let (ns, cpu) = beside(name);
-        s.push_str(&format!("| {name} (not in this build) | - | - |{ns} - |{cpu}\n"));
+        s.push_str(&format!("| {name} (did not run in this build) | - | - |{ns} - |{cpu}\n"));
     }
     let blanks = " |".repeat(others.len());
     let kernels: String = others.iter().map(|o| format!(" {:.2}% |", o.kernel_percent)).collect();
@@ -245,7 +245,10 @@ mod tests {
         assert!(t.starts_with("| program | runs/s | ns per run | before, ns per run | empty, ns per run | share of one CPU | before, share | empty, share |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"), "{t}");
         assert!(t.contains("| unix_send | 1000 | 250 | 300 | 60 | 1.00% | 1.20% | 0.25% |"), "{t}");
         assert!(t.contains("| cpu_sample | 1000 | 9000 | 9500 | - | 0.30% | 0.31% | - |"), "{t}");
-        assert!(t.contains("| read_enter (not in this build) | - | - | 200 | - | - | 0.90% | - |"), "{t}");
+        assert!(
+            t.contains("| read_enter (did not run in this build) | - | - | 200 | - | - | 0.90% | - |"),
+            "{t}"
+        );
         assert!(t.contains("| all programs (kernel) | | | | | 1.30% | 1.51% | 0.25% |"), "{t}");
         assert!(t.contains("| recorder (user space) | | | | | 1.10% | 2.00% | |"), "{t}");
     }

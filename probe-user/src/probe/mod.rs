@@ -43,18 +43,13 @@ const TRACEPOINTS: [(&str, &str, &[&str]); 9] = [
     ("unix_close_enter", "syscalls", &["sys_enter_close"]),
 ];
 
-/// The HTTP read programs, attached unless `--no-http`: (program, tracepoints). They take a
-/// read's fd and buffer from the task's registers (`bpf_task_pt_regs`, Linux 5.15): a kernel
-/// without it refuses them, and requests are then not seen (`meta.json` says so). `recvfrom`
-/// and `sendto` take their buffer where `read` and `write` do.
-const HTTP_READ_TRACEPOINTS: [(&str, &[&str]); 3] = [
+/// The HTTP programs, attached unless `--no-http`: (program, tracepoints). The reads take their
+/// fd and buffer from the task's registers at the exit. `recvfrom` and `sendto` take their
+/// buffer where `read` and `write` do.
+const HTTP_TRACEPOINTS: [(&str, &[&str]); 6] = [
     ("http_read_exit", &["sys_exit_read", "sys_exit_recvfrom"]),
     ("http_readv_exit", &["sys_exit_readv"]),
     ("http_recvmsg_exit", &["sys_exit_recvmsg"]),
-];
-
-/// The HTTP write programs, attached unless `--no-http`.
-const HTTP_WRITE_TRACEPOINTS: [(&str, &[&str]); 3] = [
     ("http_write_enter", &["sys_enter_write", "sys_enter_sendto"]),
     ("http_writev_enter", &["sys_enter_writev"]),
     ("http_sendmsg_enter", &["sys_enter_sendmsg"]),
@@ -87,6 +82,10 @@ pub struct Degraded {
     pub tracepoints: Vec<String>,
     /// Kernel struct members not found in BTF (the fields read from them are zero).
     pub struct_fields: Vec<String>,
+    /// Every unix flow was kept in a hash map, none in its thread's state: this kernel's pidfds
+    /// cannot name a thread (before Linux 6.9), so user space could not read them at the end.
+    #[serde(default)]
+    pub hash_flows: bool,
 }
 
 /// A loaded and attached probe. Dropping it detaches every program.
@@ -142,7 +141,8 @@ impl Probe {
         let mut config: ProbeConfig = probe_config(&formats, opts.bucket_ns, opts.follow_forks)?;
         config.http = opts.http as u32;
         config.floor = opts.floor as u32;
-        config.flow_slots = task_storage::thread_pidfds() as u32;
+        let hash_flows = !task_storage::thread_pidfds();
+        config.flow_slots = u32::from(!hash_flows);
         let btf = Btf::from_file(Path::new(KERNEL_BTF))?;
         let (offsets, missing_fields) = kernel_offsets(|ty, path| btf.member_offset(ty, path));
         let mut ebpf = EbpfLoader::new()
@@ -170,16 +170,8 @@ impl Probe {
         for (prog, tp) in BTF_TRACEPOINTS {
             attach_btf(&mut ebpf, &vmlinux, prog, tp)?;
         }
-        let mut missing = missing;
         if opts.http {
-            for (prog, tps) in HTTP_READ_TRACEPOINTS {
-                if attach(&mut ebpf, prog, "syscalls", tps).is_err() {
-                    missing.extend(tps.iter().map(|tp| {
-                        format!("syscalls:{tp} (the kernel refused {prog}, which needs Linux 5.15: no HTTP requests)")
-                    }));
-                }
-            }
-            for (prog, tps) in HTTP_WRITE_TRACEPOINTS {
+            for (prog, tps) in HTTP_TRACEPOINTS {
                 attach(&mut ebpf, prog, "syscalls", tps)?;
             }
         }
@@ -192,7 +184,7 @@ impl Probe {
         let targets = HashMap::try_from(ebpf.take_map(names::TARGETS).context("map TARGETS")?)?;
         let targets_gen = Array::try_from(ebpf.take_map(names::TARGETS_GEN).context("map TARGETS_GEN")?)?;
         let luajit = HashMap::try_from(ebpf.take_map(names::LUAJIT).context("map LUAJIT")?)?;
-        let degraded = Degraded { tracepoints: missing, struct_fields: missing_fields };
+        let degraded = Degraded { tracepoints: missing, struct_fields: missing_fields, hash_flows };
         Ok(Self { ebpf, events, samples, targets, targets_gen, generation: 0, luajit, degraded })
     }
 
