@@ -24,9 +24,11 @@ pub fn check() -> Result<PathBuf> {
     let tracefs = crate::tracefs::root()?;
     if let Some(tp) = missing_event(&tracefs, &UNIX_IO_EVENTS) {
         bail!(
-            "this kernel ({}) has no {tp} tracepoint, where reloadscope sees unix sends and receives; \
+            "this kernel ({}) has no {}:{} tracepoint, where reloadscope sees unix sends and receives; \
              it needs Linux 6.5 or later",
-            kernel_release()
+            kernel_release(),
+            tp.0,
+            tp.1
         );
     }
     Ok(tracefs)
@@ -34,11 +36,14 @@ pub fn check() -> Result<PathBuf> {
 
 /// The tracepoints the unix send and receive programs attach to: the newest thing the probe
 /// needs (Linux 6.2 lacks them, 6.5 has them).
-const UNIX_IO_EVENTS: [&str; 2] = ["sock/sock_send_length", "sock/sock_recv_length"];
+const UNIX_IO_EVENTS: [(&str, &str); 2] = [("sock", "sock_send_length"), ("sock", "sock_recv_length")];
 
-/// The first of `events` (`category/name`) that `tracefs` does not list.
-fn missing_event<'a>(tracefs: &Path, events: &[&'a str]) -> Option<&'a str> {
-    events.iter().copied().find(|e| !tracefs.join("events").join(e).is_dir())
+/// The first of `events` (category, name) that `tracefs` does not list.
+fn missing_event<'a>(tracefs: &Path, events: &[(&'a str, &'a str)]) -> Option<(&'a str, &'a str)> {
+    events
+        .iter()
+        .copied()
+        .find(|&(category, name)| !crate::tracefs::event_dir(tracefs, category, name).is_dir())
 }
 
 /// The running kernel's release, as `uname -r` prints it.
@@ -54,7 +59,7 @@ mod tests {
     fn a_tracepoint_tracefs_does_not_list_is_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("events/sock/sock_send_length")).unwrap();
-        assert_eq!(missing_event(dir.path(), &UNIX_IO_EVENTS), Some("sock/sock_recv_length"));
+        assert_eq!(missing_event(dir.path(), &UNIX_IO_EVENTS), Some(("sock", "sock_recv_length")));
         std::fs::create_dir_all(dir.path().join("events/sock/sock_recv_length")).unwrap();
         assert_eq!(missing_event(dir.path(), &UNIX_IO_EVENTS), None);
     }

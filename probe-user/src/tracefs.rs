@@ -97,9 +97,14 @@ pub fn root() -> Result<PathBuf> {
     Ok(target.to_path_buf())
 }
 
+/// The directory of tracepoint `category:name` below `root`: there when the kernel has it.
+pub fn event_dir(root: &Path, category: &str, name: &str) -> PathBuf {
+    root.join("events").join(category).join(name)
+}
+
 /// Reads and parses `events/<category>/<name>/format` below `root`.
 pub fn read_format(root: &Path, category: &str, name: &str) -> Result<Format> {
-    let path = root.join("events").join(category).join(name).join("format");
+    let path = event_dir(root, category, name).join("format");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!("tracepoint {category}:{name} is not available on this kernel ({})", path.display())
     })?;
